@@ -1,0 +1,1 @@
+"""Triton kernels for the PRCO loss head (imports only torch and triton)."""

@@ -1,0 +1,2 @@
+"""PRCO at Megatron scale."""
+__version__ = "0.1.0"

@@ -1,0 +1,248 @@
+"""Typed configs: YAML file + `key.path=value` overrides -> nested dataclasses, validated.
+
+Every section is a dataclass with a doc line per field; unknown keys and wrong types are errors
+that name the key path. Only the controller sees the whole `RunConfig`; each component receives its
+own section. Sections owned by a component live beside it (learner, rollout) and are assembled here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+# ----------------------------------------------------------------------------- generic machinery
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check `value` against the annotation `tp`, converting YAML scalars where lossless."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arm in typing.get_args(tp):
+            if arm is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, arm, path)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(f"{path}: {value!r} does not match {_type_name(tp)}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ValueError(f"{path}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ValueError(f"{path}: expected {len(args)} items, got {len(value)}")
+            return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        out = [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: expected a mapping, got {type(value).__name__}")
+        kt, vt = typing.get_args(tp) or (Any, Any)
+        return {_coerce(k, kt, path): _coerce(v, vt, f"{path}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ValueError(f"{path}: expected true/false, got {value!r}")
+    if tp is int and isinstance(value, bool):
+        raise ValueError(f"{path}: expected an integer, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ValueError(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: Any, path: str = "") -> Any:
+    """Build dataclass `cls` from a mapping; unknown keys and type errors name the key path."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = path or "top level"
+        raise ValueError(f"unknown config key(s) {unknown} in {where}; known: {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+def apply_override(data: dict, dotted: str) -> None:
+    """Apply `a.b.c=value` (value parsed as YAML) to a nested dict in place."""
+    if "=" not in dotted:
+        raise ValueError(f"override {dotted!r} must look like key.path=value")
+    key, raw = dotted.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {dotted!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict (for saving beside checkpoints and in metrics)."""
+    return dataclasses.asdict(cfg)
+
+
+def load_yaml(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Read a YAML config and apply overrides; the result is validated by `from_dict`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file {str(p)!r} does not exist")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(p)!r} must hold a mapping at the top level")
+    for ov in overrides:
+        apply_override(data, ov)
+    return data
+
+
+# ----------------------------------------------------------------------------- sections
+@dataclass
+class RunSection:
+    name: str = "tiny"
+    """Run name; outputs go to `output_dir/name`."""
+    output_dir: str = "runs"
+    """Where metrics, plots and checkpoints are written (relative to the working directory)."""
+    seed: int = 1234
+    """Seed of everything: data order, sampling, Solver-group selection, init."""
+    steps: int = 20
+    """RL steps (one step = rollout of `data.prompts_per_step` tasks + one optimizer step)."""
+    checkpoint_every: int = 5
+    """Save a checkpoint every N steps (and at the end); 0 disables periodic saves."""
+    eval_tasks: int = 64
+    """Held-out synthetic tasks for the final warm-start-vs-trained table."""
+
+    def validate(self) -> None:
+        if self.steps < 0 or self.checkpoint_every < 0:
+            raise ValueError(f"run.steps ({self.steps}) and run.checkpoint_every "
+                             f"({self.checkpoint_every}) must be >= 0")
+
+
+@dataclass
+class DataSection:
+    source: Literal["synthetic", "jsonl", "parquet"] = "synthetic"
+    """Where tasks come from: the embedded synthetic generator or local files."""
+    path: str | None = None
+    """Data file for jsonl/parquet sources."""
+    on_error: Literal["raise", "skip"] = "raise"
+    """Bad rows/images: stop with an error naming the row, or skip and count them."""
+    image_backend: Literal["pil", "dali"] = "pil"
+    """Image decoder for file sources."""
+    image_size: int = 56
+    """Synthetic image side in pixels; a multiple of 28 (Qwen2.5-VL's merged patch)."""
+    difficulty: int = 1
+    """Synthetic difficulty level (object counts, value ranges)."""
+    families: dict[str, float] = field(default_factory=dict)
+    """Synthetic family mix weights, e.g. {shapes: 1, bars: 1}; empty = all families equally."""
+    prompts_per_step: int = 8
+    """Tasks per RL step."""
+
+    def validate(self) -> None:
+        if self.image_size % 28:
+            raise ValueError(f"data.image_size ({self.image_size}) must be a multiple of 28")
+        if self.source != "synthetic" and not self.path:
+            raise ValueError(f"data.path is required when data.source is {self.source!r}")
+        if self.prompts_per_step < 1:
+            raise ValueError(f"data.prompts_per_step ({self.prompts_per_step}) must be >= 1")
+
+
+@dataclass
+class RolesSection:
+    observer_template: str | None = None
+    """Observer prompt template file; None = the shipped one (prco_mega/roles/templates)."""
+    solver_template: str | None = None
+    """Solver prompt template file; None = the shipped one."""
+    single_template: str | None = None
+    """Single-role (baseline) template file; None = the shipped one."""
+    system_prompt: str = "You are a helpful assistant."
+    """System message of every chat."""
+
+
+@dataclass
+class SamplingSection:
+    n: int = 4
+    """Samples per prompt (G_O for the Observer, G_S per caption for the Solver)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+
+    def validate(self) -> None:
+        if self.n < 1 or self.max_new_tokens < 1:
+            raise ValueError(f"sampling n ({self.n}) and max_new_tokens "
+                             f"({self.max_new_tokens}) must be >= 1")
+        if not (self.temperature > 0 and 0 < self.top_p <= 1):
+            raise ValueError(f"temperature ({self.temperature}) must be > 0 and top_p "
+                             f"({self.top_p}) in (0, 1]")
+
+
+@dataclass
+class RewardSection:
+    lam: float = 0.9
+    """Solver reward = lam * correctness + (1 - lam) * format."""
+    leakage: Literal["rule", "llm_judge", "none"] = "rule"
+    """Leakage checker for Observer captions."""
+
+    def validate(self) -> None:
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"reward.lam ({self.lam}) must be in [0, 1]")
+
+
+@dataclass
+class AlgoSection:
+    name: Literal["prco", "prco_shared", "grpo", "dapo"] = "prco"
+    """prco; prco_shared (Observer gets the outcome reward); grpo/dapo single-role baselines."""
+    warmup_steps: int = 5
+    """Caption-first warm-up: the Solver sees no image for the first N RL steps."""
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float | None = None
+    """Dual-clip constant c > 1 bounding the loss of negative-advantage tokens; None = off."""
+    kl_coef: float = 0.0
+    """beta: KL to the reference policy (0 in the paper: no reference model is built)."""
+    kl_kind: Literal["k1", "k2", "k3"] = "k3"
+    level: Literal["token", "sequence"] = "token"
+    """Loss aggregation; denominators are global per role."""
+    scale_by_std: bool = False
+    """Divide group advantages by their std (PRCO: no)."""
+    tis_cap: float | None = None
+    """Truncated importance-sampling cap for train/rollout mismatch; None = off."""
+
+    def validate(self) -> None:
+        if self.dual_clip is not None and self.dual_clip <= 1.0:
+            raise ValueError(f"algo.dual_clip ({self.dual_clip}) must be > 1")
+        if self.clip_low < 0 or self.clip_high < 0 or self.kl_coef < 0:
+            raise ValueError(f"algo.clip_low ({self.clip_low}), clip_high ({self.clip_high}) and "
+                             f"kl_coef ({self.kl_coef}) must be >= 0")
+
+
+@dataclass
+class KernelsSection:
+    impl: Literal["torch", "triton"] = "torch"
+    """Loss-head implementation; "triton" raises where Triton cannot run (never a silent fallback)."""

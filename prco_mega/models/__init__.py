@@ -1,0 +1,1 @@
+"""Model configs shared by the learner, the bridge and the rollout engines."""

@@ -1,0 +1,37 @@
+"""Configs: typed, unknown keys and wrong types refused with the key path, overrides applied."""
+import pytest
+
+from prco_mega.config import (AlgoSection, DataSection, SamplingSection, apply_override,
+                              from_dict, load_yaml)
+
+
+def test_override_parses_yaml_values():
+    data = {"algo": {"name": "prco"}}
+    apply_override(data, "algo.clip_high=0.28")
+    apply_override(data, "data.families={shapes: 2}")
+    assert data == {"algo": {"name": "prco", "clip_high": 0.28}, "data": {"families": {"shapes": 2}}}
+
+
+def test_sections_accept_good_values_and_coerce_ints_to_floats():
+    algo = from_dict(AlgoSection, {"name": "dapo", "clip_high": 1, "dual_clip": 3})
+    assert algo.clip_high == 1.0 and isinstance(algo.clip_high, float) and algo.dual_clip == 3.0
+
+
+@pytest.mark.parametrize("cls,data,needle", [
+    (AlgoSection, {"clip_hgh": 0.2}, r"unknown config key\(s\) \['clip_hgh'\] in algo"),
+    (AlgoSection, {"clip_low": "wide"}, r"algo.clip_low: expected float, got str 'wide'"),
+    (AlgoSection, {"name": "ppo"}, r"algo.name: 'ppo' is not one of"),
+    (AlgoSection, {"dual_clip": 0.9}, r"algo.dual_clip \(0.9\) must be > 1"),
+    (DataSection, {"image_size": 100}, r"data.image_size \(100\) must be a multiple of 28"),
+    (DataSection, {"source": "jsonl"}, r"data.path is required"),
+    (SamplingSection, {"n": True}, r"expected an integer, got True"),
+])
+def test_bad_values_name_the_key(cls, data, needle):
+    section = {AlgoSection: "algo", DataSection: "data", SamplingSection: "sampling"}[cls]
+    with pytest.raises(ValueError, match=needle):
+        from_dict(cls, data, section)
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_yaml(tmp_path / "nope.yaml")
