@@ -1,0 +1,52 @@
+"""The `prco-mega` command. Each subcommand imports its heavy parts only when it runs."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+
+def _data_preview(args: argparse.Namespace) -> int:
+    from prco_mega.data.preview import write_preview
+    from prco_mega.data.synthetic import SyntheticConfig
+
+    cfg = SyntheticConfig(seed=args.seed, image_size=args.image_size, difficulty=args.difficulty)
+    paths = write_preview(args.out, args.n, cfg)
+    print(f"wrote {len(paths)} files to {args.out}")
+    return 0
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="data set tools")
+    dsub = data.add_subparsers(dest="data_cmd", required=True)
+    prev = dsub.add_parser("preview", help="write synthetic tasks as PNGs + tasks.jsonl")
+    prev.add_argument("--n", type=int, default=16)
+    prev.add_argument("--out", required=True)
+    prev.add_argument("--seed", type=int, default=0)
+    prev.add_argument("--image-size", type=int, default=224)
+    prev.add_argument("--difficulty", type=int, default=1)
+    prev.set_defaults(func=_data_preview)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prco-mega", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for add in _SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as e:  # user errors: one clear line, no traceback
+        print(f"prco-mega: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
