@@ -1,0 +1,161 @@
+"""Credit assignment: rewards, per-role advantages and Solver-group selection for one RL step.
+
+A credit assigner turns the step's rollouts into the trajectories that enter the loss (reward and
+advantage set) plus metrics. The algorithms (PRCO, PRCO with a shared outcome reward, GRPO, DAPO)
+are different assigners chosen by config, so the controller's loop has no per-algorithm branch.
+It sits above `rewards` and `algo`, which import nothing of each other.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from statistics import fmean
+from typing import Protocol
+
+import torch
+
+from prco_mega.algo import dapo_keep_mask, group_advantages, grpo_advantages, select_solver_groups
+from prco_mega.rewards.format import format_score
+from prco_mega.rewards.verifier import verify
+from prco_mega.types import Role, Task, Trajectory
+
+
+@dataclass
+class TaskRollout:
+    """Everything sampled for one task in one step."""
+
+    task: Task
+    observer: list[Trajectory] = field(default_factory=list)
+    """[G_O] captions (empty for single-role baselines)."""
+    solver: list[list[Trajectory]] = field(default_factory=list)
+    """[G_O][G_S] answers per caption; single-role baselines: one list of G answers."""
+
+
+@dataclass
+class Scored:
+    train: list[Trajectory]
+    """Trajectories that enter the loss, with `reward` and `advantage` set."""
+    metrics: dict[str, float]
+
+
+class LeakageFn(Protocol):
+    def __call__(self, questions: list[str], captions: list[str], answers: list[str]) -> list[int]: ...
+
+
+class CreditAssigner(Protocol):
+    def __call__(self, rollouts: list[TaskRollout]) -> Scored: ...
+
+
+def solver_rewards(answers: list[Trajectory], task: Task, lam: float) -> list[float]:
+    """r_S = lam * V(y, a) + (1 - lam) * F(y); stores V in `meta["correct"]`."""
+    out = []
+    for y in answers:
+        correct = verify(y.text, task.answer, task.choices)
+        y.meta["correct"] = correct
+        y.reward = lam * correct + (1.0 - lam) * format_score(y.text)
+        out.append(y.reward)
+    return out
+
+
+def _set_advantages(trajs: list[Trajectory], advantages: torch.Tensor) -> None:
+    for t, a in zip(trajs, advantages.tolist()):
+        t.advantage = float(a)
+
+
+def _centre(trajs: list[Trajectory], scale_by_std: bool) -> None:
+    """Mean-centre rewards per (group_id, role) over `trajs` in one vectorised call."""
+    if not trajs:
+        return
+    rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float64)
+    groups = torch.tensor([t.group_id for t in trajs])
+    roles = torch.tensor([int(t.role) for t in trajs])
+    _set_advantages(trajs, group_advantages(rewards, groups, roles, scale_by_std=scale_by_std))
+
+
+def _perception(rollouts: list[TaskRollout]) -> float | None:
+    from prco_mega.data.captions import perception_accuracy
+
+    scores = [perception_accuracy(c.text, r.task.facts)
+              for r in rollouts if r.task.facts for c in r.observer]
+    return fmean(scores) if scores else None
+
+
+def _common_metrics(answers: list[Trajectory], train: list[Trajectory]) -> dict[str, float]:
+    return {
+        "solver/accuracy": fmean(a.meta["correct"] for a in answers) if answers else 0.0,
+        "solver/reward": fmean(a.reward for a in answers) if answers else 0.0,
+        "solver/response_len": fmean(len(a.response_ids) for a in answers) if answers else 0.0,
+        "train/trajectories": float(len(train)),
+    }
+
+
+@dataclass
+class PRCOCredit:
+    """PRCO: Observer utility reward (shared=False) or the outcome-reward ablation (shared=True).
+
+    r_O(c_k) = (1 - leak_k) * mean_g V(y_kg); shared: r_O(c_k) = mean_g r_S(y_kg), no leak term.
+    A_O = r_O - mean over the task's captions. Solver group: one caption drawn uniformly among those
+    whose G_S rewards are not all equal; A_S = r_S - mean over its answers; other answers only
+    score captions. No std division unless `scale_by_std`.
+    """
+
+    leakage: LeakageFn
+    generator: torch.Generator
+    lam: float = 0.9
+    shared: bool = False
+    scale_by_std: bool = False
+
+    def __call__(self, rollouts: list[TaskRollout]) -> Scored:
+        captions = [c for r in rollouts for c in r.observer]
+        leaks = self.leakage([r.task.question for r in rollouts for _ in r.observer],
+                             [c.text for c in captions],
+                             [r.task.answer for r in rollouts for _ in r.observer])
+        train, answers, leak_iter = [], [], iter(leaks)
+        for r in rollouts:
+            grid = [solver_rewards(row, r.task, self.lam) for row in r.solver]  # [G_O][G_S]
+            answers += [y for row in r.solver for y in row]
+            for caption, row_r, row in zip(r.observer, grid, r.solver):
+                caption.meta["leak"] = next(leak_iter)
+                accuracy = fmean(y.meta["correct"] for y in row)
+                caption.reward = fmean(row_r) if self.shared else (1 - caption.meta["leak"]) * accuracy
+            train += r.observer
+            pick = int(select_solver_groups(torch.tensor(grid, dtype=torch.float64), self.generator))
+            if pick >= 0:
+                train += r.solver[pick]
+        _centre(train, self.scale_by_std)
+        metrics = _common_metrics(answers, train)
+        metrics["observer/reward"] = fmean(c.reward for c in captions) if captions else 0.0
+        metrics["observer/leak_rate"] = fmean(leaks) if leaks else 0.0
+        metrics["observer/caption_len"] = fmean(len(c.response_ids) for c in captions) if captions else 0.0
+        metrics["solver/groups_selected"] = float(sum(t.role is Role.SOLVER for t in train))
+        perception = _perception(rollouts)
+        if perception is not None:
+            metrics["observer/perception_acc"] = perception
+        return Scored(train, metrics)
+
+
+@dataclass
+class SingleRoleCredit:
+    """GRPO / DAPO on one "look and answer" trajectory per sample.
+
+    r = lam * V + (1 - lam) * F; GRPO: A = (r - mean) / (std + eps) per prompt group; DAPO adds
+    dynamic sampling: groups whose rewards are all equal carry no signal and are dropped.
+    """
+
+    lam: float = 0.9
+    dynamic_sampling: bool = False
+    scale_by_std: bool = True
+
+    def __call__(self, rollouts: list[TaskRollout]) -> Scored:
+        answers = []
+        for r in rollouts:
+            for row in r.solver:
+                solver_rewards(row, r.task, self.lam)
+                answers += row
+        if not answers:
+            return Scored([], _common_metrics([], []))
+        rewards = torch.tensor([a.reward for a in answers], dtype=torch.float64)
+        groups = torch.tensor([a.group_id for a in answers])
+        _set_advantages(answers, grpo_advantages(rewards, groups, scale_by_std=self.scale_by_std))
+        keep = dapo_keep_mask(rewards, groups).tolist() if self.dynamic_sampling else [True] * len(answers)
+        train = [a for a, k in zip(answers, keep) if k]
+        return Scored(train, _common_metrics(answers, train))

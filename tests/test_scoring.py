@@ -1,0 +1,66 @@
+"""Credit assignment over a step's rollouts, checked against hand-computed PRCO/GRPO/DAPO cases."""
+import pytest
+import torch
+
+from prco_mega.rewards.format import format_score
+from prco_mega.scoring import PRCOCredit, SingleRoleCredit, TaskRollout
+from prco_mega.types import Role, Task, Trajectory
+
+RIGHT, WRONG = "<think>count</think> \\boxed{3}", "<think>count</think> \\boxed{4}"
+
+
+def _traj(role, text, group=0, k=None):
+    return Trajectory(role=role, task_uid="t", group_id=group, prompt_ids=[1], response_ids=[2, 3],
+                      rollout_logprobs=[-1.0, -1.0], text=text, caption_index=k)
+
+
+def _prco_rollout():
+    task = Task(uid="t", question="How many red circles?", answer="3")
+    obs = [_traj(Role.OBSERVER, "- three red circles", k=0), _traj(Role.OBSERVER, "- red circles", k=1)]
+    sol = [[_traj(Role.SOLVER, RIGHT, k=0), _traj(Role.SOLVER, WRONG, k=0)],
+           [_traj(Role.SOLVER, RIGHT, k=1), _traj(Role.SOLVER, RIGHT, k=1)]]
+    return TaskRollout(task, obs, sol)
+
+
+def test_well_formed_answers_get_full_format_score():
+    assert format_score(RIGHT) == 1.0 and format_score(WRONG) == 1.0
+
+
+def test_prco_hand_computed_step():
+    # V = [[1, 0], [1, 1]]; r_S = 0.9 V + 0.1 -> [[1.0, 0.1], [1.0, 1.0]].
+    # Caption 1 leaks: r_O = [(1-0)*0.5, (1-1)*1.0] = [0.5, 0.0] -> A_O = [0.25, -0.25].
+    # Only caption 0 has Var>0, so its answers form the Solver group: A_S = [0.45, -0.45].
+    r = _prco_rollout()
+    scored = PRCOCredit(leakage=lambda q, c, a: [0, 1], generator=torch.Generator().manual_seed(0))([r])
+    assert [t.role for t in scored.train] == [Role.OBSERVER] * 2 + [Role.SOLVER] * 2
+    assert [c.reward for c in r.observer] == pytest.approx([0.5, 0.0])
+    assert [t.advantage for t in scored.train] == pytest.approx([0.25, -0.25, 0.45, -0.45])
+    assert scored.train[2] is r.solver[0][0]
+    assert scored.metrics["solver/accuracy"] == pytest.approx(0.75)
+    assert scored.metrics["observer/leak_rate"] == pytest.approx(0.5)
+
+
+def test_shared_reward_ablation_gives_observer_the_outcome_reward():
+    r = _prco_rollout()
+    PRCOCredit(leakage=lambda q, c, a: [0, 1], generator=torch.Generator(), shared=True)([r])
+    assert [c.reward for c in r.observer] == pytest.approx([0.55, 1.0])  # mean r_S, no leak term
+
+
+def test_prompt_without_solver_signal_contributes_only_captions():
+    r = _prco_rollout()
+    r.solver[0][1].text = RIGHT  # now every caption's answers agree
+    scored = PRCOCredit(leakage=lambda q, c, a: [0, 0], generator=torch.Generator())([r])
+    assert all(t.role is Role.OBSERVER for t in scored.train)
+
+
+def test_grpo_and_dapo_baselines():
+    task = Task(uid="t", question="q", answer="3")
+    same = [_traj(Role.SINGLE, RIGHT, group=1) for _ in range(2)]
+    mixed = [_traj(Role.SINGLE, RIGHT, group=0), _traj(Role.SINGLE, WRONG, group=0)]
+    rollouts = [TaskRollout(task, solver=[mixed]), TaskRollout(task, solver=[same])]
+    grpo = SingleRoleCredit()(rollouts)
+    # r = [1.0, 0.1]: mean 0.55, population std 0.45 -> A = +-0.45 / (0.45 + 1e-6)
+    assert [t.advantage for t in grpo.train[:2]] == pytest.approx([1.0, -1.0], abs=1e-5)
+    assert len(grpo.train) == 4
+    dapo = SingleRoleCredit(dynamic_sampling=True)(rollouts)
+    assert dapo.train == mixed  # the all-equal group carries no signal and is dropped
