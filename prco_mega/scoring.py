@@ -15,6 +15,8 @@ import torch
 
 from prco_mega.algo import dapo_keep_mask, group_advantages, grpo_advantages, select_solver_groups
 from prco_mega.rewards.format import format_score
+from prco_mega.rewards.observer import (observer_utility_rewards, shared_outcome_observer_rewards,
+                                        solver_reward)
 from prco_mega.rewards.verifier import verify
 from prco_mega.types import Role, Task, Trajectory
 
@@ -51,7 +53,7 @@ def solver_rewards(answers: list[Trajectory], task: Task, lam: float) -> list[fl
     for y in answers:
         correct = verify(y.text, task.answer, task.choices)
         y.meta["correct"] = correct
-        y.reward = lam * correct + (1.0 - lam) * format_score(y.text)
+        y.reward = solver_reward(correct, format_score(y.text), lam)
         out.append(y.reward)
     return out
 
@@ -113,10 +115,12 @@ class PRCOCredit:
         for r in rollouts:
             grid = [solver_rewards(row, r.task, self.lam) for row in r.solver]  # [G_O][G_S]
             answers += [y for row in r.solver for y in row]
-            for caption, row_r, row in zip(r.observer, grid, r.solver):
-                caption.meta["leak"] = next(leak_iter)
-                accuracy = fmean(y.meta["correct"] for y in row)
-                caption.reward = fmean(row_r) if self.shared else (1 - caption.meta["leak"]) * accuracy
+            task_leaks = [next(leak_iter) for _ in r.observer]
+            correct = [[y.meta["correct"] for y in row] for row in r.solver]
+            caption_rewards = (shared_outcome_observer_rewards(grid) if self.shared
+                               else observer_utility_rewards(correct, task_leaks))
+            for caption, leak, reward in zip(r.observer, task_leaks, caption_rewards):
+                caption.meta["leak"], caption.reward = leak, reward
             train += r.observer
             pick = int(select_solver_groups(torch.tensor(grid, dtype=torch.float64), self.generator))
             if pick >= 0:
