@@ -155,7 +155,7 @@ class DataSection:
     """Bad rows/images: stop with an error naming the row, or skip and count them."""
     image_backend: Literal["pil", "dali"] = "pil"
     """Image decoder for file sources."""
-    image_size: int = 56
+    image_size: int = 224
     """Synthetic image side in pixels; a multiple of 28 (Qwen2.5-VL's merged patch)."""
     difficulty: int = 1
     """Synthetic difficulty level (object counts, value ranges)."""

@@ -1,0 +1,92 @@
+"""The perception scorer: perfect captions score 1, each dropped or corrupted needed fact costs
+exactly its share, and free text written the way people write is read correctly."""
+import random
+
+import pytest
+
+from prco_mega.data.captions import perception_accuracy, render_caption
+from prco_mega.data.synthetic import SyntheticConfig, SyntheticTaskSource
+
+FAMILIES = ("shapes", "bars", "geometry", "table")
+
+
+def tasks_of(family: str, n: int = 25):
+    weights = {f: float(f == family) for f in FAMILIES}
+    tasks = []
+    for difficulty in (1, 2, 3):
+        cfg = SyntheticConfig(image_size=224, difficulty=difficulty, family_weights=weights, seed=4)
+        tasks += SyntheticTaskSource(cfg).batch(0, n // 3 + 1)
+    return tasks
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rendered_caption_scores_one(family):
+    for task in tasks_of(family):
+        assert perception_accuracy(render_caption(task.facts), task.facts) == 1.0, task.uid
+        focused = render_caption(task.facts, task.question)
+        assert perception_accuracy(focused, task.facts) == 1.0, (task.uid, focused)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("perturbation", ["drop", "corrupt"])
+def test_each_perturbed_needed_fact_costs_its_share(family, perturbation):
+    """A question-focused caption lists exactly the n needed facts; perturbing k of them must
+    score (n - k) / n."""
+    rng = random.Random(0)
+    for task in tasks_of(family):
+        n = len(task.facts["needed"])
+        for k in {1, n}:
+            caption = render_caption(task.facts, task.question, rng=rng, **{perturbation: k / n})
+            assert perception_accuracy(caption, task.facts) == pytest.approx((n - k) / n), caption
+
+
+def test_caption_lists_facts_as_bullets_without_the_question():
+    task = tasks_of("bars", 3)[0]
+    caption = render_caption(task.facts, task.question)
+    lines = caption.splitlines()
+    assert all(line.startswith("- ") for line in lines)
+    assert len(lines) == 1 + len(task.facts["needed"])  # a scene line, then one per needed fact
+    assert task.question not in caption
+
+
+def test_drop_fraction_out_of_range_is_an_error():
+    task = tasks_of("shapes", 3)[0]
+    with pytest.raises(ValueError, match="drop"):
+        render_caption(task.facts, drop=1.5)
+
+
+SHAPES = {"family": "shapes", "needed": ["red circle", "blue square"], "items": [
+    {"name": "red circle", "color": "red", "kind": "circle", "value": 3},
+    {"name": "blue square", "color": "blue", "kind": "square", "value": 2},
+    {"name": "green triangle", "color": "green", "kind": "triangle", "value": 1}]}
+BARS = {"family": "bars", "needed": ["kiwi", "plum"], "items": [
+    {"name": "kiwi", "label": "kiwi", "value": 7}, {"name": "plum", "label": "plum", "value": 12}]}
+GEOMETRY = {"family": "geometry", "needed": ["angle A", "side AB"], "items": [
+    {"name": "angle A", "kind": "angle", "label": "A", "value": 50, "unit": "deg"},
+    {"name": "side AB", "kind": "side", "label": "AB", "value": 5, "unit": "cm"}]}
+TABLE = {"family": "table", "needed": ["Ana Tue", "Ben Wed"], "items": [
+    {"name": "Ana Tue", "row": "Ana", "col": "Tue", "value": 5},
+    {"name": "Ana Wed", "row": "Ana", "col": "Wed", "value": 8},
+    {"name": "Ben Tue", "row": "Ben", "col": "Tue", "value": 4},
+    {"name": "Ben Wed", "row": "Ben", "col": "Wed", "value": 3}]}
+
+
+@pytest.mark.parametrize("facts,caption,score", [
+    (SHAPES, "I can see three red circles, 2 blue squares and a green triangle.", 1.0),
+    (SHAPES, "red circles: 3, blue squares: 2", 1.0),
+    (SHAPES, "There are 2 red circles and 3 blue squares.", 0.0),
+    (SHAPES, "- red circles: 3\n- one green triangle", 0.5),
+    (SHAPES, "- red circles: 3\n- blue squares: 2\n- red circles: 4", 0.5),  # contradicts itself
+    (SHAPES, "- red squares: 3\n- blue circles: 2", 0.0),  # right numbers, wrong objects
+    (BARS, "The Kiwi bar reaches 7 while the plum bar is at 12.", 1.0),
+    (BARS, "* kiwi = 7\n* plum = 21", 0.5),
+    (GEOMETRY, "∠A = 50°, and side BA measures 5 cm.", 1.0),
+    (GEOMETRY, "The angle at A is 50 degrees. AB = 5 cm", 1.0),
+    (GEOMETRY, "Triangle ABC: the angle B is 50 degrees; AC = 5", 0.0),
+    (TABLE, "Ana read 5 books on Tuesday; on Wed Ben read 3.", 1.0),
+    (TABLE, "- Tue: Ana 5, Ben 4\n- Wed: Ana 8, Ben 3", 1.0),
+    (TABLE, "- Ana: Tue 5, Wed 8\n- Ben: Tue 3, Wed 4", 0.5),
+    (TABLE, "Ana has 5 and Ben has 3.", 0.0),  # no days: the cells are not identified
+])
+def test_free_text_captions(facts, caption, score):
+    assert perception_accuracy(caption, facts) == score
