@@ -1,0 +1,82 @@
+"""Supervised warm-start demonstrations for the tiny model (which has no instruct checkpoint).
+
+PRCO starts from an instruct model that already writes captions and boxed answers. The tiny CPU
+model starts from random weights, so it first imitates demonstrations made from the scene facts:
+Observer captions with deliberate omissions and errors, and Solver traces that compute the answer
+from what the caption states (a wrong caption gives a consistently wrong answer). The result is a
+formatted but imperfect policy with room for RL to improve perception and reasoning.
+"""
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from prco_mega.data.captions import render_caption
+from prco_mega.data.synthetic import answer_from_facts, format_number
+from prco_mega.types import Task
+
+_OP_WORDS = {"sum": "add", "diff": "subtract", "range": "largest minus smallest",
+             "third_angle": "180 minus the two angles", "rect_area": "multiply the sides",
+             "rect_perimeter": "twice the sum of the sides",
+             "right_triangle_area": "half the product of the legs",
+             "hypotenuse": "square root of the sum of the squares"}
+
+
+@dataclass(frozen=True)
+class DemoNoise:
+    """How imperfect the demonstrated Observer is."""
+
+    drop: float = 0.15
+    """Probability that a needed fact is left out of a caption."""
+    corrupt: float = 0.15
+    """Probability that a needed fact is stated with a wrong value."""
+
+
+def perceived_facts(facts: dict[str, Any], rng: random.Random, noise: DemoNoise) -> dict[str, Any]:
+    """A copy of the facts as an imperfect observer saw them: needed items dropped or misread."""
+    seen = copy.deepcopy(facts)
+    kept = []
+    for item in seen["items"]:
+        if item["name"] in facts["needed"]:
+            r = rng.random()
+            if r < noise.drop:
+                continue
+            if r < noise.drop + noise.corrupt:
+                item["value"] = max(1, item["value"] + rng.choice([-2, -1, 1, 2]) *
+                                    (5 if item.get("kind") == "angle" else 1))
+        kept.append(item)
+    seen["items"] = kept
+    return seen
+
+
+def observer_demo(task: Task, seen: dict[str, Any]) -> str:
+    """The caption an observer with perception `seen` writes (question-focused bullet list)."""
+    return render_caption(seen, task.question)
+
+
+def solver_demo(task: Task, seen: dict[str, Any], rng: random.Random) -> str:
+    """`<think>` trace using the values in `seen`; a missing value is guessed (small integer)."""
+    values = {it["name"]: it["value"] for it in seen["items"]}
+    full = copy.deepcopy(task.facts)
+    used = []
+    for item in full["items"]:
+        if item["name"] in full["needed"]:
+            item["value"] = values.get(item["name"], rng.randint(1, 9))
+            used.append(f"{item['name']} {item['value']}")
+    try:
+        answer = format_number(answer_from_facts(full))
+    except (AssertionError, ValueError, ZeroDivisionError):  # misread legs: no integer root
+        answer = format_number(Fraction(rng.randint(1, 20)))
+    op = _OP_WORDS.get(full["query"]["op"], full["query"]["op"])
+    return f"<think>{', '.join(used)}; {op}.</think> \\boxed{{{answer}}}"
+
+
+def demonstrations(task: Task, rng: random.Random, noise: DemoNoise = DemoNoise()) -> tuple[str, str]:
+    """(Observer caption, Solver response) for one synthetic task."""
+    if not task.facts:
+        raise ValueError(f"task {task.uid!r} has no scene facts: demonstrations need synthetic data")
+    seen = perceived_facts(task.facts, rng, noise)
+    return observer_demo(task, seen), solver_demo(task, seen, rng)

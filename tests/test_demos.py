@@ -1,0 +1,30 @@
+"""Warm-start demonstrations: faithful without noise, consistently wrong with it."""
+import random
+
+from prco_mega.data.captions import perception_accuracy
+from prco_mega.data.demos import DemoNoise, demonstrations
+from prco_mega.data.synthetic import SyntheticConfig, SyntheticTaskSource
+from prco_mega.rewards import format_score, rule_leak, verify
+
+TASKS = [SyntheticTaskSource(SyntheticConfig(image_size=224, seed=11)).task(i) for i in range(120)]
+
+
+def test_noiseless_demos_perceive_everything_and_answer_right():
+    rng = random.Random(0)
+    for task in TASKS:
+        caption, answer = demonstrations(task, rng, DemoNoise(drop=0.0, corrupt=0.0))
+        assert perception_accuracy(caption, task.facts) == 1.0, caption
+        assert verify(answer, task.answer) == 1.0, (task.question, answer)
+        assert format_score(answer) == 1.0
+        assert rule_leak(caption, task.answer) == 0, caption
+
+
+def test_noisy_demos_are_imperfect_but_the_solver_follows_its_caption():
+    rng = random.Random(1)
+    pairs = [demonstrations(task, rng, DemoNoise(drop=0.3, corrupt=0.3)) for task in TASKS]
+    perception = [perception_accuracy(c, t.facts) for t, (c, _) in zip(TASKS, pairs)]
+    correct = [verify(a, t.answer) for t, (_, a) in zip(TASKS, pairs)]
+    assert 0.2 < sum(perception) / len(TASKS) < 0.9
+    # a Solver that reads a perfect caption is right; imperfect captions are what lose accuracy
+    assert all(c == 1.0 for p, c in zip(perception, correct) if p == 1.0)
+    assert sum(correct) < len(TASKS)
