@@ -33,16 +33,20 @@ class SpecialTokenIds:
 
 @dataclass(frozen=True)
 class TinySizes:
-    """Sizes of the tiny model. Defaults divide by TP=2 and PP=2 (heads, KV heads, layers, vocab)."""
+    """Sizes of the tiny model. Defaults divide by TP=2 and PP=2 (heads, KV heads, layers, vocab).
+
+    head_dim = hidden_size / num_heads = 32: vLLM's CPU attention has kernels only for head_dim
+    32, 64, 80 and up, so 16 would train but could not be served.
+    """
 
     vocab_size: int = 512
-    hidden_size: int = 64
-    intermediate_size: int = 128
+    hidden_size: int = 128
+    intermediate_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
     num_kv_heads: int = 2
-    mrope_section: tuple[int, int, int] = (2, 3, 3)
-    """Rotary half-dims for (temporal, height, width); must sum to head_dim / 2 = 8."""
+    mrope_section: tuple[int, int, int] = (4, 6, 6)
+    """Rotary half-dims for (temporal, height, width); must sum to head_dim / 2 = 16."""
     vision_depth: int = 2
     vision_hidden: int = 32
     vision_heads: int = 2

@@ -1,0 +1,234 @@
+"""Megatron <-> Hugging Face weight mapping, as data: one table per model family.
+
+A `ParamMap` row says which Megatron parameter (name relative to
+`prco_mega.learner.model.Qwen25VLModel`, `{i}` = layer index local to the chunk) holds which
+Hugging Face tensors (legacy hub names, `{i}` = global layer index) in which layout:
+
+- `replicated`: same tensor on every TP rank (norms, the vision tower).
+- `column` / `row`: split over TP along dim 0 / dim 1 (ColumnParallel / RowParallel linears).
+- `vocab`: split over TP along dim 0 = vocab rows (embedding, output layer).
+- `qkv`: Megatron's fused `linear_qkv` with GQA grouping: for each KV group g the rows are
+  [q heads of g (num_heads / num_kv_heads of them), k of g, v of g], each head_dim long; TP ranks
+  hold contiguous groups. Hugging Face keeps q_proj, k_proj, v_proj (weights and biases) apart.
+- `gate_up`: Megatron's `linear_fc1` = [gate shard; up shard] per TP rank; HF's gate_proj, up_proj.
+- `prefix`: a whole subtree renamed (the vision tower), replicated.
+
+The same table drives checkpoint load/export (`bridge.hf_io`) and live weight sync to engines.
+Transformer Engine's fused specs name the pre-attention and pre-MLP norms
+`linear_qkv.layer_norm_weight` / `linear_fc1.layer_norm_weight`: rows list those as aliases.
+Tied embeddings: the output layer maps to the embedding (`tied_hf`) and is not exported.
+
+Hugging Face tensors may be stored with transformers 5's nested names
+(`model.language_model.*`, `model.visual.*`); `hf_legacy_name` folds them onto the hub layout.
+Every slice read from a checkpoint is contiguous, so readers can fetch only the bytes of one shard.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class ParamMap:
+    """One row of a family's mapping table."""
+
+    megatron: tuple[str, ...]
+    """Megatron names (first = local spec, others = aliases such as TE's fused norm names)."""
+    hf: tuple[str, ...]
+    """Hugging Face names; several for fused layouts (q, k, v / gate, up)."""
+    kind: str
+    """Layout: replicated | column | row | vocab | qkv | gate_up | prefix."""
+    tied_hf: str | None = None
+    """HF tensor to read instead when embeddings are tied (the row is then not exported)."""
+
+
+_L = "language_model.decoder.layers.{i}."
+_H = "model.layers.{i}."
+
+QWEN2_5_VL: tuple[ParamMap, ...] = (
+    ParamMap(("language_model.embedding.word_embeddings.weight",), ("model.embed_tokens.weight",),
+             "vocab"),
+    ParamMap((_L + "input_layernorm.weight", _L + "self_attention.linear_qkv.layer_norm_weight"),
+             (_H + "input_layernorm.weight",), "replicated"),
+    ParamMap((_L + "self_attention.linear_qkv.weight",),
+             (_H + "self_attn.q_proj.weight", _H + "self_attn.k_proj.weight",
+              _H + "self_attn.v_proj.weight"), "qkv"),
+    ParamMap((_L + "self_attention.linear_qkv.bias",),
+             (_H + "self_attn.q_proj.bias", _H + "self_attn.k_proj.bias",
+              _H + "self_attn.v_proj.bias"), "qkv"),
+    ParamMap((_L + "self_attention.linear_proj.weight",), (_H + "self_attn.o_proj.weight",), "row"),
+    ParamMap((_L + "pre_mlp_layernorm.weight", _L + "mlp.linear_fc1.layer_norm_weight"),
+             (_H + "post_attention_layernorm.weight",), "replicated"),
+    ParamMap((_L + "mlp.linear_fc1.weight",),
+             (_H + "mlp.gate_proj.weight", _H + "mlp.up_proj.weight"), "gate_up"),
+    ParamMap((_L + "mlp.linear_fc2.weight",), (_H + "mlp.down_proj.weight",), "row"),
+    ParamMap(("language_model.decoder.final_layernorm.weight",), ("model.norm.weight",),
+             "replicated"),
+    ParamMap(("language_model.output_layer.weight",), ("lm_head.weight",), "vocab",
+             tied_hf="model.embed_tokens.weight"),
+    ParamMap(("vision.model.",), ("visual.",), "prefix"),
+)
+
+FAMILIES: dict[str, tuple[ParamMap, ...]] = {"qwen2_5_vl": QWEN2_5_VL}
+"""Mapping tables by exact Hugging Face `model_type`."""
+
+
+def family_table(model_type: str) -> tuple[ParamMap, ...]:
+    """The table for `model_type`; ValueError for a type without one."""
+    if model_type not in FAMILIES:
+        raise ValueError(f"no weight mapping for model_type {model_type!r}; "
+                         f"known: {sorted(FAMILIES)}")
+    return FAMILIES[model_type]
+
+
+@dataclass(frozen=True)
+class Heads:
+    """Attention sizes the `qkv` layout needs."""
+
+    num_heads: int
+    num_kv_heads: int
+
+
+def hf_legacy_name(name: str) -> str:
+    """Fold transformers-5 nested names onto the hub layout (`model.layers.*`, `visual.*`)."""
+    if name.startswith("model.language_model."):
+        return "model." + name[len("model.language_model."):]
+    if name.startswith("model.visual."):
+        return name[len("model."):]
+    return name
+
+
+def _pattern(template: str) -> re.Pattern:
+    return re.compile(re.escape(template).replace(r"\{i\}", r"(\d+)") + "$")
+
+
+def resolve(megatron_name: str, table: tuple[ParamMap, ...],
+            layer_offset: int = 0) -> tuple[ParamMap, list[str]]:
+    """(row, HF names) for a Megatron parameter; local layer index j becomes layer_offset + j."""
+    for row in table:
+        for template in row.megatron:
+            if row.kind == "prefix":
+                if megatron_name.startswith(template):
+                    return row, [row.hf[0] + megatron_name[len(template):]]
+                continue
+            m = _pattern(template).match(megatron_name)
+            if m:
+                layer = int(m.group(1)) + layer_offset if m.groups() else None
+                return row, [h.format(i=layer) for h in row.hf]
+    raise KeyError(f"no mapping row for Megatron parameter {megatron_name!r}")
+
+
+Reader = Callable[[str], object]
+"""hf_name -> a tensor or a lazily sliced tensor (safetensors' `get_slice`): must support
+`get_shape()` or `.shape`, and basic slicing `x[a:b]`, `x[:, a:b]`."""
+
+
+def _shape(x) -> list[int]:
+    return list(x.get_shape()) if hasattr(x, "get_shape") else list(x.shape)
+
+
+def _split_range(n: int, rank: int, size: int, what: str) -> tuple[int, int]:
+    if n % size:
+        raise ValueError(f"{what}: size {n} does not divide by tensor_parallel ({size})")
+    part = n // size
+    return rank * part, (rank + 1) * part
+
+
+def hf_to_megatron_shard(megatron_name: str, read: Reader, *, model_type: str, tp_rank: int,
+                         tp_size: int, layer_offset: int = 0, heads: Heads | None = None,
+                         tied: bool = False) -> torch.Tensor:
+    """This TP rank's shard of a Megatron parameter, read from HF tensors through `read`."""
+    row, names = resolve(megatron_name, family_table(model_type), layer_offset)
+    if row.tied_hf and tied:
+        names = [row.tied_hf]
+    kind = row.kind
+    if kind in ("replicated", "prefix"):
+        return _full(read(names[0]))
+    if kind in ("column", "vocab"):
+        src = read(names[0])
+        a, b = _split_range(_shape(src)[0], tp_rank, tp_size, names[0])
+        return _full(src[a:b])
+    if kind == "row":
+        src = read(names[0])
+        a, b = _split_range(_shape(src)[1], tp_rank, tp_size, names[0])
+        return _full(src[:, a:b])
+    if kind == "gate_up":
+        parts = []
+        for name in names:
+            src = read(name)
+            a, b = _split_range(_shape(src)[0], tp_rank, tp_size, name)
+            parts.append(_full(src[a:b]))
+        return torch.cat(parts, dim=0)
+    if kind == "qkv":
+        return _qkv_shard([read(n) for n in names], heads, tp_rank, tp_size, names[0])
+    raise AssertionError(kind)
+
+
+def _full(x) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else x[...]
+
+
+def _qkv_shard(qkv, heads: Heads, tp_rank: int, tp_size: int, what: str) -> torch.Tensor:
+    """[g_local * (q_per_g + 2) * hd, ...]: per local KV group, its q heads then k then v."""
+    if heads is None:
+        raise ValueError(f"{what}: the qkv layout needs Heads(num_heads, num_kv_heads)")
+    q, k, v = qkv
+    groups, q_per_g = heads.num_kv_heads, heads.num_heads // heads.num_kv_heads
+    head_dim = _shape(q)[0] // heads.num_heads
+    g0, g1 = _split_range(groups, tp_rank, tp_size, f"{what} KV heads")
+    qs = _full(q[g0 * q_per_g * head_dim:g1 * q_per_g * head_dim])
+    ks = _full(k[g0 * head_dim:g1 * head_dim])
+    vs = _full(v[g0 * head_dim:g1 * head_dim])
+    rest = qs.shape[1:]
+    n = g1 - g0
+    fused = torch.cat([qs.reshape(n, q_per_g * head_dim, *rest), ks.reshape(n, head_dim, *rest),
+                       vs.reshape(n, head_dim, *rest)], dim=1)
+    return fused.reshape(-1, *rest)
+
+
+def megatron_shards_to_hf(megatron_name: str, shards: list[torch.Tensor], *, model_type: str,
+                          layer_offset: int = 0, heads: Heads | None = None,
+                          tied: bool = False) -> dict[str, torch.Tensor]:
+    """HF tensors from the TP shards [tp_size] of one Megatron parameter (rank order).
+
+    Returns {} for the output layer of a tied model: the embedding is exported instead.
+    """
+    row, names = resolve(megatron_name, family_table(model_type), layer_offset)
+    if row.tied_hf and tied:
+        return {}
+    kind = row.kind
+    if kind in ("replicated", "prefix"):
+        return {names[0]: shards[0]}
+    if kind in ("column", "vocab"):
+        return {names[0]: torch.cat(shards, dim=0)}
+    if kind == "row":
+        return {names[0]: torch.cat(shards, dim=1)}
+    if kind == "gate_up":
+        halves = [s.chunk(2, dim=0) for s in shards]
+        return {names[0]: torch.cat([h[0] for h in halves]),
+                names[1]: torch.cat([h[1] for h in halves])}
+    if kind == "qkv":
+        return dict(zip(names, _qkv_unfuse(shards, heads, megatron_name)))
+    raise AssertionError(kind)
+
+
+def _qkv_unfuse(shards: list[torch.Tensor], heads: Heads, what: str):
+    if heads is None:
+        raise ValueError(f"{what}: the qkv layout needs Heads(num_heads, num_kv_heads)")
+    fused = torch.cat(shards, dim=0)
+    q_per_g = heads.num_heads // heads.num_kv_heads
+    rest = fused.shape[1:]
+    head_dim = fused.shape[0] // (heads.num_kv_heads * (q_per_g + 2))
+    grouped = fused.reshape(heads.num_kv_heads, (q_per_g + 2) * head_dim, *rest)
+    q, k, v = grouped.split([q_per_g * head_dim, head_dim, head_dim], dim=1)
+    return (q.reshape(-1, *rest).contiguous(), k.reshape(-1, *rest).contiguous(),
+            v.reshape(-1, *rest).contiguous())
+
+
+def tp_split_dim(megatron_name: str, model_type: str) -> int | None:
+    """Dim along which a parameter is split over TP (None: replicated). Fused kinds split dim 0."""
+    row, _ = resolve(megatron_name, family_table(model_type))
+    return {"replicated": None, "prefix": None, "row": 1}.get(row.kind, 0)

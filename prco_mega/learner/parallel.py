@@ -1,0 +1,150 @@
+"""Parallel layout: validate it against the model before any process group exists, then start it.
+
+`validate_layout` is pure (no torch.distributed): call it from the launcher or config validation so
+a layout that cannot split the model fails in a second with the numbers, not minutes into a
+multi-node start. `init_parallel` starts torch.distributed (gloo on CPU, NCCL on GPU), Megatron's
+model-parallel groups and RNG, and returns the explicit `ProcessGroupCollection` that the model,
+DDP, optimizer and the bridge take as an argument.
+
+Vocabulary: Megatron shards the embedding and output layer over TP by vocab rows. We require
+`vocab_size % tp == 0` instead of padding the vocab (Megatron's `make_vocab_size_divisible_by`):
+padded output rows would add columns to the softmax, so log-probs would no longer equal the Hugging
+Face model's. Every Qwen2.5-VL checkpoint's vocab (151936, 152064) divides by 8.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes of a decoder that a parallel layout must divide."""
+
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    vocab_size: int
+    hidden_size: int
+    ffn_hidden_size: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A validated parallel layout."""
+
+    world_size: int
+    tp: int
+    """Tensor-parallel size."""
+    pp: int
+    """Pipeline-parallel size."""
+    vpp: int | None
+    """Virtual pipeline chunks per pipeline rank (None: no interleaving)."""
+    dp: int
+    """Data-parallel size = world_size / (tp * pp)."""
+    layers_per_chunk: int
+    """Decoder layers in each model chunk (num_layers / (pp * (vpp or 1)))."""
+
+
+def model_dims(hf_config_or_sizes: Any) -> ModelDims:
+    """`ModelDims` from a HF config (VL or text-only, object or dict), or a `TinySizes`-like."""
+    if isinstance(hf_config_or_sizes, ModelDims):
+        return hf_config_or_sizes
+    cfg = hf_config_or_sizes
+    if isinstance(cfg, dict):
+        cfg = _Attrs(cfg.get("text_config", cfg))
+    cfg = getattr(cfg, "text_config", cfg)
+    if hasattr(cfg, "num_hidden_layers"):
+        return ModelDims(cfg.num_hidden_layers, cfg.num_attention_heads,
+                         getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
+                         cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size)
+    # TinySizes naming
+    return ModelDims(cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.vocab_size,
+                     cfg.hidden_size, cfg.intermediate_size)
+
+
+class _Attrs:
+    def __init__(self, d: dict):
+        self.__dict__.update(d)
+
+
+def validate_layout(hf_config_or_sizes: Any, world_size: int, tp: int, pp: int,
+                    vpp: int | None = None) -> Layout:
+    """Check that (tp, pp, vpp) splits the model and the world; ValueError names the numbers."""
+    d = model_dims(hf_config_or_sizes)
+    for name, value in (("world_size", world_size), ("tensor_parallel", tp),
+                        ("pipeline_parallel", pp)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if world_size % (tp * pp):
+        raise ValueError(f"world_size ({world_size}) must be a multiple of tensor_parallel * "
+                         f"pipeline_parallel ({tp} * {pp} = {tp * pp})")
+    _check_divides("tensor_parallel", tp, "num_attention_heads", d.num_heads)
+    _check_divides("tensor_parallel", tp, "num_key_value_heads", d.num_kv_heads)
+    _check_divides("tensor_parallel", tp, "vocab_size", d.vocab_size,
+                   " (vocab padding is not done: it would change the softmax)")
+    _check_divides("tensor_parallel", tp, "intermediate_size", d.ffn_hidden_size)
+    if d.num_heads % d.num_kv_heads:
+        raise ValueError(f"num_key_value_heads ({d.num_kv_heads}) must divide "
+                         f"num_attention_heads ({d.num_heads})")
+    chunks = pp * (vpp or 1)
+    if vpp is not None and (vpp < 1 or pp < 2):
+        raise ValueError(f"virtual_pipeline ({vpp}) needs pipeline_parallel >= 2 (got {pp}) "
+                         "and vpp >= 1")
+    if d.num_layers % chunks:
+        what = (f"pipeline_parallel ({pp})" if vpp is None else
+                f"pipeline_parallel * virtual_pipeline ({pp} * {vpp} = {chunks})")
+        raise ValueError(f"{what} must divide num_hidden_layers ({d.num_layers})")
+    return Layout(world_size, tp, pp, vpp, world_size // (tp * pp), d.num_layers // chunks)
+
+
+def _check_divides(a_name: str, a: int, b_name: str, b: int, why: str = "") -> None:
+    if b % a:
+        raise ValueError(f"{a_name} ({a}) must divide {b_name} ({b}){why}")
+
+
+def init_parallel(tp: int = 1, pp: int = 1, vpp: int | None = None, backend: str | None = None,
+                  seed: int = 1234, hf_config: Any = None):
+    """Start torch.distributed (if needed) and Megatron's groups; return a `ProcessGroupCollection`.
+
+    `backend` defaults to NCCL with CUDA and gloo without; on CPU the megatron compatibility layer
+    is installed first. The collection holds tp, pp, dp, cp, embd, ... as Megatron defines them.
+    `seed` seeds Megatron's RNG tracker (TP ranks get distinct streams for sharded init/dropout).
+    With `hf_config`, the layout is validated (world size from torchrun's WORLD_SIZE) before any
+    process group starts.
+    """
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from prco_mega.platform.megatron_cpu import install_megatron_cpu_compat
+
+    if hf_config is not None:
+        world = (dist.get_world_size() if dist.is_initialized()
+                 else int(os.environ.get("WORLD_SIZE", 1)))
+        validate_layout(hf_config, world, tp, pp, vpp)
+
+    install_megatron_cpu_compat()
+    if not dist.is_initialized():
+        dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(dist.get_rank() % torch.cuda.device_count())
+    from megatron.core import parallel_state
+    from megatron.core.process_groups_config import ProcessGroupCollection
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        virtual_pipeline_model_parallel_size=vpp)
+    model_parallel_cuda_manual_seed(seed)
+    return ProcessGroupCollection.use_mpu_process_groups()
+
+
+def destroy_parallel() -> None:
+    """Tear down Megatron's groups (torch.distributed stays up for the next layout)."""
+    from megatron.core import parallel_state
+
+    parallel_state.destroy_model_parallel()
