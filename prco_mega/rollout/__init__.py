@@ -1,0 +1,11 @@
+"""Rollout: the engine interface, the vLLM engine, and the two-stage Observer -> Solver rollout.
+
+Importing this package does not import vLLM; `VllmEngine` imports it when constructed.
+"""
+from prco_mega.rollout.config import EngineConfig
+from prco_mega.rollout.engine import (Generation, GenerationRequest, PushStats, RolloutEngine,
+                                      SamplingSettings)
+from prco_mega.rollout.vllm_engine import VllmEngine
+
+__all__ = ["EngineConfig", "Generation", "GenerationRequest", "PushStats", "RolloutEngine",
+           "SamplingSettings", "VllmEngine"]

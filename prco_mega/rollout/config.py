@@ -1,0 +1,62 @@
+"""The rollout engine's config section (`engine:` in a run config)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class EngineConfig:
+    """vLLM engine settings. CPU-only fields are ignored on GPU and vice versa."""
+
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    """Weights and activations in the engine; float32 on CPU makes log-probs match the learner."""
+    max_model_len: int = 2048
+    """Longest prompt + response in tokens (image pads included)."""
+    max_num_seqs: int = 256
+    """Most sequences decoded together (vLLM's batch)."""
+    max_num_batched_tokens: int | None = None
+    """Token budget of one engine step; None = max(max_model_len, 8192)."""
+    enable_chunked_prefill: bool | None = None
+    """Split long prefills across steps. None = off on CPU (vLLM 0.32's CPU runner crashes with
+    "CPU Generator does not use offset" when a seeded request's prefill is chunked), on on GPU."""
+    max_images_per_prompt: int = 1
+    """Image placeholders allowed per prompt (sizes vLLM's encoder budget)."""
+    gpu_memory_utilization: float = 0.5
+    """GPU only: fraction of GPU memory vLLM may take (weights + KV), leaving room for a colocated
+    learner."""
+    enable_sleep_mode: bool = False
+    """GPU only: let `sleep()` release weights and KV memory while the learner trains."""
+    cpu_kv_cache_gib: int = 1
+    """CPU only: KV cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE; vLLM's default is ~20 GiB)."""
+    enforce_eager: bool = True
+    """No CUDA graphs / torch.compile: fast start, and the only mode that is cheap on CPU."""
+    seed: int = 0
+    """Engine seed (sampling RNG when a request gives none)."""
+    tensor_parallel_size: int = 1
+    """Engine tensor parallelism (GPU; 1 on CPU)."""
+    enable_prefix_caching: bool = True
+    """Share KV blocks of common prompt prefixes (reset after every weight push)."""
+    logprobs_mode: Literal["processed_logprobs", "raw_logprobs"] = "processed_logprobs"
+    """Which log-probs `Generation.logprobs` holds. "processed_logprobs" = log_softmax(logits / T)
+    (after top-k/top-p masking when those are on): the distribution the tokens were sampled from,
+    and the learner's definition of the behaviour policy at temperature T. "raw_logprobs" =
+    log_softmax(logits), temperature ignored."""
+
+    def validate(self) -> None:
+        if self.max_model_len < 16 or self.max_num_seqs < 1 or self.max_images_per_prompt < 0:
+            raise ValueError(f"engine.max_model_len ({self.max_model_len}) must be >= 16, "
+                             f"max_num_seqs ({self.max_num_seqs}) >= 1 and max_images_per_prompt "
+                             f"({self.max_images_per_prompt}) >= 0")
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
+            raise ValueError(f"engine.max_num_batched_tokens ({self.max_num_batched_tokens}) "
+                             "must be >= 1")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"engine.gpu_memory_utilization ({self.gpu_memory_utilization}) "
+                             "must be in (0, 1]")
+        if self.cpu_kv_cache_gib <= 0 or self.tensor_parallel_size < 1:
+            raise ValueError(f"engine.cpu_kv_cache_gib ({self.cpu_kv_cache_gib}) must be > 0 and "
+                             f"tensor_parallel_size ({self.tensor_parallel_size}) >= 1")
+
+    def __post_init__(self) -> None:
+        self.validate()

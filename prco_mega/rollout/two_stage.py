@@ -1,0 +1,151 @@
+"""The two-stage PRCO rollout: Observer captions, then Solver answers for every caption.
+
+One step costs two engine calls whatever the batch: every task's Observer prompt (n = G_O), then
+every caption's Solver prompt (n = G_S), so the engine batches across tasks and captions. The
+Solver sees no image during the caption-first warm-up (`step < warmup_steps`) and the task's image
+afterwards; either way the task's decoded PIL images are passed on as they are, never re-decoded.
+
+Group ids come from a running counter of the rollout object, so within a batch (and across the
+steps of one run) they are unique: the G_O captions of a task share one group, the G_S answers of
+one caption share another. Trajectories carry the prompt ids as the engine saw them (image pads
+expanded), which is what the learner must score.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from prco_mega.roles.prompts import Prompt, PromptSet
+from prco_mega.rollout.engine import Generation, GenerationRequest, RolloutEngine, SamplingSettings
+from prco_mega.scoring import TaskRollout
+from prco_mega.types import Role, Task, Trajectory
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from prco_mega.config import SamplingSection
+
+_CONTROL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]+\|>")
+_STEP_SEED_STRIDE = 1 << 20
+"""Seed distance between steps: room for 1M samples per step before seeds repeat."""
+
+
+def strip_control_tokens(text: str) -> str:
+    """`text` without chat control-token spellings (`<|im_end|>`, `<|image_pad|>`, ...).
+
+    Model text is pasted into later prompts (Solver, judge) that the engine tokenizes, and the
+    tokenizer turns such a spelling into the control token itself: an `<|im_end|>` would close the
+    user turn early, an `<|image_pad|>` would add an image placeholder that no image fills.
+    """
+    return _CONTROL_TOKEN.sub("", text)
+
+
+def solver_caption(text: str, eos_token: str | None = None) -> str:
+    """The caption as the Solver prompt shows it: trailing EOS and control tokens removed, outer
+    whitespace trimmed. An empty caption stays empty (the Solver then has only the question, and
+    the image after the warm-up, so such a caption earns what guessing earns)."""
+    if eos_token and text.rstrip().endswith(eos_token):
+        text = text.rstrip()[: -len(eos_token)]
+    return strip_control_tokens(text).strip()
+
+
+def step_settings(settings: SamplingSettings, step: int) -> SamplingSettings:
+    """Per-step sampling settings: a fixed base seed would replay the same samples every step,
+    so the seed moves by `_STEP_SEED_STRIDE` per step (None stays None: engine RNG)."""
+    if settings.seed is None:
+        return settings
+    return dataclasses.replace(settings, seed=settings.seed + step * _STEP_SEED_STRIDE)
+
+
+def settings_from_section(section: SamplingSection, seed: int | None = None) -> SamplingSettings:
+    """`SamplingSettings` of a config `SamplingSection` (n, temperature, top_p, max_new_tokens)."""
+    return SamplingSettings(n=section.n, temperature=section.temperature, top_p=section.top_p,
+                            max_new_tokens=section.max_new_tokens, seed=seed)
+
+
+def request_of(prompt: Prompt) -> GenerationRequest:
+    return GenerationRequest(prompt=prompt.text, images=tuple(prompt.images))
+
+
+def trajectory_of(gen: Generation, role: Role, task: Task, group_id: int, policy_version: int,
+                  step: int, images: Sequence[Image],
+                  caption_index: int | None = None) -> Trajectory:
+    """One engine sample as a Trajectory (prompt ids as the engine saw them)."""
+    if gen.logprobs is None or len(gen.logprobs) != len(gen.token_ids) or not gen.prompt_ids:
+        raise ValueError(f"{role.name.lower()} sample of task {task.uid!r} lacks rollout log-probs "
+                         f"({None if gen.logprobs is None else len(gen.logprobs)} for "
+                         f"{len(gen.token_ids)} tokens) or prompt ids ({len(gen.prompt_ids)}); "
+                         "sample with logprobs=True on an engine that returns prompt ids")
+    return Trajectory(
+        role=role, task_uid=task.uid, group_id=group_id, prompt_ids=list(gen.prompt_ids),
+        response_ids=list(gen.token_ids), rollout_logprobs=list(gen.logprobs), text=gen.text,
+        policy_version=policy_version, caption_index=caption_index, images=list(images),
+        meta={"step": step, "finish_reason": gen.finish_reason})
+
+
+def require_logprobs(**settings: SamplingSettings) -> None:
+    for name, s in settings.items():
+        if not s.logprobs:
+            raise ValueError(f"{name} sampling has logprobs=False; the learner needs the "
+                             "behaviour policy's log-probs of every sampled token")
+
+
+class TwoStageRollout:
+    """PRCO rollout: G_O = `observer.n` captions per task, G_S = `solver.n` answers per caption."""
+
+    def __init__(self, engine: RolloutEngine, prompts: PromptSet, observer: SamplingSettings,
+                 solver: SamplingSettings, warmup_steps: int):
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps ({warmup_steps}) must be >= 0")
+        require_logprobs(observer=observer, solver=solver)
+        self.engine = engine
+        self.prompts = prompts
+        self.observer = observer
+        self.solver = solver
+        self.warmup_steps = warmup_steps
+        self.eos_token = getattr(getattr(engine, "tokenizer", None), "eos_token", None)
+        self._groups = itertools.count()
+
+    def solver_sees_image(self, step: int) -> bool:
+        """False during the caption-first warm-up."""
+        return step >= self.warmup_steps
+
+    def __call__(self, tasks: list[Task], step: int, policy_version: int) -> list[TaskRollout]:
+        rollouts = self.observe(tasks, step, policy_version)
+        self.solve(rollouts, step, policy_version)
+        return rollouts
+
+    def observe(self, tasks: list[Task], step: int, policy_version: int) -> list[TaskRollout]:
+        """One rollout per task with its G_O Observer captions (`solver` still empty)."""
+        prompts = [self.prompts.observer(t) for t in tasks]
+        samples = self.engine.generate([request_of(p) for p in prompts],
+                                       step_settings(self.observer, step))
+        rollouts = []
+        for task, prompt, gens in zip(tasks, prompts, samples, strict=True):
+            group = next(self._groups)
+            captions = [trajectory_of(g, Role.OBSERVER, task, group, policy_version, step,
+                                      prompt.images) for g in gens]
+            rollouts.append(TaskRollout(task=task, observer=captions))
+        return rollouts
+
+    def solve(self, rollouts: list[TaskRollout], step: int, policy_version: int) -> None:
+        """Fill each rollout's empty `solver` with [G_O][G_S] answers to its Observer captions,
+        in place (the captions may come from elsewhere, e.g. given captions in evaluation). Each
+        caption's `meta["solver_caption"]` records the text the Solver was shown."""
+        with_image = self.solver_sees_image(step)
+        for c in (c for r in rollouts for c in r.observer):
+            c.meta["solver_caption"] = solver_caption(c.text, self.eos_token)
+        prompts = [self.prompts.solver(r.task, c.meta["solver_caption"], with_image)
+                   for r in rollouts for c in r.observer]
+        samples = iter(self.engine.generate([request_of(p) for p in prompts],
+                                            step_settings(self.solver, step)))
+        prompt_iter = iter(prompts)
+        for r in rollouts:
+            for k in range(len(r.observer)):
+                group, prompt = next(self._groups), next(prompt_iter)
+                r.solver.append([trajectory_of(g, Role.SOLVER, r.task, group, policy_version, step,
+                                               prompt.images, caption_index=k)
+                                 for g in next(samples)])

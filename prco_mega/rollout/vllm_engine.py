@@ -1,0 +1,295 @@
+"""The rollout engine on vLLM: CPU build in-process here, CUDA build on clusters.
+
+vLLM is imported only in this module (inside `VllmEngine.__init__`). Behaviour-policy log-probs:
+`EngineConfig.logprobs_mode` defaults to vLLM's "processed_logprobs", i.e. for a sampled token y
+at temperature T, log p(y) = log_softmax(logits / T)[y] (renormalised over the kept set when
+top-k/top-p are on; exactly the learner's log_softmax(logits / T) when they are off). Greedy
+requests (T = 0) report log_softmax(logits).
+
+Weight pushes go through `collective_rpc("reload_weights")` with Hugging Face checkpoint names.
+vLLM finalises a layer (fused q/k/v, fused gate/up, weight + bias) from the tensors of one call
+only, so every call must carry all checkpoint tensors of each engine layer it touches; the engine
+checks this, the names, shapes and finiteness before anything reaches vLLM.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prco_mega.rollout.config import EngineConfig
+from prco_mega.rollout.engine import (Generation, GenerationRequest, PushStats, RolloutEngine,
+                                      SamplingSettings)
+
+if TYPE_CHECKING:
+    import torch
+
+# vLLM inspects model classes in a fresh interpreter; that interpreter needs the torchvision shim
+# too, so it runs the shim first and then vLLM's own registry entry point.
+_REGISTRY_BOOTSTRAP = (
+    "from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable as shim; shim(); "
+    "import runpy; runpy.run_module('vllm.model_executor.models.registry', run_name='__main__')"
+)
+_DEFAULT_PACKED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"],
+                   "gate_up_proj": ["gate_proj", "up_proj"]}
+
+
+def _prepare_environment(config: EngineConfig, on_cpu: bool) -> None:
+    """Engine env vars, set before vLLM is imported; values the user exported win."""
+    # In-process engine: weights travel to the worker as Python objects (the multiprocess engine
+    # cannot receive tensors through collective_rpc), and it starts in seconds.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if on_cpu:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kv_cache_gib))
+
+
+def _import_vllm():
+    from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    import vllm
+    import vllm.model_executor.models.registry as registry
+
+    if registry._SUBPROCESS_COMMAND[1:] == ["-m", "vllm.model_executor.models.registry"]:
+        registry._SUBPROCESS_COMMAND = [sys.executable, "-c", _REGISTRY_BOOTSTRAP]
+    return vllm
+
+
+def checkpoint_shapes(model_dir: str | Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors Hugging Face checkpoint (metadata only)."""
+    from safetensors import safe_open
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"no *.safetensors files in model dir {str(model_dir)!r}")
+    shapes = {}
+    for f in files:
+        with safe_open(f, framework="pt") as h:
+            for name in h.keys():
+                shapes[name] = tuple(h.get_slice(name).get_shape())
+    return shapes
+
+
+def fused_layer_key(name: str, packed: dict[str, list[str]]) -> str:
+    """The engine layer a checkpoint tensor lands in: its module path with fused members renamed
+    to the fused layer ("...self_attn.k_proj.bias" -> "...self_attn.qkv_proj")."""
+    module = name.rpartition(".")[0]
+    parent, _, leaf = module.rpartition(".")
+    for fused, members in packed.items():
+        if leaf in members:
+            leaf = fused
+            break
+    return f"{parent}.{leaf}" if parent else leaf
+
+
+def fused_groups(names: Iterable[str], packed: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Engine layer -> the checkpoint tensor names that must travel in the same push."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for name in names:
+        groups[fused_layer_key(name, packed)].append(name)
+    return dict(groups)
+
+
+def _zero_kv_caches(worker) -> int:
+    """Runs on each worker: zero every KV block; returns bytes zeroed."""
+    total = 0
+    for kv in worker.model_runner.kv_caches:
+        kv.zero_()
+        total += kv.numel() * kv.element_size()
+    return total
+
+
+def _kv_summary(worker) -> dict[str, int]:
+    """Runs on each worker: KV cache bytes and counts of its non-zero and non-finite values."""
+    import torch
+
+    out = {"bytes": 0, "nonzero": 0, "nonfinite": 0}
+    for kv in worker.model_runner.kv_caches:
+        out["bytes"] += kv.numel() * kv.element_size()
+        out["nonzero"] += int(torch.count_nonzero(kv))
+        out["nonfinite"] += int((~torch.isfinite(kv)).sum())
+    return out
+
+
+def _packed_mapping(worker) -> dict[str, list[str]]:
+    model = worker.model_runner.get_model()
+    return dict(getattr(model, "packed_modules_mapping", None) or {})
+
+
+def _check_cpu_head_dim(model_dir: Path) -> None:
+    """vLLM's CPU attention kernels exist for a fixed set of head sizes; fail early and clearly."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    text = cfg.get("text_config", cfg)
+    head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    if head_dim not in supported:
+        raise ValueError(f"head_dim ({head_dim}) of {str(model_dir)!r} is not supported by vLLM's "
+                         f"CPU attention (supported: {supported}); e.g. hidden_size 128 with 4 "
+                         "heads")
+
+
+class VllmEngine(RolloutEngine):
+    """A vLLM `LLM` over a Hugging Face model directory (weights, tokenizer, processor)."""
+
+    def __init__(self, model_dir: str | Path, config: EngineConfig | None = None):
+        import torch
+
+        self.config = config or EngineConfig()
+        self.model_dir = Path(model_dir)
+        self.on_cpu = not torch.cuda.is_available()
+        t0 = time.perf_counter()
+        _prepare_environment(self.config, self.on_cpu)
+        vllm = _import_vllm()
+        if self.on_cpu:
+            _check_cpu_head_dim(self.model_dir)
+        self.shapes = checkpoint_shapes(self.model_dir)
+        self._llm = vllm.LLM(**self._engine_kwargs())
+        self._vllm = vllm
+        self.tokenizer = self._llm.get_tokenizer()
+        packed = self._llm.collective_rpc(_packed_mapping)[0] or _DEFAULT_PACKED
+        self.groups = fused_groups(self.shapes, packed)
+        self._group_of = {n: k for k, names in self.groups.items() for n in names}
+        self._asleep = False
+        self.start_seconds = time.perf_counter() - t0
+        """Wall time of the constructor (import + engine start)."""
+
+    def _engine_kwargs(self) -> dict[str, Any]:
+        c = self.config
+        kwargs = dict(
+            model=str(self.model_dir), dtype=c.dtype, max_model_len=c.max_model_len,
+            max_num_seqs=c.max_num_seqs, enforce_eager=c.enforce_eager, seed=c.seed,
+            tensor_parallel_size=c.tensor_parallel_size, logprobs_mode=c.logprobs_mode,
+            enable_prefix_caching=c.enable_prefix_caching,
+            limit_mm_per_prompt={"image": c.max_images_per_prompt, "video": 0},
+            max_num_batched_tokens=c.max_num_batched_tokens or max(c.max_model_len, 8192),
+            enable_chunked_prefill=(not self.on_cpu if c.enable_chunked_prefill is None
+                                    else c.enable_chunked_prefill),
+        )
+        if not self.on_cpu:
+            kwargs.update(gpu_memory_utilization=c.gpu_memory_utilization,
+                          enable_sleep_mode=c.enable_sleep_mode)
+        return kwargs
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, requests: list[GenerationRequest],
+                 sampling: SamplingSettings) -> list[list[Generation]]:
+        if not requests:
+            return []
+        prompts = [self._vllm_prompt(r) for r in requests]
+        params = [self._sampling_params(sampling, i) for i in range(len(requests))]
+        outputs = self._llm.generate(prompts, params, use_tqdm=False)
+        return [[_to_generation(o, out.prompt_token_ids) for o in out.outputs] for out in outputs]
+
+    @staticmethod
+    def _vllm_prompt(request: GenerationRequest) -> dict[str, Any]:
+        if request.prompt_ids is not None:
+            prompt: dict[str, Any] = {"prompt_token_ids": list(request.prompt_ids)}
+        else:
+            prompt = {"prompt": request.prompt}
+        if request.images:
+            images = list(request.images)
+            prompt["multi_modal_data"] = {"image": images[0] if len(images) == 1 else images}
+        return prompt
+
+    def _sampling_params(self, s: SamplingSettings, index: int):
+        # vLLM seeds sample j of a request with (request seed + j).
+        seed = None if s.seed is None else s.seed + index * s.n
+        return self._vllm.SamplingParams(
+            n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+            max_tokens=s.max_new_tokens, stop=list(s.stop) or None,
+            stop_token_ids=list(s.stop_token_ids) or None, seed=seed,
+            logprobs=0 if s.logprobs else None, skip_special_tokens=True,
+        )
+
+    # ------------------------------------------------------------------ weights
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> PushStats:
+        t0 = time.perf_counter()
+        tensors = list(named_tensors)
+        try:
+            self._validate_push(tensors)
+            self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": tensors})
+        except BaseException:
+            # vLLM may have run part of the reload; NaN written into KV blocks would survive a
+            # prefix-cache reset (masked attention still multiplies stale values by zero).
+            self.reset_caches(zero_kv=True)
+            raise
+        self.reset_caches()
+        nbytes = sum(t.numel() * t.element_size() for _, t in tensors)
+        return PushStats(len(tensors), nbytes, time.perf_counter() - t0)
+
+    def _validate_push(self, tensors: list[tuple[str, torch.Tensor]]) -> None:
+        """Refuse unknown names, wrong shapes, non-finite values and incomplete fused layers."""
+        import torch
+
+        names = [n for n, _ in tensors]
+        unknown = [n for n in names if n not in self.shapes]
+        if unknown:
+            raise ValueError(f"weight push has names not in the checkpoint of "
+                             f"{str(self.model_dir)!r}: {unknown[:5]} (of {len(unknown)})")
+        for name, t in tensors:
+            if tuple(t.shape) != self.shapes[name]:
+                raise ValueError(f"weight push: {name} has shape {tuple(t.shape)}, the engine "
+                                 f"expects {self.shapes[name]}")
+            if not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise ValueError(f"weight push refused: {name} has {bad} non-finite values "
+                                 f"(of {t.numel()}); the engine keeps its previous weights")
+        present = set(names)
+        for key in {self._group_of[n] for n in names}:
+            missing = [m for m in self.groups[key] if m not in present]
+            if missing:
+                raise ValueError(f"weight push splits fused engine layer {key}: missing "
+                                 f"{missing}; push all of {self.groups[key]} together")
+
+    def weight_groups(self) -> dict[str, list[str]]:
+        """Engine layer -> checkpoint tensor names that must share a push (for bucketing)."""
+        return {k: list(v) for k, v in self.groups.items()}
+
+    # ------------------------------------------------------------------ caches and memory
+    def reset_caches(self, zero_kv: bool = False) -> None:
+        if zero_kv:
+            self._llm.collective_rpc(_zero_kv_caches)
+        self._llm.reset_prefix_cache()
+        self._llm.llm_engine.reset_encoder_cache()
+
+    def kv_cache_summary(self) -> dict[str, int]:
+        """KV cache bytes, non-zero and non-finite value counts, summed over workers (scans it)."""
+        parts = self._llm.collective_rpc(_kv_summary)
+        return {k: sum(p[k] for p in parts) for k in parts[0]}
+
+    def sleep(self) -> None:
+        # Level 1 keeps a host copy of the weights: a later partial push still has the rest.
+        if self.config.enable_sleep_mode and not self.on_cpu and not self._asleep:
+            self._llm.sleep(level=1)
+            self._asleep = True
+
+    def wake_up(self) -> None:
+        if self._asleep:
+            self._llm.wake_up()
+            self._asleep = False
+            self.reset_caches()
+
+    def close(self) -> None:
+        llm, self._llm = getattr(self, "_llm", None), None
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+            gc.collect()
+
+
+def _to_generation(completion, prompt_ids) -> Generation:
+    logprobs = None
+    if completion.logprobs is not None:
+        logprobs = [step[tok].logprob for step, tok in zip(completion.logprobs,
+                                                            completion.token_ids)]
+    return Generation(token_ids=list(completion.token_ids), text=completion.text,
+                      logprobs=logprobs, finish_reason=str(completion.finish_reason),
+                      prompt_ids=list(prompt_ids or []))
