@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 
 from ._dispatch import check_impl
-from .logprob import (accumulate_grad_weight, chunk_grad, chunk_stats, chunk_tokens_for,
-                      finish_stats, reduce_stats_tp, validate, vocab_start_of)
+from .logprob import (chunk_grad, chunk_logits_fp32, chunk_stats, chunk_tokens_for, finish_stats,
+                      grad_logits_into, reduce_stats_tp, validate, vocab_start_of)
 
 # loss_fn(logprob [C], entropy [C], start, end) -> (loss [], dL/dlogprob [C], dL/dentropy [C] | None)
 LossFn = Callable[[torch.Tensor, torch.Tensor, int, int],
@@ -33,7 +33,7 @@ def loss_head_pass(hidden, weight, targets, loss_fn, inv_temp, process_group, im
     loss = torch.zeros((), device=hidden.device, dtype=torch.float32)
     for a in range(0, T, chunk_tokens):
         b = min(a + chunk_tokens, T)
-        z = hidden[a:b] @ weight.t()  # [C, V_local], reused in place for the gradient
+        z = chunk_logits_fp32(hidden[a:b], weight)  # [C, V_local], reused in place for the gradient
         stats = reduce_stats_tp(chunk_stats(z, targets[a:b], v0, inv_temp, impl), process_group)
         lp, ent, lse, mu = finish_stats(stats)
         loss_c, g_lp, g_ent = loss_fn(lp, ent, a, b)
@@ -41,8 +41,7 @@ def loss_head_pass(hidden, weight, targets, loss_fn, inv_temp, process_group, im
         lp_all[a:b], ent_all[a:b] = lp, ent
         chunk_grad(z, targets[a:b], v0, inv_temp, lse, mu, g_lp.float().contiguous(),
                    None if g_ent is None else g_ent.float().contiguous(), impl)
-        torch.mm(z, weight, out=grad_h[a:b])
-        accumulate_grad_weight(grad_w, z, hidden[a:b])
+        grad_logits_into(z, hidden[a:b], weight, grad_h[a:b], grad_w)
     if process_group is not None and dist.get_world_size(process_group) > 1:
         dist.all_reduce(grad_h, group=process_group)
     return loss, lp_all, ent_all, grad_h, grad_w.to(weight.dtype)

@@ -43,13 +43,13 @@ def test_logprob_entropy_and_grads_match_full_softmax(impl, dtype, device):
     ((lp * g_lp.to(device)).sum() + (ent * g_ent.to(device)).sum()).backward()
     r_lp, r_ent, r_gh, r_gw = reference(hidden, weight, targets, temperature, g_lp.to(device),
                                         g_ent.to(device))
-    # the fused Triton forward multiplies bf16 inputs exactly and accumulates in fp32 (no logits
-    # buffer), so it is fp32-exact; the torch path rounds its logits chunk to bf16
-    fwd_tol = 1e-5 if impl == "triton" else tol(dtype)
-    assert rel_err(lp, r_lp) < fwd_tol, f"seed {seed}"
-    assert rel_err(ent, r_ent) < fwd_tol, f"seed {seed}"
-    assert rel_err(hidden.grad, r_gh) < tol(dtype), f"seed {seed}"
-    assert rel_err(weight.grad, r_gw) < tol(dtype), f"seed {seed}"
+    # bf16 inputs are multiplied exactly and accumulated in fp32 on both paths (the logits chunk is
+    # fp32), so the forward is fp32-exact; the gradient is rounded once to bf16 for the hidden GEMM
+    assert rel_err(lp, r_lp) < 1e-5, f"seed {seed}"
+    assert rel_err(ent, r_ent) < 1e-5, f"seed {seed}"
+    grad_tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert rel_err(hidden.grad, r_gh) < grad_tol, f"seed {seed}"
+    assert rel_err(weight.grad, r_gw) < grad_tol, f"seed {seed}"
     assert hidden.grad.dtype == dtype and weight.grad.dtype == dtype
 
 

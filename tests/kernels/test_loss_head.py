@@ -51,10 +51,9 @@ def test_fused_loss_head_matches_autograd_through_full_softmax(impl, dtype, devi
     # the loss is a sum of +- terms: bound its error by the terms' magnitudes, not by the sum
     magnitude = (w * adv.abs() * torch.exp(r_lp.float() - old)).sum() + 0.01 * w.sum() * 5
     assert sum_err(loss, r_loss, magnitude) < tol(dtype), f"seed {seed}"
-    # bf16: the [chunk, V] logits buffer is bf16 (as in Liger), so p = softmax(z) carries ~|z| 2^-9
-    # absolute error; on 37-token problems whose PPO gradient is mostly clipped away the relative
-    # error of the remaining gradient reaches ~9% (30 seeds). Hence the loose bound here.
-    grad_tol = 1e-5 if dtype == torch.float32 else 0.15
+    # bf16: logits and d loss / d logits stay fp32 in the chunk buffer; the only roundings left
+    # are the bf16 inputs (shared with the reference) and d logits -> bf16 for the hidden GEMM.
+    grad_tol = 1e-5 if dtype == torch.float32 else 1e-2  # measured max 3.1e-3 over 80 runs
     assert rel_err(hidden.grad, 2.0 * r_gh) < grad_tol, f"seed {seed}"
     assert rel_err(weight.grad, 2.0 * r_gw) < grad_tol, f"seed {seed}"
 

@@ -11,10 +11,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conftest import _import_prco_kernels  # noqa: E402  (also sets TRITON_INTERPRET=1)
-
-_import_prco_kernels()
+if os.environ.get("PRCO_KERNELS_ON_GPU", "0") != "1":
+    os.environ["TRITON_INTERPRET"] = "1"  # before prco_kernels decorates its kernels
 import prco_kernels as pk  # noqa: E402
 
 
