@@ -180,7 +180,10 @@ class Qwen25VLModel(MegatronModule):
     def __init__(self, config: TransformerConfig, hf_config, *, pg_collection, pre_process: bool,
                  post_process: bool, vp_stage: int | None = None, use_te: bool = False,
                  freeze_vision: bool = False):
+        from megatron.core.enums import ModelType
+
         super().__init__(config=config)
+        self.model_type = ModelType.encoder_or_decoder  # Megatron's schedules read it
         tc = text_config(hf_config)
         theta, _ = rope_settings(hf_config)
         self.pre_process, self.post_process, self.use_te = pre_process, post_process, use_te

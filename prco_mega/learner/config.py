@@ -1,0 +1,152 @@
+"""Typed configs of the learner section: parallel layout, micro-batching, optimizer, LR schedule,
+precision and checkpoints. Plain dataclasses (no heavy imports) so that the run config can be
+built and validated before any process group starts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class ParallelConfig:
+    tensor_parallel: int = 1
+    """TP degree: splits attention heads, MLP and the vocabulary across this many ranks."""
+    pipeline_parallel: int = 1
+    """PP degree: splits the transformer layers into this many stages."""
+    virtual_pipeline_parallel: int | None = None
+    """Model chunks per pipeline stage (interleaved 1F1B); None = plain 1F1B."""
+    sequence_parallel: bool = False
+    """Shard activations outside attention/MLP along the sequence over the TP group."""
+
+    def validate(self) -> None:
+        for name in ("tensor_parallel", "pipeline_parallel"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"learner.parallel.{name} ({getattr(self, name)}) must be >= 1")
+        vpp = self.virtual_pipeline_parallel
+        if vpp is not None and (vpp < 2 or self.pipeline_parallel < 2):
+            raise ValueError(
+                f"learner.parallel.virtual_pipeline_parallel ({vpp}) needs >= 2 chunks and "
+                f"pipeline_parallel ({self.pipeline_parallel}) >= 2"
+            )
+
+
+@dataclass
+class BatchingConfig:
+    micro_batch_tokens: int = 4096
+    """Token budget of one packed micro-batch (prompt + response tokens, padding included)."""
+    pad_to_multiple: int = 1
+    """Pad each packed micro-batch to a multiple of this (TP size with sequence parallelism)."""
+
+    def validate(self) -> None:
+        if self.micro_batch_tokens < 1 or self.pad_to_multiple < 1:
+            raise ValueError(
+                f"learner.batching.micro_batch_tokens ({self.micro_batch_tokens}) and "
+                f"pad_to_multiple ({self.pad_to_multiple}) must be >= 1"
+            )
+        if self.micro_batch_tokens % self.pad_to_multiple:
+            raise ValueError(
+                f"learner.batching.pad_to_multiple ({self.pad_to_multiple}) must divide "
+                f"micro_batch_tokens ({self.micro_batch_tokens})"
+            )
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 1e-6
+    """Peak learning rate (reached at the end of the warm-up)."""
+    min_lr: float = 0.0
+    """Learning rate at the end of the decay (and after it)."""
+    adam_beta1: float = 0.9
+    """Adam first-moment decay."""
+    adam_beta2: float = 0.999
+    """Adam second-moment decay."""
+    adam_eps: float = 1e-8
+    """Adam denominator epsilon."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (AdamW); biases and norm weights are never decayed."""
+    clip_grad: float = 1.0
+    """Clip the global gradient L2 norm (all TP/PP/DP shards) to this; 0 = no clipping."""
+    distributed_optimizer: bool = True
+    """Shard optimizer state and the fp32 master weights over the data-parallel group."""
+
+    def validate(self) -> None:
+        if self.lr <= 0 or not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"learner.optim: need lr ({self.lr}) > 0 and 0 <= min_lr "
+                             f"({self.min_lr}) <= lr")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
+            raise ValueError(f"learner.optim: adam betas ({self.adam_beta1}, {self.adam_beta2}) "
+                             "must be in [0, 1)")
+        if self.clip_grad < 0 or self.weight_decay < 0:
+            raise ValueError(f"learner.optim: clip_grad ({self.clip_grad}) and weight_decay "
+                             f"({self.weight_decay}) must be >= 0")
+
+
+@dataclass
+class ScheduleConfig:
+    warmup_steps: int = 0
+    """Optimizer steps of linear warm-up from 0 to `lr`."""
+    decay_steps: int | None = None
+    """Optimizer steps (warm-up included) after which the LR stays at `min_lr`; None = constant."""
+    decay_style: Literal["constant", "linear", "cosine"] = "constant"
+    """Shape of the decay from `lr` to `min_lr` after the warm-up."""
+
+    def validate(self) -> None:
+        if self.warmup_steps < 0:
+            raise ValueError(f"learner.schedule.warmup_steps ({self.warmup_steps}) must be >= 0")
+        if self.decay_steps is not None and self.decay_steps < self.warmup_steps:
+            raise ValueError(f"learner.schedule.decay_steps ({self.decay_steps}) must be >= "
+                             f"warmup_steps ({self.warmup_steps})")
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str | None = None
+    """Directory of `step_XXXXXXXX/` checkpoints; None = no checkpoints."""
+    interval: int = 0
+    """Save every N optimizer steps; 0 = only when asked."""
+    keep_last: int | None = None
+    """Delete complete checkpoints older than the newest N; None = keep all."""
+
+    def validate(self) -> None:
+        if self.interval < 0 or (self.keep_last is not None and self.keep_last < 1):
+            raise ValueError(f"learner.checkpoint: interval ({self.interval}) must be >= 0 and "
+                             f"keep_last ({self.keep_last}) >= 1")
+
+
+@dataclass
+class LearnerConfig:
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Tensor/pipeline layout; data parallel is world_size / (TP * PP)."""
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    """Packing and the token-budget micro-batch planner."""
+    optim: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """Megatron optimizer (Adam) and gradient clipping."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """LR warm-up and decay."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Parameter/compute dtype: auto = bf16 with CUDA, fp32 on CPU (fp32 master weights always)."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Distributed checkpoints."""
+    seed: int = 1234
+    """Base seed of the learner's RNGs (per-rank offsets are added by the parallel setup)."""
+    logprob_temperature: float = 1.0
+    """Divide logits by this before log-softmax; must match how the rollout engine's log-probs
+    were computed (1.0 with vLLM's default raw log-probs)."""
+
+    def validate(self) -> None:
+        for section in (self.parallel, self.batching, self.optim, self.schedule, self.checkpoint):
+            section.validate()
+        if self.logprob_temperature <= 0:
+            raise ValueError(
+                f"learner.logprob_temperature ({self.logprob_temperature}) must be > 0")
+
+
+def resolve_precision(precision: str, cuda_available: bool) -> str:
+    """`"auto"` -> `"bf16"` with CUDA, else `"fp32"`; an explicit bf16 request without CUDA is
+    honoured (slow on CPU, but never a silent change of what the config asked)."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision {precision!r} is not one of ['auto', 'fp32', 'bf16']")
+    if precision == "auto":
+        return "bf16" if cuda_available else "fp32"
+    return precision
