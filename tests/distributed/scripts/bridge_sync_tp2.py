@@ -1,0 +1,214 @@
+"""2 ranks: Megatron learner at TP=2 -> `bridge.sync` -> vLLM engine hosted by rank 0.
+
+The learner loads the tiny HF checkpoint and is then perturbed (every parameter moves); rank 0's
+engine (a child process: `bridge.engine_host.EngineProcess`) starts on the ORIGINAL checkpoint.
+After the sync, rank 0 records vLLM's greedy tokens and log-probs for an image+text prompt, the
+tokens of Hugging Face transformers' greedy generation with the learner's weights (exported with
+`hf_io`), and the learner's own TP=2 log-probs of vLLM's sequence (`compute_logprobs`). Then a NaN in one TP
+shard on rank 1 must make every rank refuse the next sync. Last, the same at PP=2 (greedy tokens
+only): stage 1 streams its layers to the host. Rank 0 writes the JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import zlib
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+T0 = time.time()
+INIT_STD = 0.2  # clear argmax margins, as in tests/vllm (greedy tokens compare the engines)
+PERTURB = 0.3
+MAX_NEW = 8
+BUCKET_BYTES = 96 * 1024  # far below one layer (~0.8 MB): forces many buckets and fused splits
+
+
+def make_image():
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    return Image.fromarray(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8))
+
+
+def chat(processor, question: str) -> str:
+    content = [{"type": "image"}, {"type": "text", "text": question}]
+    return processor.apply_chat_template([{"role": "user", "content": content}],
+                                         tokenize=False, add_generation_prompt=True)
+
+
+@torch.no_grad()
+def perturb(chunks, pg, model_type: str) -> None:
+    """p += PERTURB * std(p) * noise; replicated parameters get the same noise on every TP rank."""
+    from prco_mega.bridge.hf_io import megatron_params
+    from prco_mega.bridge.mapping import tp_split_dim
+
+    for chunk in chunks:
+        for name, p in megatron_params(chunk):
+            split = tp_split_dim(name, model_type) is not None and pg.tp.size() > 1
+            seed = zlib.crc32(name.encode()) + (1000 * pg.tp.rank() if split else 0)
+            gen = torch.Generator().manual_seed(seed)
+            spread = float(p.float().std()) if p.numel() > 1 else 0.0
+            p.add_(PERTURB * (spread or 1.0) * torch.randn(p.shape, generator=gen))
+
+
+def learner_logprobs(chunks, pg, cfg, seq: dict) -> list[float]:
+    """Learner log-probs (TP=2 forward) of the response tokens of `seq`, on every rank."""
+    from prco_mega.learner.mrope import mrope_position_ids
+    from prco_mega.learner.train_step import compute_logprobs
+    from prco_mega.types import Role, TrainBatch
+
+    ids = torch.tensor(seq["prompt_ids"] + seq["response"])
+    T, P = ids.numel(), len(seq["prompt_ids"])
+    grid = torch.tensor(seq["grid_thw"])
+    pos = mrope_position_ids(ids[None], grid, cfg.image_token_id,
+                             cfg.vision_config.spatial_merge_size)[:, 0]
+    zeros = torch.zeros(T)
+    batch = TrainBatch(tokens=ids, cu_seqlens=torch.tensor([0, T], dtype=torch.int32),
+                       role_ids=torch.full((T,), int(Role.SOLVER), dtype=torch.int8),
+                       loss_mask=zeros, old_logprobs=zeros, advantages=zeros,
+                       role_denominators={Role.SOLVER: 1.0}, position_ids=pos,
+                       pixel_values=torch.tensor(seq["pixel_values"]), image_grid_thw=grid)
+    (lp,) = compute_logprobs(chunks, [batch], pg=pg)
+    return lp[P:].tolist()
+
+
+def host_generate(engine, processor, image) -> dict:
+    from prco_mega.rollout import GenerationRequest, SamplingSettings
+
+    text = chat(processor, "How many red circles are there?")
+    greedy = SamplingSettings(n=1, temperature=0.0, max_new_tokens=MAX_NEW)
+    (gen,), = engine.generate([GenerationRequest(prompt=text, images=[image])], greedy)
+    return {"text": text, "tokens": gen.token_ids, "logprobs": gen.logprobs,
+            "prompt_ids": gen.prompt_ids}
+
+
+def hf_greedy(model_dir: Path, processor, text: str, image) -> tuple[list[int], dict]:
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        model_dir, dtype=torch.float32).eval()
+    inputs = processor(text=[text], images=[image], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, do_sample=False, max_new_tokens=MAX_NEW, temperature=None,
+                             top_p=None, top_k=None)
+    return out[0, inputs["input_ids"].shape[1]:].tolist(), inputs
+
+
+def nan_refusal(chunks, pg, cfg, engine) -> str:
+    """Put one NaN into rank 1's shard of a fused QKV weight; the sync must refuse on every rank."""
+    from prco_mega.bridge.sync import sync_weights
+
+    if dist.get_rank() == 1:
+        qkv = chunks[0].language_model.decoder.layers[1].self_attention.linear_qkv.weight
+        qkv.data[0, 0] = float("nan")
+    try:
+        sync_weights(chunks, pg, cfg, engine, bucket_bytes=BUCKET_BYTES)
+    except ValueError as exc:
+        return str(exc)
+    return ""
+
+
+def pp2_phase(cfg, ckpt: Path, work: Path, engine, processor, image, res: dict) -> None:
+    """Rebuild the learner at PP=2 (stage 1 on rank 1 sends its layers to the host), perturb,
+    sync; the engine must then generate what transformers generates with that learner's export."""
+
+    from prco_mega.bridge.hf_io import export_megatron_to_hf, load_hf_into_megatron
+    from prco_mega.bridge.sync import sync_weights
+    from prco_mega.learner.model import build_model
+    from prco_mega.learner.parallel import destroy_parallel, init_parallel
+
+    destroy_parallel()
+    pg = init_parallel(pp=2, hf_config=cfg)
+    chunks = build_model(cfg, pg)
+    for c in chunks:
+        c.eval()
+    load_hf_into_megatron(chunks, ckpt, pg, cfg)
+    perturb(chunks, pg, cfg.model_type)
+    stats = sync_weights(chunks, pg, cfg, engine, bucket_bytes=BUCKET_BYTES)
+    res["pp2_stats"] = stats.__dict__
+    export_megatron_to_hf(chunks, work / "learner_hf_pp2", pg, cfg, copy_files_from=ckpt)
+    if engine is not None:
+        gen = host_generate(engine, processor, image)
+        res["pp2_after"] = gen["tokens"]
+        res["pp2_hf"], _ = hf_greedy(work / "learner_hf_pp2", processor, gen["text"], image)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    dist.init_process_group("gloo")
+    rank, work = dist.get_rank(), Path(args.out).parent
+    from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    from transformers import AutoProcessor
+
+    from prco_mega.bridge.hf_io import export_megatron_to_hf, load_hf_config, load_hf_into_megatron
+    from prco_mega.bridge.mismatch import logprob_mismatch
+    from prco_mega.bridge.sync import sync_weights
+    from prco_mega.learner.model import build_model
+    from prco_mega.learner.parallel import init_parallel
+
+    ckpt, res, engine = work / "tiny", {}, None
+    if rank == 0:
+        from prco_mega.bridge.engine_host import EngineProcess
+        from prco_mega.data.tokenizer import demo_corpus, make_tiny_checkpoint
+        from prco_mega.rollout import EngineConfig
+
+        make_tiny_checkpoint(ckpt, demo_corpus(3000, seed=0), seed=0, init_std=INIT_STD)
+        engine = EngineProcess(ckpt, EngineConfig(dtype="float32", max_model_len=512, seed=0))
+        res["engine_start_s"] = engine.start_seconds
+    dist.barrier()
+    cfg = load_hf_config(ckpt)
+    pg = init_parallel(tp=2, hf_config=cfg)
+    chunks = build_model(cfg, pg)
+    for c in chunks:
+        c.eval()
+    load_hf_into_megatron(chunks, ckpt, pg, cfg)
+    perturb(chunks, pg, cfg.model_type)
+    processor, image = AutoProcessor.from_pretrained(ckpt), make_image()
+    if rank == 0:
+        res["before"] = host_generate(engine, processor, image)["tokens"]
+    stats = sync_weights(chunks, pg, cfg, engine, bucket_bytes=BUCKET_BYTES)
+    res["stats"] = {**stats.__dict__, "bytes_per_second": stats.bytes_per_second}
+    export_megatron_to_hf(chunks, work / "learner_hf", pg, cfg, copy_files_from=ckpt)
+    seq = [None]
+    if rank == 0:
+        after = host_generate(engine, processor, image)
+        res["after"], res["vllm_logprobs"] = after["tokens"], after["logprobs"]
+        res["hf"], inputs = hf_greedy(work / "learner_hf", processor, after["text"], image)
+        res["prompt_ids_equal_hf"] = inputs["input_ids"][0].tolist() == after["prompt_ids"]
+        seq = [{"prompt_ids": after["prompt_ids"], "response": after["tokens"],
+                "pixel_values": inputs["pixel_values"].tolist(),
+                "grid_thw": inputs["image_grid_thw"].tolist()}]
+    dist.broadcast_object_list(seq, src=0)
+    res["learner_logprobs"] = learner_logprobs(chunks, pg, cfg, seq[0])
+    if rank == 0:
+        n = len(res["after"])
+        m = logprob_mismatch(torch.tensor(res["learner_logprobs"]),
+                             torch.tensor(res["vllm_logprobs"]), torch.ones(n),
+                             torch.ones(n, dtype=torch.int8))
+        res["mismatch"] = {k: float(v) for k, v in m.items()}
+    errors = [None] * 2
+    dist.all_gather_object(errors, nan_refusal(chunks, pg, cfg, engine))
+    res["nan_errors"] = errors
+    if rank == 0:
+        res["after_nan"] = host_generate(engine, processor, image)["tokens"]
+    pp2_phase(cfg, ckpt, work, engine, processor, image, res)
+    if rank == 0:
+        res["checkpoint_tensors"] = len(engine.shapes)
+        res["checkpoint_bytes"] = sum(int(torch.Size(s).numel()) * 4 for s in engine.shapes.values())
+        engine.close()
+        res["total_s"] = time.time() - T0
+        Path(args.out).write_text(json.dumps(res, indent=1))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
