@@ -28,6 +28,29 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     prev.set_defaults(func=_data_preview)
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from prco_mega.plan import plan_config
+
+    plan = plan_config(args.config, args.overrides)
+    print(plan.table())
+    return 0 if plan.fits else 2
+
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    plan = sub.add_parser("plan", help="per-GPU memory plan of a config; exit 2 if it cannot fit")
+    plan.add_argument("config")
+    plan.add_argument("overrides", nargs="*", help="key.path=value")
+    plan.set_defaults(func=_plan)
+
+
+def _add_launch(sub: argparse._SubParsersAction) -> None:
+    from prco_mega import launch
+
+    parser = sub.add_parser("launch", help="torchrun / Slurm launch of a cluster config")
+    launch.add_arguments(parser)
+    parser.set_defaults(func=launch.run_from_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prco-mega", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -36,11 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data]
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data, _add_plan, _add_launch]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    # `key=value` overrides may also follow options (`plan CFG --flag a.b=2`); argparse stops
+    # collecting a positional list at the first option, so gather the stragglers here.
+    stray = [r for r in rest if "=" not in r or r.startswith("-")]
+    if stray or (rest and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or rest)}")
+    if rest:
+        args.overrides = list(args.overrides) + rest
     try:
         return int(args.func(args) or 0)
     except ValueError as e:  # user errors: one clear line, no traceback

@@ -134,15 +134,13 @@ class RunSection:
     """Seed of everything: data order, sampling, Solver-group selection, init."""
     steps: int = 20
     """RL steps (one step = rollout of `data.prompts_per_step` tasks + one optimizer step)."""
-    checkpoint_every: int = 5
-    """Save a checkpoint every N steps (and at the end); 0 disables periodic saves."""
     eval_tasks: int = 64
     """Held-out synthetic tasks for the final warm-start-vs-trained table."""
 
     def validate(self) -> None:
-        if self.steps < 0 or self.checkpoint_every < 0:
-            raise ValueError(f"run.steps ({self.steps}) and run.checkpoint_every "
-                             f"({self.checkpoint_every}) must be >= 0")
+        if self.steps < 0 or self.eval_tasks < 0:
+            raise ValueError(f"run.steps ({self.steps}) and run.eval_tasks ({self.eval_tasks}) "
+                             "must be >= 0")
 
 
 @dataclass
@@ -246,3 +244,70 @@ class AlgoSection:
 class KernelsSection:
     impl: Literal["torch", "triton"] = "torch"
     """Loss-head implementation; "triton" raises where Triton cannot run (never a silent fallback)."""
+
+
+@dataclass
+class ModelSection:
+    hf_path: str | None = None
+    """Hugging Face checkpoint directory (safetensors + config + tokenizer + processor).
+    None = the tiny Qwen2.5-VL-architecture model, built locally with a tokenizer trained on the
+    synthetic corpus (no hub on CPU machines), cached under `cache_dir`."""
+    cache_dir: str = "runs/cache"
+    """Where the built tiny model and the warm-start result are cached between runs."""
+    tiny_seed: int = 0
+    """Init seed of the tiny model."""
+    freeze_vision: bool = False
+    """Train only the language model (the vision tower stays as loaded)."""
+
+
+@dataclass
+class WarmStartSection:
+    steps: int = 0
+    """Supervised steps on synthetic demonstrations before RL (0 = none; the tiny model needs it:
+    PRCO starts from an instruct model, which the tiny one is not)."""
+    tasks_per_step: int = 16
+    """Synthetic tasks per supervised step (each gives an Observer and a Solver demonstration)."""
+    lr: float = 1e-3
+    """Learning rate of the warm start (constant after a short linear warm-up)."""
+    drop: float = 0.15
+    """Probability that a demonstrated caption leaves out a needed fact."""
+    corrupt: float = 0.15
+    """Probability that a demonstrated caption misstates a needed fact."""
+
+    def validate(self) -> None:
+        if self.steps < 0 or self.tasks_per_step < 1 or self.lr <= 0:
+            raise ValueError(f"warm_start: steps ({self.steps}) >= 0, tasks_per_step "
+                             f"({self.tasks_per_step}) >= 1 and lr ({self.lr}) > 0 required")
+
+
+# Sections owned by their components; plain dataclasses, cheap to import.
+from prco_mega.learner.config import LearnerConfig  # noqa: E402
+from prco_mega.plan.inputs import ClusterSection  # noqa: E402
+from prco_mega.rollout.config import EngineConfig  # noqa: E402
+
+
+@dataclass
+class RunConfig:
+    """A whole run. Only the controller sees all of it; each component gets its section."""
+
+    run: RunSection = field(default_factory=RunSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    roles: RolesSection = field(default_factory=RolesSection)
+    observer: SamplingSection = field(default_factory=SamplingSection)
+    """Observer sampling: n = G_O captions per task."""
+    solver: SamplingSection = field(default_factory=SamplingSection)
+    """Solver sampling: n = G_S answers per caption (baselines: answers per task)."""
+    reward: RewardSection = field(default_factory=RewardSection)
+    algo: AlgoSection = field(default_factory=AlgoSection)
+    kernels: KernelsSection = field(default_factory=KernelsSection)
+    warm_start: WarmStartSection = field(default_factory=WarmStartSection)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    cluster: ClusterSection | None = None
+    """Cluster layout for `prco-mega launch` / `plan`; None for a single-machine run."""
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """YAML file + `key.path=value` overrides -> validated `RunConfig` (errors name the key)."""
+    return from_dict(RunConfig, load_yaml(path, overrides))

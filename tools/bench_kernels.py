@@ -178,8 +178,8 @@ def bench_gpu(quick):
             if d == "liger_grpo" and (T, H, tp) != shapes[0]:
                 continue  # its torch.compile per shape costs minutes of the lease
             reps = 2 if d.startswith("ref") else 3
-            maker = (lambda d=d: liger_step(d, inputs)) if d.startswith("liger") else \
-                (lambda d=d: head_step(d, inputs))
+            maker = (lambda d=d, x=inputs: liger_step(d, x)) if d.startswith("liger") else \
+                (lambda d=d, x=inputs: head_step(d, x))
             t, peak = gpu_measure(maker, reps)
             for p in inputs[:2]:
                 p.grad = None

@@ -5,7 +5,9 @@ Importing this package does not import vLLM; `VllmEngine` imports it when constr
 from prco_mega.rollout.config import EngineConfig
 from prco_mega.rollout.engine import (Generation, GenerationRequest, PushStats, RolloutEngine,
                                       SamplingSettings)
+from prco_mega.rollout.single import SingleRoleRollout
+from prco_mega.rollout.two_stage import TwoStageRollout
 from prco_mega.rollout.vllm_engine import VllmEngine
 
 __all__ = ["EngineConfig", "Generation", "GenerationRequest", "PushStats", "RolloutEngine",
-           "SamplingSettings", "VllmEngine"]
+           "SamplingSettings", "SingleRoleRollout", "TwoStageRollout", "VllmEngine"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _util import rel_err, tol
+from _util import rel_err
 
 import prco_kernels as pk
 

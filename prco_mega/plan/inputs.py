@@ -1,0 +1,234 @@
+"""Typed inputs of the memory planner and the launchers.
+
+`ClusterSection` is the `cluster:` section of a run config (machines, placement, launch settings,
+memory assumptions). `PlanInputs` is the flat set of numbers the memory formulas need; it is built
+from a whole config mapping by `plan_inputs_from_config`, which reads the `learner:` section through
+the learner's own typed config, the `engine:` section through the rollout engine's typed config,
+`kernels.impl` and `cluster:`; the layout is checked by the learner's own `validate_layout`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from prco_mega.plan.models import ModelDims, model_dims
+
+GiB = 2**30
+
+
+@dataclass
+class SlurmSection:
+    partition: str | None = None
+    """`#SBATCH --partition`; None = the cluster's default."""
+    account: str | None = None
+    """`#SBATCH --account`; None = the user's default."""
+    time: str = "24:00:00"
+    """Wall-clock limit (`#SBATCH --time`, [D-]HH:MM:SS)."""
+    cpus_per_task: int = 96
+    """CPUs of the one task per node (torchrun and all its ranks, data loaders, vLLM workers)."""
+    log_dir: str = "logs"
+    """Directory of `%x-%j.out/.err` (relative to the submit directory; created before sbatch)."""
+    exclusive: bool = True
+    """Ask for whole nodes: colocated vLLM and the learner want every GPU's memory."""
+    setup: list[str] = field(default_factory=list)
+    """Shell lines run on the batch host before srun (module load, venv activation)."""
+    extra_sbatch: list[str] = field(default_factory=list)
+    """Further `#SBATCH` options verbatim, e.g. `--qos=high`."""
+
+    def validate(self) -> None:
+        if self.cpus_per_task < 1:
+            raise ValueError(f"cluster.slurm.cpus_per_task ({self.cpus_per_task}) must be >= 1")
+
+
+@dataclass
+class MemoryAssumptions:
+    recompute: Literal["none", "selective", "full"] = "full"
+    """Activation recomputation planned for the decoder (and the ViT when it trains)."""
+    flash_attention: bool = True
+    """Fused attention (flash / cuDNN): no [heads, s, s] score tensors are kept."""
+    grad_dtype: Literal["fp32", "bf16"] = "fp32"
+    """Gradient buffer dtype (Megatron accumulates and reduces bf16 models' grads in fp32)."""
+    vision_frozen: bool = False
+    """The ViT gets no gradients (no optimizer state, no saved activations)."""
+    image_tokens_per_micro_batch: int = 4096
+    """Language-model image tokens in one micro-batch (ViT patches = 4x this with 2x2 merging)."""
+    loss_chunk_tokens: int | None = None
+    """Token chunk of the fused loss head; None = T / ceil(V_local / H) (logit chunk <= [T, H])."""
+    reserved_gib: float = 4.0
+    """Per-GPU memory outside tensors: CUDA context, NCCL buffers, allocator fragmentation."""
+    rollout_overhead_gib: float = 2.0
+    """vLLM memory besides weights and KV cache (profiled activations, CUDA graphs, sampler)."""
+
+    def validate(self) -> None:
+        if self.image_tokens_per_micro_batch < 0 or self.reserved_gib < 0:
+            raise ValueError(f"cluster.memory: image_tokens_per_micro_batch "
+                             f"({self.image_tokens_per_micro_batch}) and reserved_gib "
+                             f"({self.reserved_gib}) must be >= 0")
+
+
+@dataclass
+class ClusterSection:
+    model: str = "qwen2.5-vl-7b"
+    """Architecture to plan for: a preset in prco_mega.plan.models or a path to a config.json."""
+    nodes: int = 1
+    """Learner nodes; the learner's world size is nodes * gpus_per_node."""
+    gpus_per_node: int = 8
+    """GPUs per node (torchrun --nproc_per_node)."""
+    gpu_memory_gib: float = 79.6
+    """Memory of one GPU as the driver reports it (H100 SXM 80GB: 81559 MiB = 79.6 GiB)."""
+    data_parallel: int | None = None
+    """Expected DP degree; when set, world size must equal TP * PP * DP (guards edits)."""
+    rollout_placement: Literal["colocated", "separate"] = "colocated"
+    """vLLM engines on the learner's GPUs (sleeping during training) or on their own nodes."""
+    rollout_nodes: int = 0
+    """Extra nodes for the engines when rollout_placement is separate (0 when colocated)."""
+    master_port: int = 29500
+    """Rendezvous port on the first node."""
+    rdzv_backend: Literal["c10d", "static"] = "c10d"
+    """torchrun rendezvous: c10d (ranks by arrival, restart-safe) or static (--node_rank fixed)."""
+    nccl_socket_ifname: str | None = None
+    """NCCL_SOCKET_IFNAME (bootstrap/TCP interface, e.g. `ens`, `^lo,docker`); None = unset."""
+    nccl_ib_hca: str | None = None
+    """NCCL_IB_HCA (InfiniBand adapters, e.g. `mlx5`); None = NCCL's auto-detection."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Further environment variables exported on every node (override the defaults)."""
+    slurm: SlurmSection = field(default_factory=SlurmSection)
+    """sbatch settings."""
+    memory: MemoryAssumptions = field(default_factory=MemoryAssumptions)
+    """What the memory planner assumes about the run."""
+
+    def validate(self) -> None:
+        if self.nodes < 1 or self.gpus_per_node < 1 or self.gpu_memory_gib <= 0:
+            raise ValueError(f"cluster.nodes ({self.nodes}), gpus_per_node ({self.gpus_per_node}) "
+                             f"and gpu_memory_gib ({self.gpu_memory_gib}) must be positive")
+        if (self.rollout_placement == "separate") != (self.rollout_nodes > 0):
+            raise ValueError(f"cluster.rollout_nodes ({self.rollout_nodes}) must be > 0 exactly "
+                             f"when rollout_placement is 'separate' (got "
+                             f"{self.rollout_placement!r})")
+
+    @property
+    def world_size(self) -> int:
+        """Learner ranks."""
+        return self.nodes * self.gpus_per_node
+
+
+@dataclass
+class PlanInputs:
+    """Everything the memory formulas need, as plain numbers."""
+
+    model: ModelDims
+    tp: int
+    pp: int
+    dp: int
+    vpp: int = 1
+    sequence_parallel: bool = True
+    micro_batch_tokens: int = 16384
+    recompute: Literal["none", "selective", "full"] = "full"
+    flash_attention: bool = True
+    fused_loss_head: bool = True
+    param_bytes: int = 2
+    grad_bytes: int = 4
+    distributed_optimizer: bool = True
+    vision_frozen: bool = False
+    image_tokens_per_micro_batch: int = 4096
+    loss_chunk_tokens: int | None = None
+    reserved_gib: float = 4.0
+    gpu_memory_gib: float = 79.6
+    colocated: bool = True
+    rollout_tp: int = 1
+    rollout_gpu_memory_utilization: float = 0.4
+    max_model_len: int = 8192
+    rollout_batch: int = 256
+    """Sequences vLLM runs at once (max_num_seqs); reported against the KV capacity."""
+    rollout_sleep: bool = True
+    rollout_overhead_gib: float = 2.0
+    engine_dtype_bytes: int = 2
+    """Bytes per element of the engine's weights and KV cache (bf16: 2)."""
+
+    def validate(self) -> None:
+        """Refuse layouts the model cannot be split into, naming the numbers."""
+        m = self.model
+        for name, n in (("num_attention_heads", m.heads), ("num_key_value_heads", m.kv_heads)):
+            if n % self.tp:
+                raise ValueError(f"tensor_parallel ({self.tp}) must divide {name} ({n})")
+        if m.layers % (self.pp * self.vpp):
+            raise ValueError(f"pipeline_parallel ({self.pp}) x virtual_pipeline_parallel "
+                             f"({self.vpp}) must divide num_hidden_layers ({m.layers})")
+        if m.heads % self.rollout_tp:
+            raise ValueError(f"engine.tensor_parallel_size ({self.rollout_tp}) must divide "
+                             f"num_attention_heads ({m.heads})")
+        if self.micro_batch_tokens < self.max_model_len:
+            raise ValueError(f"learner micro_batch_tokens ({self.micro_batch_tokens}) must be >= "
+                             f"engine.max_model_len ({self.max_model_len}): a trajectory is "
+                             "never split across micro-batches")
+        if not 0 < self.rollout_gpu_memory_utilization < 1:
+            raise ValueError(f"engine.gpu_memory_utilization "
+                             f"({self.rollout_gpu_memory_utilization}) must be in (0, 1)")
+
+
+def data_parallel_size(world: int, tp: int, pp: int, expected_dp: int | None = None) -> int:
+    """DP = world / (TP * PP); a ValueError names the numbers when it does not divide or when it
+    differs from the DP the config states."""
+    if world % (tp * pp):
+        raise ValueError(f"world size ({world}) is not divisible by tensor_parallel ({tp}) x "
+                         f"pipeline_parallel ({pp}) = {tp * pp}")
+    dp = world // (tp * pp)
+    if expected_dp is not None and tp * pp * expected_dp != world:
+        raise ValueError(f"tensor_parallel ({tp}) x pipeline_parallel ({pp}) x data_parallel "
+                         f"({expected_dp}) = {tp * pp * expected_dp} != world size ({world})")
+    return dp
+
+
+def _sections(data: dict):
+    # prco_mega.config assembles the run config from ClusterSection: import it here, not above.
+    from prco_mega.config import KernelsSection, from_dict
+    from prco_mega.learner.config import LearnerConfig
+    from prco_mega.rollout.config import EngineConfig
+
+    return (from_dict(ClusterSection, data.get("cluster"), "cluster"),
+            from_dict(LearnerConfig, data.get("learner"), "learner"),
+            from_dict(EngineConfig, data.get("engine"), "engine"),
+            from_dict(KernelsSection, data.get("kernels"), "kernels"))
+
+
+def _check_layout(m: ModelDims, world: int, tp: int, pp: int, vpp: int | None) -> None:
+    from prco_mega.learner.parallel import ModelDims as LayoutDims
+    from prco_mega.learner.parallel import validate_layout
+
+    validate_layout(LayoutDims(m.layers, m.heads, m.kv_heads, m.vocab, m.hidden, m.intermediate),
+                    world, tp, pp, vpp)
+
+
+def plan_inputs_from_config(data: dict) -> tuple[PlanInputs, ClusterSection]:
+    """PlanInputs (validated) and the cluster section from a whole run-config mapping."""
+    cluster, learner, engine, kernels = _sections(data)
+    par, mem = learner.parallel, cluster.memory
+    model = model_dims(cluster.model)
+    _check_layout(model, cluster.world_size, par.tensor_parallel, par.pipeline_parallel,
+                  par.virtual_pipeline_parallel)
+    dp = data_parallel_size(cluster.world_size, par.tensor_parallel, par.pipeline_parallel,
+                            cluster.data_parallel)
+    rtp = engine.tensor_parallel_size
+    if rtp > cluster.gpus_per_node or cluster.gpus_per_node % rtp:
+        raise ValueError(f"engine.tensor_parallel_size ({rtp}) must divide gpus_per_node "
+                         f"({cluster.gpus_per_node}): an engine stays inside one node")
+    precision = "fp32" if learner.precision == "fp32" else "bf16"  # "auto" is bf16 on GPUs
+    inputs = PlanInputs(
+        model=model, tp=par.tensor_parallel, pp=par.pipeline_parallel, dp=dp,
+        vpp=par.virtual_pipeline_parallel or 1, sequence_parallel=par.sequence_parallel,
+        micro_batch_tokens=learner.batching.micro_batch_tokens, recompute=mem.recompute,
+        flash_attention=mem.flash_attention, fused_loss_head=kernels.impl == "triton",
+        param_bytes=4 if precision == "fp32" else 2,
+        grad_bytes=4 if precision == "fp32" or mem.grad_dtype == "fp32" else 2,
+        distributed_optimizer=learner.optim.distributed_optimizer,
+        vision_frozen=mem.vision_frozen,
+        image_tokens_per_micro_batch=mem.image_tokens_per_micro_batch,
+        loss_chunk_tokens=mem.loss_chunk_tokens, reserved_gib=mem.reserved_gib,
+        gpu_memory_gib=cluster.gpu_memory_gib,
+        colocated=cluster.rollout_placement == "colocated",
+        rollout_tp=rtp, rollout_gpu_memory_utilization=engine.gpu_memory_utilization,
+        max_model_len=engine.max_model_len, rollout_batch=engine.max_num_seqs,
+        rollout_sleep=engine.enable_sleep_mode, rollout_overhead_gib=mem.rollout_overhead_gib,
+        engine_dtype_bytes=4 if engine.dtype == "float32" else 2)
+    inputs.validate()
+    return inputs, cluster

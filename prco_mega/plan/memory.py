@@ -1,0 +1,334 @@
+"""Per-GPU memory of one PRCO step on a cluster: the Megatron learner and the vLLM engines.
+
+The estimates are formulas, each with its source, evaluated for the heavier pipeline stage:
+- weights, gradients, optimizer states: Megatron-Core's distributed-optimizer accounting
+  (docs "Distributed Optimizer": bytes/param = 6 + 12/d for bf16 params with fp32 grads,
+  4 + 16/d for 16-bit grads, 8 + 8/d for fp32), the ZeRO stage-1 scheme (Rajbhandari et al. 2020,
+  arXiv 1910.02054);
+- activations: Korthikanti et al. 2022 (arXiv 2205.05198), "Reducing Activation Recomputation in
+  Large Transformer Models", per-layer bytes sbh(34 + 5as/h), generalised to GQA and SwiGLU;
+  pipeline in-flight micro-batches from Megatron's 1F1B / interleaved warm-up counts;
+- loss head: logits [T, V/tp] in the unfused path, a chunked working set in the fused one;
+- vLLM: weights / TP, and KV cache = 2 (K, V) * layers * kv_heads/TP * head_dim * bytes per token.
+Peak memory is the larger of the training phase and the colocated rollout phase.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from prco_mega.plan.inputs import GiB, PlanInputs
+from prco_mega.plan.models import ModelDims, decoder_layer_params, total_params, vision_params
+
+
+# ----------------------------------------------------------------------------- pure formulas
+def stage_params(m: ModelDims, tp: int, pp: int, stage: str) -> tuple[int, int]:
+    """(language-model, vision) parameters held by one rank of pipeline stage `stage`.
+
+    Decoder layers: layers/pp, each with its matrices and biases split over TP and its norms
+    replicated. First stage: + word embeddings [V/tp, h] (the learner shards the vocab unpadded)
+    + the whole ViT (replicated over TP).
+    Last stage: + final norm + output layer [V/tp, h] (a copy of the embeddings when tied and
+    pp > 1, as Megatron keeps one for the tied gradient). pp = 1 holds both ends.
+    """
+    split, repl = decoder_layer_params(m)
+    lm = (m.layers // pp) * (split // tp + repl)
+    emb = math.ceil(m.vocab / tp) * m.hidden
+    first, last = stage in ("first", "only"), stage in ("last", "only")
+    vision = vision_params(m.vision) if first else 0
+    if first:
+        lm += emb
+    if last:
+        lm += m.hidden + (0 if (m.tie_embeddings and pp == 1) else emb)
+    return lm, vision
+
+
+def optimizer_bytes_per_param(param_bytes: int, grad_bytes: int, distributed: bool,
+                              dp: int) -> float:
+    """Adam state per parameter: fp32 master weights (unless params are fp32) + m + v (4 + 4), plus
+    an fp32 main-grad copy when grads are 16-bit; divided by DP with the distributed optimizer.
+
+    bf16/fp32 grads: 12/d; fp16/bf16 grads: 16/d; fp32/fp32: 8/d (Megatron-Core's table).
+    """
+    state = (4 if param_bytes < 4 else 0) + 8 + (4 if grad_bytes < 4 else 0)
+    return state / dp if distributed else float(state)
+
+
+def layer_activation_bytes(tokens: int, hidden: int, kv_hidden: int, ffn: int, heads: int,
+                           seq: int, tp: int = 1, sp: bool = False, flash: bool = True,
+                           gated_mlp: bool = True, dropout: bool = False) -> float:
+    """Bytes one transformer layer keeps for backward, 16-bit activations, `tokens` = s * b.
+
+    Korthikanti et al. 2022, section 4.1, itemised per token:
+      not split by TP (split only with SP): 2 norm inputs 4h + QKV input 2h + fc1 input 2h
+                                            (+ 2h of 1-byte dropout masks);
+      split by TP: Q 2h + K, V 4*kv_hidden + out-proj input 2h
+                   + MLP inner: SwiGLU 6f (gate, up, product) or GeLU 4f (input, output);
+      attention scores without fused attention: 5*a*s (softmax 2as, mask as, dropout 2as) / tp.
+    GPT (kv_hidden = h, f = 4h, GeLU, dropout): 34h + 5as per token, i.e. sbh(34 + 5as/h); with TP
+    and SP every term is divided by t: sbh(34/t + 5as/(ht)).
+    """
+    repl = 8 * hidden + (2 * hidden if dropout else 0)
+    split = 4 * hidden + 4 * kv_hidden + (6 if gated_mlp else 4) * ffn
+    scores = 0 if flash else 5 * heads * seq
+    per_token = (repl / tp if sp else repl) + (split + scores) / tp
+    return tokens * per_token
+
+
+def recompute_input_bytes(tokens: int, hidden: int, tp: int = 1, sp: bool = False) -> float:
+    """Full recompute keeps only each layer's input: 2sbh bytes (divided by t with SP)."""
+    return tokens * 2 * hidden / (tp if sp else 1)
+
+
+def inflight_chunks(pp: int, vpp: int, rank: int) -> int:
+    """Model-chunk micro-batches whose activations pipeline rank `rank` holds at its peak.
+
+    Megatron's warm-up: 1F1B runs pp - rank - 1 forwards before the first backward;
+    interleaved runs (pp - rank - 1) * 2 + (vpp - 1) * pp. Peak in flight = warm-up + 1.
+    Rank 0 then holds L * (1 + (pp - 1) / (pp * vpp)) layers' worth (Korthikanti eq. 5).
+    """
+    warmup = pp - rank - 1 if vpp == 1 else (pp - rank - 1) * 2 + (vpp - 1) * pp
+    return warmup + 1
+
+
+def unfused_loss_head_bytes(tokens: int, vocab_local: int) -> float:
+    """Logits path of a plain LM head: bf16 logits (2) + fp32 log-softmax kept for backward (4)
+    + fp32 logit gradient in backward (4) = 10 bytes per [T, V/tp] element."""
+    return tokens * vocab_local * 10.0
+
+
+def fused_loss_head_bytes(tokens: int, vocab_local: int, hidden: int,
+                          chunk: int | None = None) -> float:
+    """Fused linear + log-prob + loss with the gradient computed per token chunk: fp32 logits and
+    their gradient for one chunk [chunk, V/tp] (8 bytes) + fp32 per-token statistics (target
+    logit, log-sum-exp, entropy, dloss/dlogp: 16 bytes).
+
+    chunk = None picks T / ceil(V_local / H), so the chunk's logits are never larger than the
+    hidden states [T, H]: the working set is bounded by 8*T*H, whatever the vocabulary.
+    """
+    if chunk is None:
+        chunk = math.ceil(tokens / math.ceil(vocab_local / hidden))
+    return min(chunk, tokens) * vocab_local * 8.0 + tokens * 16.0
+
+
+def kv_bytes_per_token(m: ModelDims, tp: int, dtype_bytes: int = 2) -> int:
+    """KV cache per token on one GPU: 2 (K and V) * layers * kv_heads/tp * head_dim * bytes.
+    With tp > kv_heads vLLM replicates KV heads, so each GPU keeps at least one."""
+    return 2 * m.layers * max(1, m.kv_heads // tp) * m.head_dim * dtype_bytes
+
+
+# ----------------------------------------------------------------------------- the plan
+@dataclass
+class Row:
+    name: str
+    bytes: float
+    counted: bool = True
+    """False: shown for comparison (the option not chosen) or as a part of the row above."""
+    note: str = ""
+    part: bool = False
+    """A component of the row above (already inside its bytes)."""
+
+
+@dataclass
+class MemoryPlan:
+    inputs: PlanInputs
+    stage: str
+    """Pipeline stage the rows describe ("only" when pp = 1, else the heavier of first/last)."""
+    train: list[Row]
+    rollout: list[Row]
+    rollout_title: str
+    kv_tokens: int
+    """Tokens the vLLM KV cache of one engine's GPU holds."""
+    other_stage: str | None = None
+    """The other end of the pipeline (pp > 1): its training rows are shown too."""
+    other_train: list[Row] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def gpu_bytes(self) -> float:
+        return self.inputs.gpu_memory_gib * GiB
+
+    @property
+    def train_total(self) -> float:
+        return sum(r.bytes for r in self.train if r.counted)
+
+    @property
+    def rollout_total(self) -> float:
+        return sum(r.bytes for r in self.rollout if r.counted)
+
+    @property
+    def peak(self) -> float:
+        return max(self.train_total, self.rollout_total)
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems
+
+    def table(self) -> str:
+        return render_table(self)
+
+
+def _learner_static(x: PlanInputs, stage: str) -> tuple[list[Row], float]:
+    lm, vis = stage_params(x.model, x.tp, x.pp, stage)
+    trained = lm + (0 if x.vision_frozen else vis)
+    opt = optimizer_bytes_per_param(x.param_bytes, x.grad_bytes, x.distributed_optimizer, x.dp)
+    where = "distributed over DP" if x.distributed_optimizer else "replicated"
+    rows = [
+        Row(f"weights ({8 * x.param_bytes}-bit)", (lm + vis) * x.param_bytes,
+            note=f"{(lm + vis) / 1e9:.2f}B params: LM/TP{x.tp}/PP{x.pp}"
+                 + (f" + ViT {vis / 1e9:.2f}B (not split)" if vis else "")),
+        Row(f"gradients ({8 * x.grad_bytes}-bit buffer)", trained * x.grad_bytes,
+            note="frozen ViT has none" if x.vision_frozen and vis else ""),
+        Row("optimizer: fp32 master + Adam m, v", trained * opt,
+            note=f"{opt:.2f} B/param, {where} (DP={x.dp})"),
+    ]
+    return rows, sum(r.bytes for r in rows)
+
+
+def _activation_rows(x: PlanInputs, stage: str) -> list[Row]:
+    m, t = x.model, x.micro_batch_tokens
+    rank = 0 if stage in ("first", "only") else x.pp - 1
+    chunks = inflight_chunks(x.pp, x.vpp, rank)
+    layers_held = chunks * (m.layers // (x.pp * x.vpp))
+    seq = min(t, x.max_model_len)
+    per_layer = {mode: layer_activation_bytes(
+        t, m.hidden, m.kv_hidden, m.intermediate, m.heads, seq, x.tp, x.sequence_parallel,
+        flash=x.flash_attention or mode == "selective") for mode in ("none", "selective")}
+    full = (layers_held * recompute_input_bytes(t, m.hidden, x.tp, x.sequence_parallel)
+            + per_layer["none"])
+    modes = {"none": layers_held * per_layer["none"],
+             "selective": layers_held * per_layer["selective"], "full": full}
+    what = f"{layers_held} layer-micro-batches in flight x {t} tokens"
+    rows = [Row(f"activations, recompute={mode}", b, counted=mode == x.recompute,
+                note=what + (" (+1 layer recomputed)" if mode == "full" else ""))
+            for mode, b in modes.items()]
+    if stage in ("first", "only") and m.vision is not None and x.image_tokens_per_micro_batch:
+        rows.append(_vision_row(x, math.ceil(chunks / x.vpp)))
+    return rows
+
+
+def _vision_row(x: PlanInputs, microbatches: int) -> Row:
+    v = x.model.vision
+    patches = x.image_tokens_per_micro_batch * v.spatial_merge_size**2
+    block = layer_activation_bytes(patches, v.hidden, v.hidden, v.intermediate, v.heads,
+                                   seq=patches, flash=True)
+    if x.vision_frozen:
+        return Row("ViT activations (frozen: one block's working set)", block,
+                   note=f"{patches} patches, no grad")
+    if x.recompute == "full":
+        held = microbatches * v.depth * recompute_input_bytes(patches, v.hidden) + block
+    else:
+        held = microbatches * v.depth * block
+    return Row(f"ViT activations, recompute={x.recompute}", held,
+               note=f"{microbatches} micro-batch(es) x {patches} patches, replicated over TP")
+
+
+def _loss_rows(x: PlanInputs) -> list[Row]:
+    vl = math.ceil(x.model.vocab / x.tp)
+    t = x.micro_batch_tokens
+    return [
+        Row("loss head, fused (chunked)",
+            fused_loss_head_bytes(t, vl, x.model.hidden, x.loss_chunk_tokens),
+            counted=x.fused_loss_head, note=f"chunk x V/tp fp32 + 16 B/token, V/tp={vl}"),
+        Row("loss head, unfused logits", unfused_loss_head_bytes(t, vl),
+            counted=not x.fused_loss_head, note=f"T x V/tp x (2+4+4) B = {t} x {vl} x 10"),
+    ]
+
+
+def _vllm_rows(x: PlanInputs) -> tuple[list[Row], int]:
+    budget = x.rollout_gpu_memory_utilization * x.gpu_memory_gib * GiB
+    weights = total_params(x.model) * x.engine_dtype_bytes / x.rollout_tp
+    overhead = x.rollout_overhead_gib * GiB
+    kv = max(0.0, budget - weights - overhead)
+    per_tok = kv_bytes_per_token(x.model, x.rollout_tp, x.engine_dtype_bytes)
+    tokens = int(kv // per_tok)
+    rows = [Row(f"vLLM budget (gpu_memory_utilization={x.rollout_gpu_memory_utilization})",
+                budget, note=f"engine TP={x.rollout_tp}; split below"),
+            Row("  vLLM weights (/TP)", weights, counted=False, part=True),
+            Row("  vLLM activations, CUDA graphs", overhead, counted=False, part=True),
+            Row("  vLLM KV cache", kv, counted=False, part=True,
+                note=f"{per_tok} B/token -> {tokens} tokens = "
+                     f"{tokens / x.max_model_len:.1f} x max_model_len {x.max_model_len}")]
+    return rows, tokens
+
+
+def _stage_plan(x: PlanInputs, stage: str) -> tuple[list[Row], list[Row], str, int]:
+    static, static_total = _learner_static(x, stage)
+    reserved = Row("reserved: CUDA context, NCCL, fragmentation", x.reserved_gib * GiB)
+    train = static + _activation_rows(x, stage)
+    if stage in ("last", "only"):
+        train += _loss_rows(x)
+    train.append(reserved)
+    vllm, tokens = _vllm_rows(x)
+    if not x.colocated:
+        return train, vllm, "rollout node GPU (separate placement)", tokens
+    if x.rollout_sleep:
+        train.append(Row("vLLM asleep (weights offloaded, KV freed)",
+                         x.rollout_overhead_gib * GiB, note="CUDA graphs stay"))
+    else:
+        train.append(Row("vLLM awake (no sleep mode)", vllm[0].bytes))
+    resident = Row("learner resident: weights + grads + optimizer", static_total,
+                   note="activations freed between phases")
+    return train, [resident, reserved] + vllm, "rollout phase (colocated vLLM)", tokens
+
+
+def plan_memory(x: PlanInputs) -> MemoryPlan:
+    """Per-GPU memory plan of the heavier pipeline stage, with the reasons it would not fit."""
+    x.validate()
+    stages = ["only"] if x.pp == 1 else ["first", "last"]
+    plans = [MemoryPlan(x, s, *_stage_plan(x, s)) for s in stages]
+    plans.sort(key=lambda p: p.train_total, reverse=True)
+    plan = plans[0]
+    if len(plans) > 1:
+        plan.other_stage, plan.other_train = plans[1].stage, plans[1].train
+    plan.problems = _problems(plan)
+    return plan
+
+
+def _problems(p: MemoryPlan) -> list[str]:
+    gpu, out = p.gpu_bytes, []
+    if p.train_total > gpu:
+        out.append(f"training phase needs {p.train_total / GiB:.2f} GiB > GPU "
+                   f"{p.inputs.gpu_memory_gib:.2f} GiB")
+    if p.rollout_total > gpu:
+        out.append(f"rollout phase needs {p.rollout_total / GiB:.2f} GiB > GPU "
+                   f"{p.inputs.gpu_memory_gib:.2f} GiB")
+    if p.kv_tokens < p.inputs.max_model_len:
+        out.append(f"vLLM KV cache holds {p.kv_tokens} tokens < max_model_len "
+                   f"({p.inputs.max_model_len}): raise gpu_memory_utilization or rollout TP")
+    return out
+
+
+def check_fits(plan: MemoryPlan) -> MemoryPlan:
+    """Return the plan if it fits, else raise ValueError carrying the whole breakdown."""
+    if not plan.fits:
+        raise ValueError("the config does not fit in GPU memory: " + "; ".join(plan.problems)
+                         + "\n" + plan.table())
+    return plan
+
+
+# ----------------------------------------------------------------------------- rendering
+def _line(r: Row) -> str:
+    mark = "" if r.counted or r.part else "  (not counted)"
+    return f"  {r.name:<48} {r.bytes / GiB:9.2f} GiB  {r.note}{mark}".rstrip()
+
+
+def render_table(p: MemoryPlan) -> str:
+    x, gib = p.inputs, p.inputs.gpu_memory_gib
+    head = (f"Memory plan per GPU: {x.model.name}, TP={x.tp} PP={x.pp} VPP={x.vpp} DP={x.dp}, "
+            f"SP={'on' if x.sequence_parallel else 'off'}, micro-batch {x.micro_batch_tokens} "
+            f"tokens, recompute={x.recompute}, "
+            f"loss head {'fused' if x.fused_loss_head else 'unfused'}"
+            f"\nGPU memory {gib:.2f} GiB")
+    lines = [head, f"training phase ({p.stage} stage):"] + [_line(r) for r in p.train]
+    lines.append(f"  {'= training total':<48} {p.train_total / GiB:9.2f} GiB")
+    if p.other_stage:
+        lines += [f"training phase ({p.other_stage} stage):"] + [_line(r) for r in p.other_train]
+        other = sum(r.bytes for r in p.other_train if r.counted)
+        lines.append(f"  {'= training total':<48} {other / GiB:9.2f} GiB")
+    lines += [f"{p.rollout_title}:"] + [_line(r) for r in p.rollout]
+    lines.append(f"  {'= rollout total':<48} {p.rollout_total / GiB:9.2f} GiB")
+    verdict = (f"FITS: peak {p.peak / GiB:.2f} GiB of {gib:.2f} GiB "
+               f"({100 * p.peak / p.gpu_bytes:.0f}%)" if p.fits
+               else "DOES NOT FIT: " + "; ".join(p.problems))
+    return "\n".join(lines + [verdict])

@@ -1,0 +1,166 @@
+"""The memory planner: its formulas against published figures and hand-computed cases, and the
+shipped H100 cluster configs fitting an 80 GB GPU."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from prco_mega.config import load_yaml
+from prco_mega.plan import (QWEN25_VL, ModelDims, PlanInputs, check_fits, plan_config,
+                            plan_inputs_from_config, plan_memory, total_params)
+from prco_mega.plan.memory import (fused_loss_head_bytes, inflight_chunks, kv_bytes_per_token,
+                                   layer_activation_bytes, optimizer_bytes_per_param,
+                                   recompute_input_bytes, unfused_loss_head_bytes)
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CLUSTER_CONFIGS = ["qwen25vl_3b_h100x8.yaml", "qwen25vl_7b_h100x8.yaml",
+                   "qwen25vl_32b_h100x32.yaml", "qwen25vl_72b_h100x64.yaml"]
+GIB = 2**30
+# Qwen2.5-7B text-only (Hugging Face config.json of Qwen/Qwen2.5-7B): a dense decoder, no ViT.
+QWEN25_7B_TEXT = ModelDims("qwen2.5-7b", hidden=3584, intermediate=18944, layers=28, heads=28,
+                           kv_heads=4, vocab=152064, tie_embeddings=False)
+
+
+def _row(plan, prefix: str):
+    rows = [r for r in plan.train if r.name.startswith(prefix)]
+    assert len(rows) == 1, [r.name for r in plan.train]
+    return rows[0]
+
+
+@pytest.mark.parametrize("name,published", [
+    ("qwen2.5-vl-3b", 3.75e9), ("qwen2.5-vl-7b", 8.29e9),
+    ("qwen2.5-vl-32b", 33.5e9), ("qwen2.5-vl-72b", 73.4e9)])
+def test_parameter_counts_match_the_published_model_sizes(name, published):
+    # Model sizes shown on the Hugging Face model pages (safetensors parameter counts).
+    assert total_params(QWEN25_VL[name]) == pytest.approx(published, rel=0.005)
+
+
+@pytest.mark.parametrize("d", [1, 2, 8, 64])
+def test_bytes_per_param_match_megatron_distributed_optimizer_table(d):
+    # Megatron-Core docs, "Distributed Optimizer": theoretical bytes per parameter.
+    for param, grad, non_dist, dist in [(2, 2, 20, 4 + 16 / d), (2, 4, 18, 6 + 12 / d),
+                                        (4, 4, 16, 8 + 8 / d)]:
+        assert param + grad + optimizer_bytes_per_param(param, grad, False, d) == non_dist
+        assert param + grad + optimizer_bytes_per_param(param, grad, True, d) == pytest.approx(dist)
+
+
+def test_zero_stage1_figure_for_a_7_5b_model_on_64_gpus():
+    # ZeRO (Rajbhandari et al. 2020), Figure 1: 7.5B params, N_d = 64, P_os -> 31.4 GB per GPU.
+    # Megatron also keeps an fp32 main-grad shard (4/d B/param) that ZeRO's K = 12 leaves out.
+    psi, d = 7.5e9, 64
+    ours = psi * (2 + 2 + optimizer_bytes_per_param(2, 2, True, d)) / 1e9
+    assert ours == pytest.approx(31.4, rel=0.02)
+
+
+def _dense_inputs(**kw) -> PlanInputs:
+    base = dict(model=QWEN25_7B_TEXT, tp=4, pp=1, dp=2, micro_batch_tokens=8192,
+                max_model_len=4096, rollout_tp=4, rollout_gpu_memory_utilization=0.3)
+    return PlanInputs(**{**base, **kw})
+
+
+def test_weights_of_a_7b_dense_model_at_tp4_are_a_quarter_of_bf16_params():
+    plan = plan_memory(_dense_inputs())
+    expected = total_params(QWEN25_7B_TEXT) * 2 / 4  # norms are replicated: a hair above
+    assert _row(plan, "weights").bytes == pytest.approx(expected, rel=0.002)
+    assert _row(plan, "gradients").bytes == pytest.approx(2 * expected, rel=0.002)
+
+
+def test_distributed_optimizer_states_divide_by_dp_and_nothing_else_does():
+    p2, p8 = plan_memory(_dense_inputs(dp=2)), plan_memory(_dense_inputs(dp=8))
+    opt2, opt8 = _row(p2, "optimizer").bytes, _row(p8, "optimizer").bytes
+    assert opt2 == pytest.approx(4 * opt8)
+    # fp32 master + Adam m, v = 12 B per parameter of this rank, sharded over DP
+    params_rank = _row(p2, "weights").bytes / 2
+    assert opt2 == pytest.approx(12 * params_rank / 2)
+    for name in ("weights", "gradients"):
+        assert _row(p2, name).bytes == _row(p8, name).bytes
+
+
+def test_activation_formula_reduces_to_korthikanti_for_gpt():
+    # Korthikanti et al. 2022, GPT-3 175B: h=12288, a=96, s=2048, b=1, t=8 (their Table 3 model).
+    h, a, s, b, t = 12288, 96, 2048, 1, 8
+    gpt = dict(tokens=s * b, hidden=h, kv_hidden=h, ffn=4 * h, heads=a, seq=s, flash=False,
+               gated_mlp=False, dropout=True)
+    assert layer_activation_bytes(**gpt) == s * b * h * (34 + 5 * a * s / h)
+    assert layer_activation_bytes(**gpt, tp=t) == pytest.approx(
+        s * b * h * (10 + 24 / t + 5 * a * s / (h * t)))
+    assert layer_activation_bytes(**gpt, tp=t, sp=True) == pytest.approx(
+        s * b * h * (34 / t + 5 * a * s / (h * t)))
+    assert recompute_input_bytes(s * b, h) == 2 * s * b * h
+
+
+@pytest.mark.parametrize("p,v", [(2, 1), (4, 1), (4, 2), (8, 3)])
+def test_first_pipeline_stage_holds_korthikanti_in_flight_layers(p, v):
+    layers = p * v * 10
+    held = inflight_chunks(p, v, rank=0) * layers // (p * v)
+    assert held == pytest.approx(layers * (1 + (p - 1) / (p * v)) if v > 1 else layers)
+    assert inflight_chunks(p, 1, rank=p - 1) == 1  # the last 1F1B stage holds one micro-batch
+
+
+def test_recompute_modes_order_activation_memory():
+    plan = plan_memory(_dense_inputs(flash_attention=False))
+    act = {m: _row(plan, f"activations, recompute={m}").bytes
+           for m in ("none", "selective", "full")}
+    assert act["full"] < act["selective"] < act["none"]
+
+
+def test_fused_loss_head_memory_does_not_grow_with_vocab_but_unfused_does():
+    t, h = 16384, 3584
+    fused = [fused_loss_head_bytes(t, v, h) for v in (32768, 65536, 152064, 262144)]
+    unfused = [unfused_loss_head_bytes(t, v) for v in (32768, 65536, 152064, 262144)]
+    assert all(f <= 8 * t * h + 16 * t for f in fused)  # bounded by the hidden states' size
+    assert max(fused) < 1.1 * min(fused)
+    assert unfused[1] == 2 * unfused[0] and unfused[3] == 8 * unfused[0]
+    # the same through a whole plan: vocab x4 leaves the fused row flat
+    small = plan_memory(_dense_inputs())
+    big = plan_memory(_dense_inputs(model=dataclasses.replace(QWEN25_7B_TEXT, vocab=4 * 152064)))
+    assert _row(big, "loss head, fused").bytes < 1.1 * _row(small, "loss head, fused").bytes
+    assert _row(big, "loss head, unfused").bytes == 4 * _row(small, "loss head, unfused").bytes
+
+
+def test_kv_cache_bytes_per_token():
+    m7, m72 = QWEN25_VL["qwen2.5-vl-7b"], QWEN25_VL["qwen2.5-vl-72b"]
+    assert kv_bytes_per_token(m7, tp=1) == 2 * 28 * 4 * 128 * 2
+    assert kv_bytes_per_token(m72, tp=8) == 2 * 80 * 1 * 128 * 2
+    assert kv_bytes_per_token(m72, tp=16) == kv_bytes_per_token(m72, tp=8)  # KV heads replicate
+
+
+@pytest.mark.parametrize("name", CLUSTER_CONFIGS)
+def test_each_cluster_config_fits_an_80gb_h100(name):
+    plan = check_fits(plan_config(str(CONFIGS / name)))
+    assert plan.inputs.gpu_memory_gib <= 80
+    assert plan.peak <= plan.inputs.gpu_memory_gib * GIB
+    assert plan.kv_tokens >= plan.inputs.max_model_len
+    table = plan.table()
+    for item in ("weights", "gradients", "optimizer", "activations, recompute=none",
+                 "activations, recompute=full", "loss head, fused", "loss head, unfused",
+                 "vLLM weights", "vLLM KV cache", "FITS"):
+        assert item in table
+
+
+def test_an_oversized_config_is_refused_with_its_breakdown():
+    # 7B without TP: ~58 GiB of learner state stays resident beside a 32 GiB vLLM budget.
+    data = load_yaml(CONFIGS / "qwen25vl_7b_h100x8.yaml",
+                     ["learner.parallel.tensor_parallel=1",
+                      "learner.parallel.sequence_parallel=false",
+                      "learner.batching.pad_to_multiple=1", "cluster.data_parallel=8"])
+    plan = plan_memory(plan_inputs_from_config(data)[0])
+    assert not plan.fits
+    with pytest.raises(ValueError, match="rollout phase needs") as err:
+        check_fits(plan)
+    assert "gradients" in str(err.value) and "vLLM KV cache" in str(err.value)
+
+
+def test_a_kv_cache_smaller_than_one_sequence_is_refused():
+    data = load_yaml(CONFIGS / "qwen25vl_72b_h100x64.yaml", ["engine.gpu_memory_utilization=0.23"])
+    plan = plan_memory(plan_inputs_from_config(data)[0])
+    assert any("max_model_len (8192)" in p for p in plan.problems)
+
+
+def test_micro_batch_smaller_than_a_trajectory_is_refused():
+    data = load_yaml(CONFIGS / "qwen25vl_7b_h100x8.yaml",
+                     ["learner.batching.micro_batch_tokens=4096"])
+    with pytest.raises(ValueError, match=r"micro_batch_tokens \(4096\).*max_model_len \(8192\)"):
+        plan_inputs_from_config(data)
