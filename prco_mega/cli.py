@@ -28,6 +28,24 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     prev.set_defaults(func=_data_preview)
 
 
+def _train(args: argparse.Namespace) -> int:
+    from prco_mega.config import load_config
+    from prco_mega.controller import main as run_main
+
+    cfg = load_config(args.config, args.overrides)  # refused here, before anything starts
+    run_main(cfg, resume_run=args.resume)
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train", help="run PRCO (or a baseline) from a config")
+    train.add_argument("config")
+    train.add_argument("overrides", nargs="*", help="key.path=value")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the newest complete checkpoint of the run")
+    train.set_defaults(func=_train)
+
+
 def _plan(args: argparse.Namespace) -> int:
     from prco_mega.plan import plan_config
 
@@ -51,6 +69,14 @@ def _add_launch(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=launch.run_from_args)
 
 
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    from prco_mega.bridge import convert_cli
+
+    parser = sub.add_parser("convert", help="checkpoint conversion: HF <-> Megatron, any TP/PP")
+    convert_cli.add_arguments(parser)
+    parser.set_defaults(func=convert_cli.run_from_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prco-mega", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -59,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data, _add_plan, _add_launch]
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_train, _add_data, _add_plan, _add_launch, _add_convert]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,141 @@
+"""Command line of checkpoint conversion (`prco-mega convert`, `tools/convert_checkpoint.py`).
+
+Outside torchrun the command checks everything it can without starting a process group (source
+config and tensor manifest, layout, output path: mistakes fail in a second), then launches
+`torchrun --nproc_per_node tp*pp -m prco_mega.bridge.convert_cli ...` on this node and returns its
+exit status. Under torchrun it converts directly, e.g. on several nodes:
+    torchrun --nnodes N --nproc_per_node G --rdzv-endpoint HOST:PORT \
+        -m prco_mega.bridge.convert_cli --direction hf2mcore --src HF --dst OUT --tp 8 --pp 4
+(the world may be a multiple of tp * pp; outputs go to a filesystem every node sees).
+
+Exit status: 0 done (and verified), 1 verification above tolerance, 2 refused (ValueError).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+
+DIRECTIONS = ("hf2mcore", "mcore2hf")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--direction", required=True, choices=DIRECTIONS,
+                        help="hf2mcore: HF safetensors -> Megatron; mcore2hf: the way back")
+    parser.add_argument("--src", required=True, help="source checkpoint directory")
+    parser.add_argument("--dst", required=True, help="output directory (must not exist)")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the world")
+    parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel size of the world")
+    parser.add_argument("--vpp", type=int, default=None, help="virtual pipeline chunks per rank")
+    parser.add_argument("--reference", default=None,
+                        help="mcore2hf: HF dir with config/tokenizer/processor (default: the "
+                             "files hf2mcore stored in SRC/hf)")
+    parser.add_argument("--shard-size-mb", type=int, default=2048,
+                        help="mcore2hf: largest safetensors file written")
+    parser.add_argument("--verify", action="store_true",
+                        help="compare per-token log-probs of source and result (fp32); "
+                             "exit 1 above the tolerance")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check, print the torchrun command, launch nothing")
+
+
+def under_torchrun() -> bool:
+    """True inside a process that torchrun (torch.distributed.run) started."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """Every check possible without a process group; ValueError names the problem."""
+    from prco_mega.bridge.convert import (check_hf_source, check_output, reference_config,
+                                          resolve_megatron_checkpoint)
+    from prco_mega.learner.parallel import validate_layout
+
+    if args.direction == "hf2mcore":
+        hf_config, _ = check_hf_source(args.src)
+    else:
+        hf_config, _ = reference_config(resolve_megatron_checkpoint(args.src), args.reference)
+    validate_layout(hf_config, args.tp * args.pp, args.tp, args.pp, args.vpp)
+    check_output(args.dst)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_command(args: argparse.Namespace) -> list[str]:
+    """The single-node torchrun command line that runs this conversion on tp * pp ranks."""
+    argv = ["--direction", args.direction, "--src", str(args.src), "--dst", str(args.dst),
+            "--tp", str(args.tp), "--pp", str(args.pp),
+            "--shard-size-mb", str(args.shard_size_mb)]
+    argv += ["--vpp", str(args.vpp)] if args.vpp else []
+    argv += ["--reference", str(args.reference)] if args.reference else []
+    argv += ["--verify"] if args.verify else []
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+            str(args.tp * args.pp), "--master_addr", "127.0.0.1", "--master_port",
+            str(_free_port()), "-m", "prco_mega.bridge.convert_cli", *argv]
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Convert (under torchrun) or check and launch torchrun; returns the exit status."""
+    if under_torchrun():
+        return _run_in_world(args)
+    preflight(args)
+    cmd = torchrun_command(args)
+    if args.dry_run:
+        print(" ".join(cmd))
+        return 0
+    import prco_mega
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(prco_mega.__file__)))
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.run(cmd, env=env, check=False).returncode
+
+
+def _run_in_world(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from prco_mega.bridge.convert import hf_to_megatron, megatron_to_hf
+    from prco_mega.bridge.convert_verify import VERIFY_TOLERANCE, verify_conversion
+
+    if args.direction == "hf2mcore":
+        hf_to_megatron(args.src, args.dst, args.tp, args.pp, args.vpp)
+        hf_dir, ckpt = args.src, args.dst
+    else:
+        megatron_to_hf(args.src, args.dst, args.tp, args.pp, args.reference, vpp=args.vpp,
+                       shard_bytes=args.shard_size_mb * 1024**2)
+        hf_dir, ckpt = args.dst, args.src
+    rank0 = dist.get_rank() == 0
+    if rank0:
+        print(f"convert: wrote {args.dst}", flush=True)
+    if not args.verify:
+        return 0
+    diff = verify_conversion(hf_dir, ckpt, args.tp, args.pp, args.vpp)
+    ok = diff <= VERIFY_TOLERANCE
+    if rank0:
+        print(f"convert: verify max |logprob diff| (fp32) = {diff:.3e} "
+              f"({'ok' if ok else 'FAILED'}, tolerance {VERIFY_TOLERANCE:.0e})", flush=True)
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="convert_checkpoint", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_from_args(args)
+    except ValueError as e:  # user errors: one clear line per rank, no traceback
+        rank = os.environ.get("RANK")
+        where = f" (rank {rank})" if rank is not None else ""
+        print(f"convert: error{where}: {e}", file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
