@@ -319,3 +319,25 @@ def test_truncated_is_weights_hand_case():
     w = truncated_is_weights(learner, rollout, cap=5.0)
     torch.testing.assert_close(w, t(1.0, 2.0, 5.0))
     assert not w.requires_grad
+
+
+def test_nll_loss_is_the_per_role_mean_negative_log_likelihood():
+    from prco_mega.algo import nll_loss
+
+    # observer tokens (-1, -3) / D_O = 4 -> 1.0; solver token (-2) / D_S = 2 -> 1.0; masked token out
+    logprobs = torch.tensor([-1.0, -3.0, -2.0, -7.0])
+    mask = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    roles = torch.tensor([0, 0, 1, 1])
+    loss, metrics = nll_loss(logprobs, mask, roles, {0: 4.0, 1: 2.0})
+    assert loss.item() == pytest.approx(2.0)
+    assert metrics["observer/nll"].item() == pytest.approx(1.0)
+    assert metrics["solver/nll"].item() == pytest.approx(1.0)
+
+
+def test_non_finite_loss_names_the_role():
+    from prco_mega.learner.train_step import NonFiniteLoss, raise_if_not_finite
+
+    raise_if_not_finite({"loss": 1.0, "solver/pg_loss": 0.5, "grad_norm": float("nan")})
+    with pytest.raises(NonFiniteLoss, match=r"solver/pg_loss=nan"):
+        raise_if_not_finite({"loss": float("nan"), "solver/pg_loss": float("nan"),
+                             "observer/pg_loss": 0.1})

@@ -12,6 +12,7 @@ from prco_mega.algo.baselines import (
 from prco_mega.algo.losses import (
     aggregate,
     kl_penalty,
+    nll_loss,
     ppo_clip_loss,
     prco_loss,
     truncated_is_weights,
@@ -33,6 +34,7 @@ __all__ = [
     "grpo_advantages",
     "has_signal",
     "kl_penalty",
+    "nll_loss",
     "overlong_penalty",
     "ppo_clip_loss",
     "prco_loss",

@@ -228,3 +228,31 @@ def prco_loss(
             metrics["kl_loss"] = metrics["kl_loss"] + kl_coef * kl.detach()
     metrics["unassigned_tokens"] = ((loss_mask != 0) & ~assigned).sum()
     return total, metrics
+
+
+def nll_loss(
+    logprobs: Tensor,
+    loss_mask: Tensor,
+    role_ids: Tensor,
+    role_denominators: dict[int, float],
+    *,
+    level: str = "token",
+    cu_seqlens: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Supervised (warm-start) loss: `L = sum_r agg_r(-logprob)`, the mean negative log-likelihood
+    of each role's response tokens with the same global per-role denominators as `prco_loss`, so
+    micro-batching and data parallelism never change it. Metrics: `{role}/nll`, `nll`.
+
+    logprobs, loss_mask, role_ids  # [T]
+    """
+    total = logprobs.new_zeros(())
+    metrics: dict[str, Tensor] = {}
+    for role, denominator in role_denominators.items():
+        if denominator <= 0:
+            continue
+        mask = loss_mask * (role_ids == int(role)).to(loss_mask.dtype)
+        nll = aggregate(-logprobs, mask, denominator=denominator, level=level, cu_seqlens=cu_seqlens)
+        total = total + nll
+        metrics[f"{_role_name(role)}/nll"] = nll.detach()
+    metrics["nll"] = total.detach()
+    return total, metrics

@@ -13,8 +13,11 @@ API for training code:
   Parameters of chunk i are named as in `Qwen25VLModel` (`language_model.decoder.layers.{j}...`,
   `vision.model.blocks.{j}...`); `prco_mega.bridge.mapping` maps them to Hugging Face names.
 - `forward(model, tokens, position_ids, pixel_values=None, image_grid_thw=None, *,
-  packed_seq_params=None, attention_mask=None)`: returns vocab-parallel logits [B, S, V/TP] on the
-  last pipeline stage, the hidden states [S, B, H] elsewhere (what Megatron's schedules send on).
+  packed_seq_params=None, attention_mask=None, return_hidden=False)`: returns vocab-parallel
+  logits [B, S, V/TP] on the last pipeline stage, the hidden states [S, B, H] elsewhere (what
+  Megatron's schedules send on). With `return_hidden=True` the last stage skips the output layer
+  and returns `(final-norm hidden states [S, B, H] (gathered over TP under sequence parallelism),
+  output weight shard [V/TP, H])` for the fused Triton loss head (`learner/loss_head.py`).
   `tokens` [B, S]; `position_ids` [3, B, S] from `prco_mega.learner.mrope`; `pixel_values`
   [P, C*T*ps*ps] and `image_grid_thw` [K, 3] as the HF processor makes them (first stage only).
 
@@ -216,14 +219,43 @@ class Qwen25VLModel(MegatronModule):
                 attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None,
                 image_grid_thw: torch.Tensor | None = None, packed_seq_params=None,
-                labels: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None):
+                labels: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,
+                return_hidden: bool = False):
         """See the module docstring; `labels` [B, S] makes the last stage return per-token CE."""
         decoder_input = None
         if self.pre_process:
             decoder_input = self._embed(input_ids, pixel_values, image_grid_thw)
+        if return_hidden and self.post_process:
+            return self._final_hidden(input_ids, position_ids, attention_mask, decoder_input,
+                                      packed_seq_params)
         return self.language_model(input_ids, position_ids, attention_mask,
                                    decoder_input=decoder_input, labels=labels,
                                    packed_seq_params=packed_seq_params, loss_mask=loss_mask)
+
+    def _final_hidden(self, input_ids, position_ids, attention_mask, decoder_input,
+                      packed_seq_params):
+        """(final-norm hidden states [S, B, H], output weight shard [V/tp, H]) of the last stage.
+
+        GPTModel returns the decoder's output (final norm included) when it is not the last stage,
+        so it runs with `post_process` off for this call: the output layer is skipped, nothing of
+        Megatron's forward is re-implemented here.
+        """
+        from megatron.core import tensor_parallel
+
+        lm = self.language_model
+        lm.post_process = False
+        try:
+            hidden = lm(input_ids, position_ids, attention_mask, decoder_input=decoder_input,
+                        packed_seq_params=packed_seq_params)
+        finally:
+            lm.post_process = True
+        if self.config.sequence_parallel:
+            # The loss head all-reduces d hidden over TP itself, so the backward only splits.
+            hidden = tensor_parallel.gather_from_sequence_parallel_region(
+                hidden, tensor_parallel_output_grad=False, group=self.tp_group)
+        weight = (lm.shared_embedding_or_output_weight() if lm.share_embeddings_and_output_weights
+                  else lm.output_layer.weight)
+        return hidden, weight
 
     def _embed(self, input_ids, pixel_values, image_grid_thw) -> torch.Tensor:
         from megatron.core import tensor_parallel
@@ -286,7 +318,7 @@ def build_model(hf_config, pg_collection, *, pre_process: bool | None = None,
 def forward(model, tokens: torch.Tensor, position_ids: torch.Tensor,
             pixel_values: torch.Tensor | None = None, image_grid_thw: torch.Tensor | None = None,
             *, packed_seq_params=None, attention_mask: torch.Tensor | None = None,
-            labels: torch.Tensor | None = None):
+            labels: torch.Tensor | None = None, return_hidden: bool = False):
     """Run one chunk (possibly DDP-wrapped); packed THD becomes a block mask without TE."""
     inner = _unwrap(model)
     if packed_seq_params is not None and not inner.use_te:
@@ -296,7 +328,8 @@ def forward(model, tokens: torch.Tensor, position_ids: torch.Tensor,
         attention_mask = attention_mask.to(tokens.device)
         packed_seq_params = None
     return model(tokens, position_ids, attention_mask, pixel_values=pixel_values,
-                 image_grid_thw=image_grid_thw, packed_seq_params=packed_seq_params, labels=labels)
+                 image_grid_thw=image_grid_thw, packed_seq_params=packed_seq_params, labels=labels,
+                 return_hidden=return_hidden)
 
 
 def _unwrap(model):

@@ -51,19 +51,40 @@ class LossSettings:
     """Aggregation: "token" or "sequence" (denominators must match it)."""
     temperature: float = 1.0
     """Logits are divided by this before log-softmax (match the rollout's log-prob definition)."""
+    impl: str = "torch"
+    """Loss head: "torch" (logits + `prco_loss`) or "triton" (fused kernels, `loss_head.py`;
+    raises where Triton cannot run)."""
+    tis_cap: float | None = None
+    """Truncated importance-sampling cap (`loss_head.apply_tis`); None = off."""
+    objective: str = "ppo"
+    """"ppo": the PRCO/GRPO clipped surrogate; "sft": negative log-likelihood of the response
+    tokens (the tiny model's warm start), same per-role global denominators."""
+
+    def __post_init__(self):
+        if self.impl not in ("torch", "triton"):
+            raise ValueError(f"impl must be 'torch' or 'triton', got {self.impl!r}")
+        if self.objective not in ("ppo", "sft"):
+            raise ValueError(f"objective must be 'ppo' or 'sft', got {self.objective!r}")
+        if self.objective == "sft" and (self.impl != "torch" or self.tis_cap is not None):
+            raise ValueError(f"objective 'sft' runs with impl 'torch' and no TIS (got impl "
+                             f"{self.impl!r}, tis_cap {self.tis_cap})")
+        if self.tis_cap is not None and self.tis_cap <= 0:
+            raise ValueError(f"tis_cap ({self.tis_cap}) must be > 0 or None")
 
     @classmethod
-    def from_algo(cls, algo: Any, temperature: float = 1.0) -> LossSettings:
-        """From the run config's `AlgoSection` (or anything with the same attribute names)."""
+    def from_algo(cls, algo: Any, temperature: float = 1.0, impl: str = "torch") -> LossSettings:
+        """From the run config's `AlgoSection` (or anything with the same attribute names) and
+        `kernels.impl`."""
         return cls(algo.clip_low, algo.clip_high, algo.dual_clip, algo.kl_coef, algo.kl_kind,
-                   algo.level, temperature)
+                   algo.level, temperature, impl=impl, tis_cap=getattr(algo, "tis_cap", None))
 
 
 # ----------------------------------------------------------------------------- model input
-def qwen_vl_forward(model: torch.nn.Module, batch: TrainBatch) -> Tensor:
+def qwen_vl_forward(model: torch.nn.Module, batch: TrainBatch, return_hidden: bool = False):
     """`ModelForward` for `prco_mega.learner.model` chunks (Qwen2.5-VL, possibly DDP-wrapped):
     packed tokens as one row `[1, T]`, mrope positions `[3, 1, T]`, THD packing by `cu_seqlens`
-    (the model turns it into a block-diagonal causal mask where Transformer Engine is absent)."""
+    (the model turns it into a block-diagonal causal mask where Transformer Engine is absent).
+    `return_hidden`: see `model.forward` (the fused loss head's input)."""
     from megatron.core.packed_seq_params import PackedSeqParams
 
     from prco_mega.learner.model import forward
@@ -75,7 +96,8 @@ def qwen_vl_forward(model: torch.nn.Module, batch: TrainBatch) -> Tensor:
     packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
                              max_seqlen_q=longest, max_seqlen_kv=longest)
     return forward(model, batch.tokens[None, :], batch.position_ids[:, None, :],
-                   batch.pixel_values, batch.image_grid_thw, packed_seq_params=packed)
+                   batch.pixel_values, batch.image_grid_thw, packed_seq_params=packed,
+                   return_hidden=return_hidden)
 
 
 # ----------------------------------------------------------------------------- log-probs
@@ -112,12 +134,19 @@ def prco_loss_func(batch: TrainBatch, settings: LossSettings, output: Tensor):
     The share uses the step's global per-role denominators (see the module doc), so the schedule
     must run with `calculate_per_token_loss=True` (see `prepare_model_config`).
     """
-    from prco_mega.algo.losses import prco_loss
+    from prco_mega.algo.losses import nll_loss, prco_loss
 
     logprobs = token_logprobs(output, batch.tokens, batch.cu_seqlens, settings.temperature)
+    denominators = {int(r): float(d) for r, d in batch.role_denominators.items()}
+    if settings.objective == "sft":
+        loss, metrics = nll_loss(logprobs, batch.loss_mask, batch.role_ids, denominators,
+                                 level=settings.level, cu_seqlens=batch.cu_seqlens)
+        num_tokens = (batch.loss_mask != 0).sum().to(torch.int)
+        return loss, num_tokens, {**metrics, "loss": loss.detach(),
+                                  "loss_tokens": num_tokens.to(loss.dtype)}
     loss, metrics = prco_loss(
         logprobs, batch.old_logprobs, batch.advantages, batch.loss_mask, batch.role_ids,
-        {int(r): float(d) for r, d in batch.role_denominators.items()},
+        denominators,
         clip_low=settings.clip_low, clip_high=settings.clip_high, dual_clip=settings.dual_clip,
         ref_logprobs=batch.ref_logprobs, kl_coef=settings.kl_coef, kl_kind=settings.kl_kind,
         level=settings.level, cu_seqlens=batch.cu_seqlens,
@@ -268,30 +297,75 @@ def train_step(
     settings: LossSettings,
     *,
     pg: Any,
-    model_forward: ModelForward = qwen_vl_forward,
+    model_forward: ModelForward | None = None,
+    learner_old_logprobs: Sequence[Tensor] | None = None,
+    check_finite: bool = False,
 ) -> dict[str, float]:
     """One optimizer step on this rank's micro-batches (all carrying the step's global
     denominators). Returns the step metrics (identical on every rank): `loss`, `pg_loss`,
     per-role metrics, `grad_norm`, `lr`, `update_successful`.
 
+    `settings.impl` picks the loss head (`loss_head.py`); `model_forward=None` takes the matching
+    Qwen2.5-VL forward. With `settings.tis_cap`, truncated importance sampling
+    (`loss_head.apply_tis`) uses `learner_old_logprobs` ([T_i] per micro-batch, the learner's
+    log-probs before this step), computed here by one `compute_logprobs` pass when not given.
+
+    `check_finite`: raise `NonFiniteLoss` (naming the roles) before the optimizer would apply a
+    NaN/inf loss's gradients; the weights stay as they were.
+
     pg  # Megatron ProcessGroupCollection (uses .pp and .dp)
     """
+    from prco_mega.learner import loss_head
+
+    loss_head.check_impl(settings.impl, _device())
+    if model_forward is None:
+        model_forward = qwen_vl_forward if settings.impl == "torch" else \
+            loss_head.qwen_vl_hidden_forward
+    if settings.tis_cap is not None:
+        if learner_old_logprobs is None:
+            learner_old_logprobs = compute_logprobs(
+                model_chunks, micro_batches, pg=pg, temperature=settings.temperature,
+                model_forward=model_forward if settings.impl == "torch" else qwen_vl_forward)
+        micro_batches = [loss_head.apply_tis(b, lp.to(b.old_logprobs.device), settings.tis_cap)
+                         for b, lp in zip(micro_batches, learner_old_logprobs, strict=True)]
+    elif learner_old_logprobs is not None:
+        raise ValueError("learner_old_logprobs given but settings.tis_cap is None (TIS off)")
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     forward_step = make_forward_step(model_forward, partial(_loss_with, settings))
     store = run_schedule(model_chunks, micro_batches, forward_step, forward_only=False)
+    metrics = reduce_metrics(store, pp_group=pg.pp, dp_group=pg.dp)
+    if check_finite:
+        raise_if_not_finite(metrics)
     lr = scheduler.current_lr()
     ok, grad_norm, _ = optimizer.step()
     if ok:
         scheduler.step()
-    metrics = reduce_metrics(store, pp_group=pg.pp, dp_group=pg.dp)
     metrics.update(grad_norm=float(grad_norm or 0.0), lr=lr,
                    update_successful=float(ok))
     return metrics
 
 
-def _loss_with(settings: LossSettings, batch: TrainBatch, output: Tensor):
+class NonFiniteLoss(RuntimeError):
+    """A step's loss is NaN/inf; raised before the optimizer applies it."""
+
+
+def raise_if_not_finite(metrics: dict[str, float]) -> None:
+    """`NonFiniteLoss` naming every non-finite loss metric (per role), if there is one."""
+    import math
+
+    bad = {k: v for k, v in metrics.items()
+           if k.endswith(("loss", "nll")) and not math.isfinite(v)}
+    if bad:
+        raise NonFiniteLoss("non-finite loss: " + ", ".join(f"{k}={v}" for k, v in sorted(bad.items())))
+
+
+def _loss_with(settings: LossSettings, batch: TrainBatch, output: Any):
+    if settings.impl == "triton":
+        from prco_mega.learner.loss_head import fused_prco_loss_func
+
+        return fused_prco_loss_func(batch, settings, output)
     return prco_loss_func(batch, settings, output)
 
 

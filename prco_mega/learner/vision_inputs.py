@@ -53,3 +53,21 @@ class VisionInputs:
         grid = torch.cat(grids)
         positions = mrope_position_ids(ids[None, :], grid, self.image_token_id, self.merge)[:, 0]
         return SequenceInputs(positions, torch.cat(pixels), grid)
+
+
+def expand_image_pads(ids: list[int], images: list[Any], encoder: VisionInputs) -> list[int]:
+    """Replace each single `<|image_pad|>` of a rendered prompt by one pad per merged patch of its
+    image (what the rollout engine does), for sequences the learner builds itself (warm start)."""
+    pad, out, k = encoder.image_token_id, [], 0
+    for tok in ids:
+        if tok != pad:
+            out.append(tok)
+            continue
+        if k >= len(images):
+            raise ValueError(f"prompt has more image placeholders than images ({len(images)})")
+        _, grid = encoder._patches(images[k])
+        out.extend([pad] * int(grid.prod() // (encoder.merge * encoder.merge)))
+        k += 1
+    if k != len(images):
+        raise ValueError(f"prompt has {k} image placeholders but {len(images)} images")
+    return out

@@ -186,7 +186,20 @@ class VllmEngine(RolloutEngine):
         prompts = [self._vllm_prompt(r) for r in requests]
         params = [self._sampling_params(sampling, i) for i in range(len(requests))]
         outputs = self._llm.generate(prompts, params, use_tqdm=False)
-        return [[_to_generation(o, out.prompt_token_ids) for o in out.outputs] for out in outputs]
+        return [[_to_generation(o, out.prompt_token_ids, self.placeholder_ids) for o in out.outputs]
+                for out in outputs]
+
+    @property
+    def placeholder_ids(self) -> tuple[int, ...]:
+        """Vision placeholder tokens (`<|vision_start|>`, `<|image_pad|>`, ...): a response that
+        samples one stops there and the token is dropped, because in a learner sequence the model
+        would read it as an image slot (and no image backs it)."""
+        if not hasattr(self, "_placeholder_ids"):
+            names = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+            ids = self.tokenizer.convert_tokens_to_ids(list(names))
+            unk = self.tokenizer.unk_token_id
+            self._placeholder_ids = tuple(i for i in ids if i is not None and i != unk)
+        return self._placeholder_ids
 
     @staticmethod
     def _vllm_prompt(request: GenerationRequest) -> dict[str, Any]:
@@ -205,7 +218,7 @@ class VllmEngine(RolloutEngine):
         return self._vllm.SamplingParams(
             n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
             max_tokens=s.max_new_tokens, stop=list(s.stop) or None,
-            stop_token_ids=list(s.stop_token_ids) or None, seed=seed,
+            stop_token_ids=list(s.stop_token_ids) + list(self.placeholder_ids) or None, seed=seed,
             logprobs=0 if s.logprobs else None, skip_special_tokens=True,
         )
 
@@ -285,11 +298,14 @@ class VllmEngine(RolloutEngine):
             gc.collect()
 
 
-def _to_generation(completion, prompt_ids) -> Generation:
+def _to_generation(completion, prompt_ids, drop_last: tuple[int, ...] = ()) -> Generation:
+    token_ids = list(completion.token_ids)
     logprobs = None
     if completion.logprobs is not None:
-        logprobs = [step[tok].logprob for step, tok in zip(completion.logprobs,
-                                                            completion.token_ids)]
-    return Generation(token_ids=list(completion.token_ids), text=completion.text,
+        logprobs = [step[tok].logprob for step, tok in zip(completion.logprobs, token_ids)]
+    if token_ids and token_ids[-1] in drop_last:  # stopped on a placeholder: not part of the text
+        token_ids = token_ids[:-1]
+        logprobs = None if logprobs is None else logprobs[:-1]
+    return Generation(token_ids=token_ids, text=completion.text,
                       logprobs=logprobs, finish_reason=str(completion.finish_reason),
                       prompt_ids=list(prompt_ids or []))

@@ -194,3 +194,26 @@ def test_cpu_engine_refuses_head_dim_without_a_kernel(tmp_path):
     out = make_tiny_checkpoint(tmp_path / "hd16", demo_corpus(500, seed=0), sizes=hd16)
     with pytest.raises(ValueError, match=r"head_dim \(16\)"):
         VllmEngine(out)
+
+
+def test_a_sampled_vision_placeholder_ends_the_response_and_is_dropped():
+    """A learner sequence would read a sampled <|image_pad|> as an image slot with no image."""
+    from types import SimpleNamespace
+
+    from prco_mega.rollout.vllm_engine import _to_generation
+
+    step = lambda tok, lp: {tok: SimpleNamespace(logprob=lp)}  # noqa: E731
+    done = SimpleNamespace(token_ids=[5, 9, 77], logprobs=[step(5, -1.0), step(9, -2.0),
+                                                           step(77, -3.0)],
+                           text="ab", finish_reason="stop")
+    gen = _to_generation(done, [1, 2], drop_last=(77, 78))
+    assert gen.token_ids == [5, 9] and gen.logprobs == [-1.0, -2.0]
+    kept = _to_generation(done, [1, 2], drop_last=(78,))
+    assert kept.token_ids == [5, 9, 77] and len(kept.logprobs) == 3
+
+
+def test_engine_stops_on_vision_placeholders(engine):
+    ids = engine.placeholder_ids
+    names = engine.tokenizer.convert_ids_to_tokens(list(ids))
+    assert sorted(names) == sorted(["<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                                    "<|video_pad|>"])

@@ -1,0 +1,57 @@
+"""PRCO against its baselines with the same seed, data and budget, in one table.
+
+    .venv/bin/python tools/compare_baselines.py [configs/tiny_cpu.yaml] [key=value ...]
+
+Runs `prco-mega train` three times (algo.name = prco, grpo, prco_shared; each its own run
+directory) and prints, for each, the held-out Solver accuracy (with the image) and caption
+perception accuracy before (warm start, shared by all three) and after RL.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ALGORITHMS = ("prco", "grpo", "prco_shared")
+
+
+def run(config: str, algo: str, overrides: list[str]) -> Path:
+    from prco_mega.config import load_config
+
+    name = f"{load_config(config, overrides).run.name}-{algo}"
+    args = [sys.executable, "-m", "prco_mega.cli", "train", config, *overrides,
+            f"algo.name={algo}", f"run.name={name}"]
+    cfg = load_config(config, [*overrides, f"run.name={name}"])
+    out = Path(cfg.run.output_dir) / name
+    if not (out / "eval_end.json").exists():
+        subprocess.run(args, check=True)
+    return out
+
+
+def row(algo: str, out: Path) -> dict:
+    start = json.loads((out / "eval_start.json").read_text())
+    end = json.loads((out / "eval_end.json").read_text())
+    pct = lambda v: None if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    return {"algo": algo,
+            "acc_start": pct(start["solver/accuracy"]), "acc_end": pct(end["solver/accuracy"]),
+            "perc_start": pct(start["observer/perception_acc"]),
+            "perc_end": pct(end["observer/perception_acc"]),
+            "leak_end": pct(end["observer/leak_rate"])}
+
+
+def main(argv: list[str]) -> int:
+    from prco_mega.eval.report import format_table
+
+    config = argv[0] if argv and "=" not in argv[0] else "configs/tiny_cpu.yaml"
+    overrides = [a for a in argv if "=" in a]
+    rows = [row(algo, run(config, algo, overrides)) for algo in ALGORITHMS]
+    print(format_table(rows, {"algo": "algorithm", "acc_start": "Solver acc (warm start)",
+                              "acc_end": "Solver acc (after RL)",
+                              "perc_start": "perception (warm start)",
+                              "perc_end": "perception (after RL)", "leak_end": "leak rate"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
