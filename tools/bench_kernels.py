@@ -19,33 +19,18 @@ must hold.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from _kernels_import import import_prco_kernels  # tools/ is on sys.path when run as a script
 
 import torch
 
 VOCAB = 152064
-
-
-def import_prco_kernels():
-    """prco_kernels, from the install or (until the editable install maps it) the repo's kernels/."""
-    try:
-        import prco_kernels
-        return prco_kernels
-    except ImportError:
-        root = Path(__file__).resolve().parents[1] / "kernels"
-        spec = importlib.util.spec_from_file_location("prco_kernels", root / "__init__.py",
-                                                      submodule_search_locations=[str(root)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["prco_kernels"] = module
-        spec.loader.exec_module(module)
-        return module
 
 
 # ---------------------------------------------------------------- the measured callables

@@ -10,27 +10,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import os
 import re
 import sys
-from pathlib import Path
 
-
-def import_prco_kernels():
-    """prco_kernels, from the install or (until the editable install maps it) the repo's kernels/."""
-    try:
-        import prco_kernels
-        return prco_kernels
-    except ImportError:
-        root = Path(__file__).resolve().parents[1] / "kernels"
-        spec = importlib.util.spec_from_file_location("prco_kernels", root / "__init__.py",
-                                                      submodule_search_locations=[str(root)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["prco_kernels"] = module
-        spec.loader.exec_module(module)
-        return module
+from _kernels_import import import_prco_kernels  # tools/ is on sys.path when run as a script
 
 
 def kernel_specs():
