@@ -1,0 +1,82 @@
+"""The main job end to end on the real path (Megatron learner, vLLM engine, bridge), kept short:
+it writes metrics, curves, a report and checkpoints, and a run killed with SIGKILL and resumed
+produces the same metrics as an uninterrupted one."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["run.steps=4", "run.eval_tasks=4", "data.prompts_per_step=2", "observer.n=2",
+        "solver.n=2", "observer.max_new_tokens=24", "solver.max_new_tokens=16",
+        "algo.warmup_steps=2", "warm_start.steps=4", "warm_start.tasks_per_step=4",
+        "learner.checkpoint.interval=2"]
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+
+def _cmd(out: Path, name: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "prco_mega.cli", "train", str(ROOT / "configs/tiny_cpu.yaml"),
+            *TINY, f"run.output_dir={out}", f"model.cache_dir={out / 'cache'}", f"run.name={name}",
+            *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "2", "VLLM_LOGGING_LEVEL": "ERROR"}
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    """Metrics without wall-clock fields (those differ between any two runs)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/") and k != "sync/seconds"}
+            for r in rows]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    subprocess.run(_cmd(out, "full"), check=True, env=_env(), cwd=ROOT, timeout=600)
+    return out
+
+
+def test_run_writes_metrics_curves_report_and_checkpoints(uninterrupted):
+    run = uninterrupted / "full"
+    rows = _metrics(run)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    for r in rows:
+        assert 0.0 <= r["solver/accuracy"] <= 1.0 and 0.0 <= r["observer/perception_acc"] <= 1.0
+        assert r["mismatch/max_abs"] < 1e-3  # fp32 learner and engine, same weights
+        assert r["unassigned_tokens"] == 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002",
+                                                                       "step_00000004"]
+    assert (run / "curves.png").stat().st_size > 10_000
+    assert "Caption perception accuracy" in (run / "report.md").read_text()
+
+
+def test_killed_and_resumed_run_equals_the_uninterrupted_one(uninterrupted):
+    out = uninterrupted  # shares the cached tiny model and warm start
+    proc = subprocess.Popen(_cmd(out, "killed"), env=_env(), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = out / "killed" / "checkpoints" / "step_00000002" / "COMPLETE"
+    deadline = time.time() + 600
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), "the run never reached its first checkpoint"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    subprocess.run(_cmd(out, "killed", "--resume"), check=True, env=_env(), cwd=ROOT, timeout=600)
+    assert _metrics(out / "killed") == _metrics(out / "full")
+
+
+def test_invalid_config_is_refused_before_anything_starts(tmp_path):
+    res = subprocess.run(_cmd(tmp_path, "bad", "algo.clip_hgh=0.3"), env=_env(), cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert "unknown config key(s) ['clip_hgh'] in algo" in res.stderr
+    assert not (tmp_path / "bad").exists()
