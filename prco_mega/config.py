@@ -62,6 +62,12 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         return from_dict(tp, value, path)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads `2e-4` (no dot) as a string; the user clearly meant the number.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is bool and not isinstance(value, bool):
         raise ValueError(f"{path}: expected true/false, got {value!r}")
     if tp is int and isinstance(value, bool):

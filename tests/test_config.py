@@ -12,6 +12,12 @@ def test_override_parses_yaml_values():
     assert data == {"algo": {"name": "prco", "clip_high": 0.28}, "data": {"families": {"shapes": 2}}}
 
 
+def test_exponent_without_a_dot_is_a_float():
+    data = {}
+    apply_override(data, "clip_high=2e-1")  # YAML 1.1 reads this as the string '2e-1'
+    assert from_dict(AlgoSection, data).clip_high == 0.2
+
+
 def test_sections_accept_good_values_and_coerce_ints_to_floats():
     algo = from_dict(AlgoSection, {"name": "dapo", "clip_high": 1, "dual_clip": 3})
     assert algo.clip_high == 1.0 and isinstance(algo.clip_high, float) and algo.dual_clip == 3.0
