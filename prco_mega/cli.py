@@ -77,6 +77,29 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=convert_cli.run_from_args)
 
 
+_BENCHMARKS = {"kernels": "bench_kernels.py", "sync": "bench_sync.py", "compile": "compile_kernels.py"}
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """Run a benchmark script from the checkout's tools/ (they print their own tables)."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "tools" / _BENCHMARKS[args.which]
+    if not script.is_file():
+        raise ValueError(f"{script} not found: benchmarks run from a source checkout "
+                         "(pip install -e .)")
+    return subprocess.call([sys.executable, str(script), *args.rest])
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="microbenchmarks: kernels (loss head, PPO, advantages), "
+                           "sync (Megatron -> vLLM), compile (sm_90 registers/spills)")
+    bench.add_argument("which", choices=sorted(_BENCHMARKS))
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
+    bench.set_defaults(func=_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prco-mega", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -86,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_train, _add_data, _add_plan, _add_launch, _add_convert]
+    _add_train, _add_data, _add_plan, _add_launch, _add_convert, _add_bench]
 
 
 def main(argv: list[str] | None = None) -> int:
