@@ -127,7 +127,10 @@ class PlanInputs:
     flash_attention: bool = True
     fused_loss_head: bool = True
     param_bytes: int = 2
+    """Bytes per weight: 2 for bf16 training (fp32 master copies then live in the optimizer),
+    4 for fp32 training (the CPU learner; no master copy: Adam updates the weights in place)."""
     grad_bytes: int = 4
+    """Bytes per element of DDP's gradient buffer (fp32 reduction: 4; bf16 grads: 2)."""
     distributed_optimizer: bool = True
     vision_frozen: bool = False
     image_tokens_per_micro_batch: int = 4096
