@@ -313,6 +313,16 @@ class RunConfig:
     cluster: ClusterSection | None = None
     """Cluster layout for `prco-mega launch` / `plan`; None for a single-machine run."""
 
+    def validate(self) -> None:
+        # The engine reports log_softmax(logits / T) of the sampled tokens; the learner's ratio is
+        # only right if it divides by the same T.
+        t = self.learner.logprob_temperature
+        for role in ("observer", "solver"):
+            if getattr(self, role).temperature != t:
+                raise ValueError(f"{role}.temperature ({getattr(self, role).temperature}) must equal "
+                                 f"learner.logprob_temperature ({t}): the learner's PPO ratio "
+                                 "uses the rollout's log-probs at that temperature")
+
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """YAML file + `key.path=value` overrides -> validated `RunConfig` (errors name the key)."""

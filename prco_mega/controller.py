@@ -125,7 +125,7 @@ def _progress(start: int, total: int):
 def main(cfg: RunConfig, resume_run: bool = False) -> Path:
     """Warm start (cached) -> RL -> evaluation table. Returns the run directory."""
     from prco_mega.eval.report import MetricsLogger, plot_metrics
-    from prco_mega.setup import build_run, evaluate_policy, prepare_model, write_report
+    from prco_mega.assemble import build_run, evaluate_policy, prepare_model, write_report
 
     C.ensure_world()
     dirs = C.RunDirs(Path(cfg.run.output_dir) / cfg.run.name)

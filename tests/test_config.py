@@ -41,3 +41,14 @@ def test_bad_values_name_the_key(cls, data, needle):
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_yaml(tmp_path / "nope.yaml")
+
+
+def test_sampling_temperature_must_match_the_learner_log_prob_temperature():
+    from prco_mega.config import RunConfig
+
+    with pytest.raises(ValueError, match=r"solver.temperature \(0.7\) must equal "
+                                         r"learner.logprob_temperature \(1.0\)"):
+        from_dict(RunConfig, {"solver": {"temperature": 0.7}})
+    cfg = from_dict(RunConfig, {"observer": {"temperature": 0.7}, "solver": {"temperature": 0.7},
+                                "learner": {"logprob_temperature": 0.7}})
+    assert cfg.learner.logprob_temperature == 0.7
