@@ -30,6 +30,20 @@ def ensure_world() -> None:
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
 
 
+def init_world() -> None:
+    """Start torch.distributed before anything else, so rank 0 alone builds cached artifacts while
+    the other ranks wait (NCCL with CUDA, gloo without)."""
+    import torch
+    import torch.distributed as dist
+
+    ensure_world()
+    if dist.is_initialized():
+        return
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+
+
 def is_host() -> bool:
     """Rank 0 hosts the rollout engine, the data stream and the logs."""
     import torch.distributed as dist

@@ -127,7 +127,7 @@ def main(cfg: RunConfig, resume_run: bool = False) -> Path:
     from prco_mega.eval.report import MetricsLogger, plot_metrics
     from prco_mega.assemble import build_run, evaluate_policy, prepare_model, write_report
 
-    C.ensure_world()
+    C.init_world()
     dirs = C.RunDirs(Path(cfg.run.output_dir) / cfg.run.name)
     if dirs.root.exists() and not resume_run and (dirs.checkpoints.exists()):
         raise ValueError(f"run directory {str(dirs.root)!r} already has checkpoints: pass "
