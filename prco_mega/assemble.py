@@ -31,7 +31,7 @@ def base_model(cfg: RunConfig) -> Path:
     out = None
     if C.is_host():
         out = tiny_checkpoint(cfg.model.cache_dir, corpus_tasks, C.prompt_set(cfg),
-                              cfg.model.tiny_seed)
+                              cfg.model.tiny_seed, cfg.model.tiny_sizes)
     _barrier()
     from prco_mega.controller import broadcast
 

@@ -262,6 +262,9 @@ class ModelSection:
     """Where the built tiny model and the warm-start result are cached between runs."""
     tiny_seed: int = 0
     """Init seed of the tiny model."""
+    tiny_sizes: dict[str, Any] = field(default_factory=dict)
+    """Overrides of `prco_mega.models.tiny.TinySizes` fields for the tiny model, e.g.
+    {vision_hidden: 64, vision_depth: 4}."""
     freeze_vision: bool = False
     """Train only the language model (the vision tower stays as loaded)."""
 

@@ -49,13 +49,17 @@ def training_corpus(tasks: list[Task], prompts: Any, seed: int) -> list[str]:
     return corpus
 
 
-def tiny_checkpoint(cache_dir: str | Path, tasks: list[Task], prompts: Any, seed: int) -> Path:
-    """Build (once) the tiny random model with a tokenizer trained on the synthetic corpus."""
+def tiny_checkpoint(cache_dir: str | Path, tasks: list[Task], prompts: Any, seed: int,
+                    sizes: dict[str, Any] | None = None) -> Path:
+    """Build (once) the tiny random model with a tokenizer trained on the synthetic corpus;
+    `sizes` overrides fields of `TinySizes`."""
     from prco_mega.data.tokenizer import make_tiny_checkpoint
+    from prco_mega.models.tiny import TinySizes
 
-    out = Path(cache_dir) / f"tiny-{cache_key('tiny', seed, [t.uid for t in tasks[:4]])}"
-    return build_cached(out, lambda d: make_tiny_checkpoint(
-        d, training_corpus(tasks, prompts, seed), seed=seed, vocab_size=1024))
+    tiny = TinySizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in (sizes or {}).items()})
+    key = cache_key("tiny", seed, [t.uid for t in tasks[:4]], *([sizes] if sizes else []))
+    return build_cached(Path(cache_dir) / f"tiny-{key}", lambda d: make_tiny_checkpoint(
+        d, training_corpus(tasks, prompts, seed), seed=seed, sizes=tiny, vocab_size=1024))
 
 
 def demonstration_trajectories(tasks: list[Task], prompts: Any, tokenizer: Any, encoder: Any,
