@@ -59,22 +59,11 @@ def hf_logprobs(hf_dir: str | Path, sample: dict[str, torch.Tensor]) -> torch.Te
 
 def megatron_logprobs(chunks, pg, hf_config, sample: dict[str, torch.Tensor]) -> torch.Tensor:
     """[T-1] the same log-probs from Megatron chunks (collective over the world)."""
-    from prco_mega.learner.mrope import mrope_position_ids
-    from prco_mega.learner.train_step import compute_logprobs
-    from prco_mega.types import Role, TrainBatch
+    from prco_mega.learner.train_step import sequence_logprobs
 
-    ids = sample["input_ids"][0]
-    T = ids.numel()
-    grid = sample.get("image_grid_thw")
-    pos = mrope_position_ids(ids[None], grid, hf_config.image_token_id,
-                             hf_config.vision_config.spatial_merge_size)[:, 0]
-    zeros = torch.zeros(T)
-    batch = TrainBatch(tokens=ids, cu_seqlens=torch.tensor([0, T], dtype=torch.int32),
-                       role_ids=torch.full((T,), int(Role.SOLVER), dtype=torch.int8),
-                       loss_mask=zeros, old_logprobs=zeros, advantages=zeros,
-                       role_denominators={Role.SOLVER: 1.0}, position_ids=pos,
-                       pixel_values=sample.get("pixel_values"), image_grid_thw=grid)
-    (lp,) = compute_logprobs(chunks, [batch], pg=pg)
+    lp = sequence_logprobs(chunks, sample["input_ids"][0], hf_config, pg=pg,
+                           pixel_values=sample.get("pixel_values"),
+                           image_grid_thw=sample.get("image_grid_thw"))
     return lp[1:].float().cpu()
 
 

@@ -397,3 +397,25 @@ def compute_logprobs(
     for lp in out:
         dist.broadcast(lp, src=_last_stage_rank(pg.pp), group=pg.pp)
     return out
+
+
+def sequence_logprobs(model_chunks: Sequence[torch.nn.Module], ids: Tensor, hf_config: Any, *,
+                      pg: Any, pixel_values: Tensor | None = None,
+                      image_grid_thw: Tensor | None = None, temperature: float = 1.0) -> Tensor:
+    """[T] learner log-probs of one sequence `ids` [T] (with its images), no gradients, on every
+    rank; position 0 is 0 (nothing predicts it). For checks against other implementations
+    (conversion `--verify`, the engine-sync test)."""
+    from prco_mega.learner.mrope import mrope_position_ids
+    from prco_mega.types import Role
+
+    T = ids.numel()
+    pos = mrope_position_ids(ids[None], image_grid_thw, hf_config.image_token_id,
+                             hf_config.vision_config.spatial_merge_size)[:, 0]
+    zeros = torch.zeros(T)
+    batch = TrainBatch(tokens=ids, cu_seqlens=torch.tensor([0, T], dtype=torch.int32),
+                       role_ids=torch.full((T,), int(Role.SOLVER), dtype=torch.int8),
+                       loss_mask=zeros, old_logprobs=zeros, advantages=zeros,
+                       role_denominators={Role.SOLVER: 1.0}, position_ids=pos,
+                       pixel_values=pixel_values, image_grid_thw=image_grid_thw)
+    (lp,) = compute_logprobs(model_chunks, [batch], pg=pg, temperature=temperature)
+    return lp

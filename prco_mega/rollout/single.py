@@ -11,7 +11,7 @@ import itertools
 
 from prco_mega.roles.prompts import PromptSet
 from prco_mega.rollout.engine import RolloutEngine, SamplingSettings
-from prco_mega.rollout.two_stage import require_logprobs, request_of, step_settings, trajectory_of
+from prco_mega.rollout.two_stage import require_logprobs, sample_groups
 from prco_mega.scoring import TaskRollout
 from prco_mega.types import Role, Task
 
@@ -28,12 +28,6 @@ class SingleRoleRollout:
 
     def __call__(self, tasks: list[Task], step: int, policy_version: int) -> list[TaskRollout]:
         prompts = [self.prompts.single(t) for t in tasks]
-        samples = self.engine.generate([request_of(p) for p in prompts],
-                                       step_settings(self.sampling, step))
-        rollouts = []
-        for task, prompt, gens in zip(tasks, prompts, samples, strict=True):
-            group = next(self._groups)
-            answers = [trajectory_of(g, Role.SINGLE, task, group, policy_version, step,
-                                     prompt.images) for g in gens]
-            rollouts.append(TaskRollout(task=task, observer=[], solver=[answers]))
-        return rollouts
+        answers = sample_groups(self.engine, tasks, prompts, self.sampling, Role.SINGLE,
+                                self._groups, step, policy_version)
+        return [TaskRollout(task=t, observer=[], solver=[a]) for t, a in zip(tasks, answers)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prco_mega.roles.prompts import Prompt, PromptSet
@@ -93,6 +93,20 @@ def require_logprobs(**settings: SamplingSettings) -> None:
                              "behaviour policy's log-probs of every sampled token")
 
 
+def sample_groups(engine: RolloutEngine, tasks: Sequence[Task], prompts: Sequence[Prompt],
+                  settings: SamplingSettings, role: Role, groups: Iterator[int], step: int,
+                  policy_version: int) -> list[list[Trajectory]]:
+    """One engine call for all prompts; the `settings.n` samples of prompt i form one advantage
+    group (next id from `groups`) of task i."""
+    samples = engine.generate([request_of(p) for p in prompts], step_settings(settings, step))
+    out = []
+    for task, prompt, gens in zip(tasks, prompts, samples, strict=True):
+        group = next(groups)
+        out.append([trajectory_of(g, role, task, group, policy_version, step, prompt.images)
+                    for g in gens])
+    return out
+
+
 class TwoStageRollout:
     """PRCO rollout: G_O = `observer.n` captions per task, G_S = `solver.n` answers per caption."""
 
@@ -121,15 +135,9 @@ class TwoStageRollout:
     def observe(self, tasks: list[Task], step: int, policy_version: int) -> list[TaskRollout]:
         """One rollout per task with its G_O Observer captions (`solver` still empty)."""
         prompts = [self.prompts.observer(t) for t in tasks]
-        samples = self.engine.generate([request_of(p) for p in prompts],
-                                       step_settings(self.observer, step))
-        rollouts = []
-        for task, prompt, gens in zip(tasks, prompts, samples, strict=True):
-            group = next(self._groups)
-            captions = [trajectory_of(g, Role.OBSERVER, task, group, policy_version, step,
-                                      prompt.images) for g in gens]
-            rollouts.append(TaskRollout(task=task, observer=captions))
-        return rollouts
+        captions = sample_groups(self.engine, tasks, prompts, self.observer, Role.OBSERVER,
+                                 self._groups, step, policy_version)
+        return [TaskRollout(task=t, observer=c) for t, c in zip(tasks, captions)]
 
     def solve(self, rollouts: list[TaskRollout], step: int, policy_version: int) -> None:
         """Fill each rollout's empty `solver` with [G_O][G_S] answers to its Observer captions,

@@ -57,23 +57,13 @@ def perturb(chunks, pg, model_type: str) -> None:
 
 def learner_logprobs(chunks, pg, cfg, seq: dict) -> list[float]:
     """Learner log-probs (TP=2 forward) of the response tokens of `seq`, on every rank."""
-    from prco_mega.learner.mrope import mrope_position_ids
-    from prco_mega.learner.train_step import compute_logprobs
-    from prco_mega.types import Role, TrainBatch
+    from prco_mega.learner.train_step import sequence_logprobs
 
     ids = torch.tensor(seq["prompt_ids"] + seq["response"])
-    T, P = ids.numel(), len(seq["prompt_ids"])
-    grid = torch.tensor(seq["grid_thw"])
-    pos = mrope_position_ids(ids[None], grid, cfg.image_token_id,
-                             cfg.vision_config.spatial_merge_size)[:, 0]
-    zeros = torch.zeros(T)
-    batch = TrainBatch(tokens=ids, cu_seqlens=torch.tensor([0, T], dtype=torch.int32),
-                       role_ids=torch.full((T,), int(Role.SOLVER), dtype=torch.int8),
-                       loss_mask=zeros, old_logprobs=zeros, advantages=zeros,
-                       role_denominators={Role.SOLVER: 1.0}, position_ids=pos,
-                       pixel_values=torch.tensor(seq["pixel_values"]), image_grid_thw=grid)
-    (lp,) = compute_logprobs(chunks, [batch], pg=pg)
-    return lp[P:].tolist()
+    lp = sequence_logprobs(chunks, ids, cfg, pg=pg,
+                           pixel_values=torch.tensor(seq["pixel_values"]),
+                           image_grid_thw=torch.tensor(seq["grid_thw"]))
+    return lp[len(seq["prompt_ids"]):].tolist()
 
 
 def host_generate(engine, processor, image) -> dict:
