@@ -105,3 +105,19 @@ def test_tiny_checkpoint_vocab_and_specials_match_the_tokenizer(tmp_path):
     assert cfg["vision_start_token_id"] == special.vision_start
     assert cfg["text_config"]["eos_token_id"] == special.im_end
     assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()
+
+
+def test_hf_tokenizer_splits_exactly_like_sentencepiece():
+    """The converted BPE (vocab + derived merges) gives sentencepiece's own ids, on corpus text
+    and on text it never saw (byte fallback, double spaces, newlines)."""
+    import sentencepiece as spm
+
+    from prco_mega.data.tokenizer import sentencepiece_to_hf, train_sentencepiece
+
+    corpus = demo_corpus(1500, seed=0)
+    proto = train_sentencepiece(corpus, 600)
+    sp, hf = spm.SentencePieceProcessor(model_proto=proto), sentencepiece_to_hf(proto)
+    samples = corpus[:300] + demo_corpus(300, seed=1) + [
+        "héllo wörld ☃ 12.5%", "  two  spaces\n\nnew line", "triangles,squares;circle", ""]
+    for text in samples:
+        assert hf.encode(text).ids == sp.encode(text), text

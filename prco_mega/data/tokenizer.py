@@ -1,6 +1,6 @@
 """A tokenizer and processor for the tiny Qwen2.5-VL, trained here because no hub is reachable.
 
-`train_tokenizer` trains a sentencepiece unigram model in-process on a corpus (any iterable of
+`train_tokenizer` trains a sentencepiece BPE model in-process on a corpus (any iterable of
 strings) and converts it to a Hugging Face fast tokenizer (`tokenizer.json`) carrying Qwen2.5-VL's
 seven special tokens and a Qwen2.5-VL-style chat template, so transformers, vLLM and Megatron all
 read the same files. `save_processor` adds the image + video processor configs that
@@ -75,10 +75,13 @@ def demo_corpus(num_sentences: int = 3000, seed: int = 0) -> list[str]:
 
 
 def train_sentencepiece(corpus: Iterable[str], vocab_size: int) -> bytes:
-    """Train a unigram sentencepiece model in-process; returns the serialized model proto.
+    """Train a BPE sentencepiece model in-process; returns the serialized model proto.
 
-    `vocab_size` counts <unk> and the 256 byte pieces, so it must be > 257 + a few pieces. Tiny
-    corpora may yield fewer pieces than asked (`hard_vocab_limit=False`).
+    BPE rather than unigram: on the small, repetitive synthetic corpus the unigram trainer stops
+    at ~250 pieces and splits frequent words ("or|ang|e"), so the tiny model has to copy three
+    tokens where one would do; BPE keeps every frequent word whole. `vocab_size` counts <unk> and
+    the 256 byte pieces, so it must be > 257 + a few pieces. Tiny corpora may yield fewer pieces
+    than asked (`hard_vocab_limit=False`).
     """
     import sentencepiece as spm
 
@@ -87,7 +90,7 @@ def train_sentencepiece(corpus: Iterable[str], vocab_size: int) -> bytes:
                          "256 byte-fallback pieces)")
     writer = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus), model_writer=writer, model_type="unigram",
+        sentence_iterator=iter(corpus), model_writer=writer, model_type="bpe",
         vocab_size=vocab_size, hard_vocab_limit=False, byte_fallback=True,
         character_coverage=1.0, normalization_rule_name="identity",
         add_dummy_prefix=False, remove_extra_whitespaces=False, split_digits=True,
@@ -97,18 +100,39 @@ def train_sentencepiece(corpus: Iterable[str], vocab_size: int) -> bytes:
     return writer.getvalue()
 
 
+def bpe_merges(pieces: list[str]) -> list[tuple[str, str]]:
+    """The merge list that rebuilds sentencepiece BPE `pieces` (listed in merge order).
+
+    A piece can be produced by any split into two known pieces; every such split becomes a merge,
+    ranked by the piece it produces and then by its parts, which reproduces sentencepiece's
+    greedy highest-score-first merging (checked against sentencepiece in the tests).
+    """
+    rank = {piece: i for i, piece in enumerate(pieces)}
+    merges = []
+    for piece in pieces:
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in rank and right in rank:
+                merges.append((rank[piece], rank[left], rank[right], left, right))
+    return [(left, right) for *_, left, right in sorted(merges)]
+
+
 def sentencepiece_to_hf(model_proto: bytes):
-    """Build a `tokenizers.Tokenizer` equivalent to a unigram sentencepiece model (lossless)."""
+    """Build a `tokenizers.Tokenizer` equivalent to a BPE sentencepiece model (lossless)."""
     from sentencepiece import sentencepiece_model_pb2 as sp_pb2
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     proto = sp_pb2.ModelProto()
     proto.ParseFromString(model_proto)
-    if proto.trainer_spec.model_type != sp_pb2.TrainerSpec.UNIGRAM:
-        raise ValueError(f"only unigram sentencepiece models convert here, got model_type "
+    if proto.trainer_spec.model_type != sp_pb2.TrainerSpec.BPE:
+        raise ValueError(f"only BPE sentencepiece models convert here, got model_type "
                          f"{proto.trainer_spec.model_type}")
-    vocab = [(p.piece, p.score) for p in proto.pieces]
-    tok = Tokenizer(models.Unigram(vocab, unk_id=proto.trainer_spec.unk_id, byte_fallback=True))
+    pieces = [p.piece for p in proto.pieces]
+    # Merges only between normal pieces: byte pieces (<0x41>) and <unk> are never merge operands.
+    normal = [p.piece for p in proto.pieces if p.type in (sp_pb2.ModelProto.SentencePiece.NORMAL,
+                                                          sp_pb2.ModelProto.SentencePiece.USER_DEFINED)]
+    tok = Tokenizer(models.BPE({p: i for i, p in enumerate(pieces)}, bpe_merges(normal),
+                               byte_fallback=True, unk_token=pieces[proto.trainer_spec.unk_id]))
     # "▁" marks a space; pieces never cross a word start, as in sentencepiece's own training.
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
     tok.decoder = decoders.Sequence(
