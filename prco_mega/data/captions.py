@@ -79,13 +79,16 @@ def render_caption(facts: dict[str, Any], question: str | None = None, *,
                    corrupt: float = 0.0) -> str:
     """Bullet-list evidence caption of the scene facts (never states the answer).
 
-    With a `question`, only the facts it needs (`facts["needed"]`) are listed, as a
+    With a `question`, only the facts it needs (`facts["needed"]`) are listed, in that order, as a
     question-focused Observer would; otherwise every fact. `drop` / `corrupt` are the fractions of
     the listed facts omitted / given a wrong value, chosen with `rng` (default: seeded 0).
     """
     rng = rng or random.Random(0)
-    needed = set(facts["needed"])
-    items = [it for it in facts["items"] if question is None or it["name"] in needed]
+    by_name = {it["name"]: it for it in facts["items"]}
+    # Question-focused: the needed facts in the order the question asks for them (a reader, or
+    # the Solver, then finds the evidence where the question leads it to look).
+    items = (list(facts["items"]) if question is None
+             else [by_name[name] for name in facts["needed"] if name in by_name])
     n_drop = _count(drop, len(items), "drop")
     dropped = set(rng.sample(range(len(items)), n_drop))
     kept = [i for i in range(len(items)) if i not in dropped]

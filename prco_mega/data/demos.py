@@ -61,11 +61,12 @@ def solver_demo(task: Task, seen: dict[str, Any], rng: random.Random) -> str:
     """`<think>` trace using the values in `seen`; a missing value is guessed (small integer)."""
     values = {it["name"]: it["value"] for it in seen["items"]}
     full = copy.deepcopy(task.facts)
+    by_name = {it["name"]: it for it in full["items"]}
     used = []
-    for item in full["items"]:
-        if item["name"] in full["needed"]:
-            item["value"] = values.get(item["name"], rng.randint(1, 9))
-            used.append(f"{item['name']} {item['value']}")
+    for name in full["needed"]:  # the caption's order, so the trace reads the caption top down
+        item = by_name[name]
+        item["value"] = values.get(name, rng.randint(1, 9))
+        used.append(f"{name} {item['value']}")
     try:
         answer = format_number(answer_from_facts(full))
     except (AssertionError, ValueError, ZeroDivisionError):  # misread legs: no integer root
