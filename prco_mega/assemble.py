@@ -39,12 +39,14 @@ def base_model(cfg: RunConfig) -> Path:
 
 
 def warm_learner_config(cfg: RunConfig):
-    """The learner section for the supervised warm start: its own LR, a short linear warm-up."""
+    """The learner section for the supervised warm start: its own LR, a short linear warm-up,
+    then cosine decay to a tenth (a constant LR left the tiny model's loss bouncing on a plateau
+    where it copied names but not the values next to them)."""
     ws, lc = cfg.warm_start, cfg.learner
     return dataclasses.replace(
-        lc, optim=dataclasses.replace(lc.optim, lr=ws.lr, min_lr=0.0),
+        lc, optim=dataclasses.replace(lc.optim, lr=ws.lr, min_lr=ws.lr / 10),
         schedule=dataclasses.replace(lc.schedule, warmup_steps=max(1, ws.steps // 10),
-                                     decay_steps=None, decay_style="constant"))
+                                     decay_steps=max(1, ws.steps), decay_style="cosine"))
 
 
 def prepare_model(cfg: RunConfig) -> Path:
