@@ -43,6 +43,9 @@ def row(algo: str, out: Path) -> dict:
 def main(argv: list[str]) -> int:
     from prco_mega.eval.report import format_table
 
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
     config = argv[0] if argv and "=" not in argv[0] else "configs/tiny_cpu.yaml"
     overrides = [a for a in argv if "=" in a]
     rows = [row(algo, run(config, algo, overrides)) for algo in ALGORITHMS]
