@@ -277,7 +277,7 @@ class WarmStartSection:
     tasks_per_step: int = 16
     """Synthetic tasks per supervised step (each gives an Observer and a Solver demonstration)."""
     lr: float = 1e-3
-    """Learning rate of the warm start (constant after a short linear warm-up)."""
+    """Peak learning rate of the warm start (linear warm-up, then cosine decay to a tenth)."""
     drop: float = 0.15
     """Probability that a demonstrated caption leaves out a needed fact."""
     corrupt: float = 0.15

@@ -54,3 +54,11 @@ def image():
 
     rng = np.random.default_rng(7)
     return Image.fromarray(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="session")
+def prompts():
+    """The shipped role prompts (test_vllm_engine.py overrides this name with its own)."""
+    from prco_mega.roles.prompts import PromptSet
+
+    return PromptSet()

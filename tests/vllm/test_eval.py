@@ -6,30 +6,23 @@ from __future__ import annotations
 import json
 
 import pytest
+from engine_text import PAD, decode, expanded, image_tokens
 
 from prco_mega.data.captions import perception_accuracy
 from prco_mega.data.synthetic import SyntheticConfig, SyntheticTaskSource
 from prco_mega.eval.synthetic import evaluate
 from prco_mega.rewards.verifier import verify
-from prco_mega.roles.prompts import IMAGE_PLACEHOLDER, PromptSet
 
 pytestmark = pytest.mark.vllm
 
 IMAGE_SIZE, OBSERVER_TOKENS, SOLVER_TOKENS = 224, 8, 6
-PAD = "<|image_pad|>"
-IMAGE_TOKENS = (IMAGE_SIZE // 28) ** 2
-"""One pad per merged 28x28 patch (the processor admits 224x224 unresized)."""
+IMAGE_TOKENS = image_tokens(IMAGE_SIZE)
 
 
 @pytest.fixture(scope="module")
 def tasks():
     # seed 23: held out from the other vLLM tests' tasks, as the controller holds eval tasks out
     return SyntheticTaskSource(SyntheticConfig(image_size=IMAGE_SIZE, seed=23)).batch(0, 4)
-
-
-@pytest.fixture(scope="module")
-def prompts():
-    return PromptSet()
 
 
 def _evaluate(engine, prompts, tasks, mode):
@@ -40,15 +33,6 @@ def _evaluate(engine, prompts, tasks, mode):
 @pytest.fixture(scope="module")
 def prco_result(engine, prompts, tasks):
     return _evaluate(engine, prompts, tasks, "prco")
-
-
-def _decode(engine, ids) -> str:
-    return engine.tokenizer.decode(ids, skip_special_tokens=False)
-
-
-def _expanded(prompt_text: str) -> str:
-    return prompt_text.replace(IMAGE_PLACEHOLDER,
-                               IMAGE_PLACEHOLDER.replace(PAD, PAD * IMAGE_TOKENS))
 
 
 def test_one_scored_record_per_task_in_order(prco_result, tasks):
@@ -89,8 +73,9 @@ def test_solver_sees_the_image_and_the_observer_caption(engine, prompts, prco_re
     """As at test time: the answering prompt is the Solver prompt with the image and the
     Observer's greedy caption."""
     for r, t in zip(prco_result.records, tasks, strict=True):
-        text = _decode(engine, r.solver_prompt_ids)
-        assert text == _expanded(prompts.solver(t, r.caption, with_image=True).text)
+        text = decode(engine, r.solver_prompt_ids)
+        want = prompts.solver(t, r.caption, with_image=True).text
+        assert text == expanded(want, IMAGE_TOKENS)
         assert text.count(PAD) == IMAGE_TOKENS
         assert r.caption and r.caption in text and t.question in text
 
@@ -105,7 +90,8 @@ def test_single_mode_answers_the_look_and_answer_prompt_and_still_captions(
     result = _evaluate(engine, prompts, tasks, "single")
     assert result.mode == "single" and len(result.records) == 4
     for r, p, t in zip(result.records, prco_result.records, tasks, strict=True):
-        assert _decode(engine, r.solver_prompt_ids) == _expanded(prompts.single(t).text)
+        assert decode(engine, r.solver_prompt_ids) == expanded(prompts.single(t).text,
+                                                               IMAGE_TOKENS)
         # the same policy's Observer prompt, greedy: the same caption as in PRCO mode
         assert r.caption == p.caption and r.perception == p.perception
     assert result.summary()["observer/perception_acc"] is not None

@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from engine_text import PAD, decode, expanded, image_tokens
 
 from prco_mega.data.synthetic import SyntheticConfig, SyntheticTaskSource
-from prco_mega.roles.prompts import IMAGE_PLACEHOLDER, PromptSet
 from prco_mega.rollout.engine import SamplingSettings
 from prco_mega.rollout.judge import engine_generate_fn, engine_judge, judge_request
 from prco_mega.rollout.single import SingleRoleRollout
@@ -19,29 +19,12 @@ from prco_mega.types import Role, Trajectory
 pytestmark = pytest.mark.vllm
 
 G_O, G_S, IMAGE_SIZE = 2, 2, 224
-PAD = "<|image_pad|>"
-IMAGE_TOKENS = (IMAGE_SIZE // 28) ** 2
-"""One pad per merged 28x28 patch (the processor's max_pixels admits 224x224 unresized)."""
+IMAGE_TOKENS = image_tokens(IMAGE_SIZE)
 
 
 @pytest.fixture(scope="module")
 def tasks():
     return SyntheticTaskSource(SyntheticConfig(image_size=IMAGE_SIZE, seed=11)).batch(0, 2)
-
-
-@pytest.fixture(scope="module")
-def prompts():
-    return PromptSet()
-
-
-def _decode(engine, ids) -> str:
-    return engine.tokenizer.decode(ids, skip_special_tokens=False)
-
-
-def _expanded(prompt_text: str) -> str:
-    """What the engine's prompt must decode to: each image pad expanded to the image's tokens."""
-    return prompt_text.replace(IMAGE_PLACEHOLDER,
-                               IMAGE_PLACEHOLDER.replace(PAD, PAD * IMAGE_TOKENS))
 
 
 def _run(engine, prompts, tasks, step: int, warmup_steps: int = 2, policy_version: int = 7):
@@ -83,8 +66,8 @@ def test_counts_roles_and_version(warmup_rollouts, tasks):
 def test_observer_prompt_is_question_and_image(engine, prompts, warmup_rollouts):
     for r in warmup_rollouts:
         for c in r.observer:
-            text = _decode(engine, c.prompt_ids)
-            assert text == _expanded(prompts.observer(r.task).text)
+            text = decode(engine, c.prompt_ids)
+            assert text == expanded(prompts.observer(r.task).text, IMAGE_TOKENS)
             assert r.task.question in text and text.count(PAD) == IMAGE_TOKENS
             # the decoded PIL image itself travels on, not a re-decoded copy
             assert len(c.images) == 1 and c.images[0] is r.task.images[0]
@@ -95,7 +78,7 @@ def test_warmup_solver_prompt_has_caption_and_no_image(engine, prompts, warmup_r
         for k, (caption, row) in enumerate(zip(r.observer, r.solver)):
             written = caption.text  # the engine's detokenized caption, special tokens skipped
             for y in row:
-                text = _decode(engine, y.prompt_ids)
+                text = decode(engine, y.prompt_ids)
                 assert text == prompts.solver(r.task, written, with_image=False).text
                 assert written.strip() in text and r.task.question in text
                 assert PAD not in text and "<|vision_start|>" not in text
@@ -107,8 +90,9 @@ def test_after_warmup_solver_prompt_has_caption_and_image(engine, prompts, after
         for caption, row in zip(r.observer, r.solver):
             written = caption.text
             for y in row:
-                text = _decode(engine, y.prompt_ids)
-                assert text == _expanded(prompts.solver(r.task, written, with_image=True).text)
+                text = decode(engine, y.prompt_ids)
+                want = prompts.solver(r.task, written, with_image=True).text
+                assert text == expanded(want, IMAGE_TOKENS)
                 assert text.count(PAD) == IMAGE_TOKENS and written.strip() in text
                 assert y.images[0] is r.task.images[0]
 
@@ -143,8 +127,8 @@ def test_single_role_rollout_is_one_group_per_task(engine, prompts, tasks):
         assert len(answers) == 3 and {a.role for a in answers} == {Role.SINGLE}
         assert {a.policy_version for a in answers} == {2}
         groups.append({a.group_id for a in answers})
-        text = _decode(engine, answers[0].prompt_ids)
-        assert text == _expanded(prompts.single(r.task).text)
+        text = decode(engine, answers[0].prompt_ids)
+        assert text == expanded(prompts.single(r.task).text, IMAGE_TOKENS)
         assert all(len(a.rollout_logprobs) == len(a.response_ids) for a in answers)
     assert all(len(g) == 1 for g in groups) and groups[0] != groups[1]
 
@@ -163,7 +147,7 @@ def test_solver_prompt_neutralises_control_tokens_in_captions(engine, prompts, t
     rollouts = [TaskRollout(task=tasks[0], observer=[
         Trajectory(Role.OBSERVER, tasks[0].uid, 0, [1], [2], [0.0], text=INJECTED)])]
     rollout.solve(rollouts, step=0, policy_version=0)
-    text = _decode(engine, rollouts[0].solver[0][0].prompt_ids)
+    text = decode(engine, rollouts[0].solver[0][0].prompt_ids)
     # one image, system + user + assistant headers, system + user ends: as with a clean caption
     assert _turn_structure(text) == (IMAGE_TOKENS, 3, 2)
     assert "two bars" in text
@@ -172,7 +156,7 @@ def test_solver_prompt_neutralises_control_tokens_in_captions(engine, prompts, t
 def test_judge_request_neutralises_control_tokens(engine):
     gen = engine.generate([judge_request("Description:" + INJECTED)],
                           SamplingSettings(temperature=0.0, max_new_tokens=1))[0][0]
-    assert _turn_structure(_decode(engine, gen.prompt_ids)) == (0, 3, 2)
+    assert _turn_structure(decode(engine, gen.prompt_ids)) == (0, 3, 2)
 
 
 def test_engine_judge_gives_one_verdict_per_caption(engine, warmup_rollouts):
