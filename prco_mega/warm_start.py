@@ -16,7 +16,7 @@ from typing import Any
 
 from prco_mega.types import Task, Trajectory
 
-CACHE_VERSION = "3"  # bump when the recipe below changes
+CACHE_VERSION = "4"  # bump when the recipe below changes
 
 
 def cache_key(*parts: Any) -> str:

@@ -120,6 +120,20 @@ def test_shape_groups_match_drawn_objects_and_pixels():
             assert abs(painted - expected) <= 0.08 * expected, (task.uid, color)
 
 
+@pytest.mark.parametrize("size", [224, 448])
+def test_easy_shapes_sit_one_per_cell_of_a_grid_aligned_with_merged_vision_tokens(size):
+    """Difficulty 1: a 4x4 grid edge to edge, shapes centred in their cells, so every 28 px
+    merged token lies inside one cell and never shows parts of two shapes."""
+    cell = size // 4
+    for task in SyntheticTaskSource(only("shapes", difficulty=1, seed=5, image_size=size)).batch(0, 20):
+        objects = task.facts["objects"]
+        cells = {(ob["x"] // cell, ob["y"] // cell) for ob in objects}
+        assert len(cells) == len(objects), task.uid  # one shape per cell
+        for ob in objects:
+            assert (ob["x"] % cell, ob["y"] % cell) == (cell // 2, cell // 2), (task.uid, ob)
+            assert ob["r"] < cell // 2  # the shape stays inside its cell
+
+
 def fill_areas(r: int) -> dict[str, float]:
     """Fill area inside a `w = r // 10` outline, with half a pixel back for rasterisation:
     circle of radius r; square of half-side 0.88 r; triangle of base 2r and height 1.8r

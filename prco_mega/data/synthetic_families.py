@@ -90,8 +90,14 @@ def _shape_groups(rng: random.Random, difficulty: int) -> list[dict]:
 
 
 def _place_shapes(rng, items, size: int, difficulty: int) -> list[dict]:
-    cells_per_side = 6 if difficulty <= 2 else 7
-    margin = size * 0.04  # keep shapes off the border, where crops and resizes would cut them
+    """One shape per cell of a grid. Difficulty 1 is a 4x4 grid edge to edge with no jitter: at
+    any image side divisible by 112 every cell then covers whole 28 px merged vision tokens, so no
+    token mixes two shapes (the tiny CPU model learns to count such scenes within its budget). Harder levels use a finer grid with a margin and jitter."""
+    if difficulty <= 1:
+        cells_per_side, margin, jitter_frac = 4, 0.0, 0.0
+    else:
+        # keep shapes off the border, where crops and resizes would cut them
+        cells_per_side, margin, jitter_frac = (6 if difficulty == 2 else 7), size * 0.04, 0.1
     cell = (size - 2 * margin) / cells_per_side
     r = round(cell * 0.32)
     cells = rng.sample(range(cells_per_side**2), sum(it["value"] for it in items))
@@ -100,7 +106,7 @@ def _place_shapes(rng, items, size: int, difficulty: int) -> list[dict]:
         for _ in range(it["value"]):
             row, col = divmod(cells[cursor], cells_per_side)
             cursor += 1
-            jitter = round(cell * 0.1)
+            jitter = round(cell * jitter_frac)
             x = round(margin + (col + 0.5) * cell) + rng.randint(-jitter, jitter)
             y = round(margin + (row + 0.5) * cell) + rng.randint(-jitter, jitter)
             objects.append({"color": it["color"], "kind": it["kind"], "x": x, "y": y, "r": r})
