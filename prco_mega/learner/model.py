@@ -27,8 +27,9 @@ Packed sequences: pass `tokens` [1, T] (sequences back to back), `position_ids` 
 max_seqlen_q=m, max_seqlen_kv=m)` with `cu` [N+1] int32. With Transformer Engine the THD path
 runs as is (rotary applied per token; `apply_rope_fusion` stays off because mrope frequencies are
 per token). Megatron's local attention (no TE: CPU) refuses `packed_seq_params`, so `forward`
-turns it into the equivalent block-diagonal causal `attention_mask` [1, 1, T, T] and runs the
-unfused attention: exact, O(T^2) memory, fine for CPU-sized batches.
+turns it into the equivalent block-diagonal causal `attention_mask` [1, 1, T, T]; the local
+spec's core attention (`attention.SdpaDotProductAttention`) finds the sequences in that mask and
+attends within each one: exact, O(T^2) mask memory, fine for CPU-sized batches.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from megatron.core.models.huggingface.module import HuggingFaceModule  # noqa: E
 from megatron.core.transformer.module import MegatronModule  # noqa: E402
 from megatron.core.transformer.transformer_config import TransformerConfig  # noqa: E402
 
+from prco_mega.learner.attention import SdpaDotProductAttention  # noqa: E402
 from prco_mega.learner.mrope import packed_causal_mask  # noqa: E402
 
 
@@ -127,7 +129,8 @@ class RMSNorm(torch.nn.Module):
 
 
 def decoder_spec(config: TransformerConfig, use_te: bool, vp_stage: int | None, pp_rank: int):
-    """Layer specs of this chunk: TE's fused spec, or the local spec with our `RMSNorm`."""
+    """Layer specs of this chunk: TE's fused spec, or the local spec with our `RMSNorm` and
+    SDPA core attention (`attention.py`)."""
     from megatron.core.models.gpt import gpt_layer_specs as specs
     from megatron.core.transformer.transformer_block import (
         TransformerBlockSubmodules, get_num_layers_to_build)
@@ -135,7 +138,11 @@ def decoder_spec(config: TransformerConfig, use_te: bool, vp_stage: int | None, 
     if use_te:
         return specs.get_gpt_layer_with_transformer_engine_spec()
     layer = specs.get_gpt_layer_local_spec(normalization="RMSNorm")
-    sub = dataclasses.replace(layer.submodules, input_layernorm=RMSNorm, pre_mlp_layernorm=RMSNorm)
+    attn = layer.submodules.self_attention
+    attn = dataclasses.replace(attn, submodules=dataclasses.replace(
+        attn.submodules, core_attention=SdpaDotProductAttention))
+    sub = dataclasses.replace(layer.submodules, input_layernorm=RMSNorm, pre_mlp_layernorm=RMSNorm,
+                              self_attention=attn)
     layer = dataclasses.replace(layer, submodules=sub)
     n = get_num_layers_to_build(config, vp_stage=vp_stage, pp_rank=pp_rank)
     return TransformerBlockSubmodules(layer_specs=[layer] * n, layer_norm=RMSNorm)
