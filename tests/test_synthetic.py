@@ -125,7 +125,8 @@ def test_easy_shapes_sit_one_per_cell_of_a_grid_aligned_with_merged_vision_token
     """Difficulty 1: a 4x4 grid edge to edge, shapes centred in their cells, so every 28 px
     merged token lies inside one cell and never shows parts of two shapes."""
     cell = size // 4
-    for task in SyntheticTaskSource(only("shapes", difficulty=1, seed=5, image_size=size)).batch(0, 20):
+    source = SyntheticTaskSource(only("shapes", difficulty=1, seed=5, image_size=size))
+    for task in source.batch(0, 20):
         objects = task.facts["objects"]
         cells = {(ob["x"] // cell, ob["y"] // cell) for ob in objects}
         assert len(cells) == len(objects), task.uid  # one shape per cell

@@ -92,7 +92,8 @@ def _shape_groups(rng: random.Random, difficulty: int) -> list[dict]:
 def _place_shapes(rng, items, size: int, difficulty: int) -> list[dict]:
     """One shape per cell of a grid. Difficulty 1 is a 4x4 grid edge to edge with no jitter: at
     any image side divisible by 112 every cell then covers whole 28 px merged vision tokens, so no
-    token mixes two shapes (the tiny CPU model learns to count such scenes within its budget). Harder levels use a finer grid with a margin and jitter."""
+    token mixes two shapes (the tiny CPU model learns to count such scenes within its budget).
+    Harder levels use a finer grid with a margin and jitter."""
     if difficulty <= 1:
         cells_per_side, margin, jitter_frac = 4, 0.0, 0.0
     else:

@@ -51,10 +51,9 @@ def sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))  # [b, n, s, d]
     if rep > 1:
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    segments = None if attention_mask is None else causal_segments(attention_mask)
     if attention_mask is None:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
-    elif segments is not None:
+    elif (segments := causal_segments(attention_mask)) is not None:
         out = torch.cat([F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e],
                                                         is_causal=True, scale=scale)
                          for s, e in segments], dim=2)
