@@ -41,10 +41,12 @@ def base_model(cfg: RunConfig) -> Path:
 def warm_learner_config(cfg: RunConfig):
     """The learner section for the supervised warm start: its own LR, a short linear warm-up,
     then cosine decay to a tenth (a constant LR left the tiny model's loss bouncing on a plateau
-    where it copied names but not the values next to them)."""
+    where it copied names but not the values next to them), and one update per step (the RL
+    mini-batch count would shorten its schedule)."""
     ws, lc = cfg.warm_start, cfg.learner
     return dataclasses.replace(
         lc, optim=dataclasses.replace(lc.optim, lr=ws.lr, min_lr=ws.lr / 10),
+        batching=dataclasses.replace(lc.batching, mini_batches=1),
         schedule=dataclasses.replace(lc.schedule, warmup_steps=max(1, ws.steps // 10),
                                      decay_steps=max(1, ws.steps), decay_style="cosine"))
 
@@ -59,10 +61,14 @@ def prepare_model(cfg: RunConfig) -> Path:
     ws = cfg.warm_start
     if ws.steps == 0:
         return base
-    out = Path(cfg.model.cache_dir) / f"warm-{cache_key(str(base), dataclasses.asdict(ws), dataclasses.asdict(cfg.data), cfg.run.seed)}"
+    # The key holds what the warm start reads: not the RL batch size (tuning RL keeps the cache).
+    data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "prompts_per_step"}
+    key = cache_key(str(base), dataclasses.asdict(ws), data, cfg.run.seed)
+    out = Path(cfg.model.cache_dir) / f"warm-{key}"
     if (out / "COMPLETE").exists():
         return out
-    policy = MegatronPolicy(base, warm_learner_config(cfg), C.loss_settings(cfg, objective="sft", impl="torch", tis_cap=None),
+    policy = MegatronPolicy(base, warm_learner_config(cfg),
+                            C.loss_settings(cfg, objective="sft", impl="torch", tis_cap=None),
                             freeze_vision=cfg.model.freeze_vision)
     stream = C.task_stream(cfg, ws.tasks_per_step, seed_offset=20_011)
     tokenizer = _tokenizer(base)

@@ -37,12 +37,18 @@ class BatchingConfig:
     """Token budget of one packed micro-batch (prompt + response tokens, padding included)."""
     pad_to_multiple: int = 1
     """Pad each packed micro-batch to a multiple of this (TP size with sequence parallelism)."""
+    mini_batches: int = 1
+    """Optimizer updates per RL step (verl's ppo_mini_batch_size, as a count): the step's
+    trajectories are dealt into this many mini-batches, one update each. The PPO ratio of every
+    mini-batch is taken against the rollout's log-probs, so the later ones are off-policy by the
+    earlier updates and the clip bounds how far they go."""
 
     def validate(self) -> None:
-        if self.micro_batch_tokens < 1 or self.pad_to_multiple < 1:
+        if self.micro_batch_tokens < 1 or self.pad_to_multiple < 1 or self.mini_batches < 1:
             raise ValueError(
-                f"learner.batching.micro_batch_tokens ({self.micro_batch_tokens}) and "
-                f"pad_to_multiple ({self.pad_to_multiple}) must be >= 1"
+                f"learner.batching.micro_batch_tokens ({self.micro_batch_tokens}), "
+                f"pad_to_multiple ({self.pad_to_multiple}) and mini_batches "
+                f"({self.mini_batches}) must be >= 1"
             )
         if self.micro_batch_tokens % self.pad_to_multiple:
             raise ValueError(

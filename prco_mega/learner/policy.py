@@ -78,19 +78,32 @@ class MegatronPolicy:
 
     # ------------------------------------------------------------------ training
     def step(self, trajectories: Sequence[Trajectory], settings: Any = None) -> dict[str, float]:
-        """One optimizer step on the step's trajectories; raises `NonFiniteLoss` (naming the
-        roles) instead of applying a NaN/inf update."""
-        from prco_mega.learner.train_step import train_step
+        """The RL step's optimizer updates: one per mini-batch (`batching.mini_batches`). Raises
+        `NonFiniteLoss` (naming the roles) instead of applying a NaN/inf update; the updates of
+        the mini-batches before it stay applied. Metrics are means over the mini-batches."""
+        from prco_mega.learner.train_step import compute_logprobs, train_step
 
         if not trajectories:
             raise ValueError("a learner step needs at least one trajectory")
+        settings = settings or self.loss_settings
+        packed = [self.micro_batches(part)
+                  for part in deal(trajectories, self.cfg.batching.mini_batches)]
+        # TIS weighs tokens by the learner's log-probs before the step: take them all before the
+        # first update changes the weights (one mini-batch: train_step takes them itself).
+        before = None
+        if settings.tis_cap is not None and len(packed) > 1:
+            for chunk in self.chunks:
+                chunk.eval()
+            before = [compute_logprobs(self.chunks, b, pg=self.pg,
+                                       temperature=settings.temperature) for b in packed]
         for chunk in self.chunks:
             chunk.train()
-        metrics = train_step(self.chunks, self.optimizer, self.scheduler,
-                             self.micro_batches(trajectories), settings or self.loss_settings,
-                             pg=self.pg, check_finite=True)
+        updates = [train_step(self.chunks, self.optimizer, self.scheduler, batches, settings,
+                              pg=self.pg, check_finite=True,
+                              learner_old_logprobs=None if before is None else before[i])
+                   for i, batches in enumerate(packed)]
         self.encode.clear()
-        return metrics
+        return mean_metrics(updates)
 
     # ------------------------------------------------------------------ state
     def save(self, root: str | Path, step: int, data_state: dict | None = None) -> Path:
@@ -138,3 +151,24 @@ def _reduce_mismatch(stats: dict[str, torch.Tensor], dp_group) -> dict[str, floa
             if not key.endswith(("max_abs", "tokens")):
                 value.div_(stats[key.rsplit("/", 1)[0] + "/tokens"].clamp_min(1))
     return {k: float(v) for k, v in stats.items()}
+
+
+def deal(items: Sequence[Any], parts: int) -> list[list[Any]]:
+    """`items` dealt round-robin into min(parts, len(items)) non-empty lists. The rollout lists a
+    task's trajectories together, so dealing (not slicing) gives every mini-batch a share of
+    each task and role; it is deterministic, so every rank (and a resumed run) splits alike."""
+    if parts < 1:
+        raise ValueError(f"mini-batches ({parts}) must be >= 1")
+    k = min(parts, len(items))
+    return [list(items[i::k]) for i in range(k)]
+
+
+def mean_metrics(updates: Sequence[dict[str, float]]) -> dict[str, float]:
+    """One step's metrics from its updates': the mean of each key (over the updates that report
+    it), `lr` of the first update, `update_successful` of the worst, and `mini_batches`."""
+    keys = dict.fromkeys(k for u in updates for k in u)
+    out = {k: sum(u[k] for u in updates if k in u) / sum(k in u for u in updates) for k in keys}
+    out["lr"] = updates[0]["lr"]
+    out["update_successful"] = min(u["update_successful"] for u in updates)
+    out["mini_batches"] = float(len(updates))
+    return out

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = ["run.steps=4", "run.eval_tasks=4", "data.prompts_per_step=2", "observer.n=2",
         "solver.n=2", "observer.max_new_tokens=24", "solver.max_new_tokens=16",
         "algo.warmup_steps=2", "warm_start.steps=4", "warm_start.tasks_per_step=4",
-        "learner.checkpoint.interval=2"]
+        "learner.checkpoint.interval=2", "learner.batching.mini_batches=2"]
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
@@ -53,6 +53,7 @@ def test_run_writes_metrics_curves_report_and_checkpoints(uninterrupted):
         assert 0.0 <= r["solver/accuracy"] <= 1.0 and 0.0 <= r["observer/perception_acc"] <= 1.0
         assert r["mismatch/max_abs"] < 1e-3  # fp32 learner and engine, same weights
         assert r["unassigned_tokens"] == 0
+        assert r["mini_batches"] == 2  # two optimizer updates per RL step
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002",
                                                                        "step_00000004"]
     assert (run / "curves.png").stat().st_size > 10_000
@@ -84,10 +85,11 @@ def test_invalid_config_is_refused_before_anything_starts(tmp_path):
 
 def test_tensor_parallel_run_under_torchrun(tmp_path):
     """The cluster path on CPU: 2 ranks at TP=2, the engine in a child process of rank 0, weights
-    synced from both shards (the mismatch shows the engine holds exactly the learner's weights)."""
+    synced from both shards (the mismatch shows the engine holds exactly the learner's weights).
+    With TIS on, the learner's log-probs of both mini-batches are taken before the first update."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     cmd = _cmd(tmp_path, "tp2", "learner.parallel.tensor_parallel=2", "run.steps=2",
-               "learner.checkpoint.interval=0")
+               "learner.checkpoint.interval=0", "algo.tis_cap=2.0")  # TIS before 2 mini-batches
     subprocess.run(torchrun + cmd[1:], check=True, env={**_env(), "OMP_NUM_THREADS": "1"},
                    cwd=ROOT, timeout=600)
     rows = _metrics(tmp_path / "tp2")
