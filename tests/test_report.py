@@ -169,3 +169,13 @@ def test_plot_of_a_single_role_baseline_without_observer_metrics(tmp_path):
         logger.log({"step": step, "solver/reward": 0.1 * step, "solver/accuracy": 0.2})
     with Image.open(plot_metrics(path, tmp_path / "curves.png")) as image:
         assert image.size[0] > 0
+
+
+def test_reward_by_perception_groups_captions_by_perception():
+    from prco_mega.eval.synthetic import reward_by_perception
+
+    rows = reward_by_perception([(0.0, 0.25), (1.0, 1.0), (0.0, 0.0), (0.5, 0.0), (1.0, 0.5)])
+    assert [r["perception"] for r in rows] == [0.0, 0.5, 1.0]
+    assert [r["captions"] for r in rows] == [2, 1, 2]
+    assert [r["share"] for r in rows] == [0.4, 0.2, 0.4]
+    assert [r["reward"] for r in rows] == [0.125, 0.0, 0.75]
