@@ -18,9 +18,14 @@ import sys
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", nargs="?", default="configs/tiny_cpu.yaml")
     parser.add_argument("--tasks", type=int, default=64, help="held-out tasks (default 64)")
-    args, overrides = parser.parse_known_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    # [config] then key=value overrides, as `prco-mega train` takes them
+    config = rest[0] if rest and "=" not in rest[0] else "configs/tiny_cpu.yaml"
+    overrides = rest[1:] if config in rest[:1] else rest
+    bad = [a for a in overrides if "=" not in a]
+    if bad:
+        parser.error(f"expected key=value overrides after the config, got {bad}")
 
     from prco_mega import components as C
     from prco_mega.assemble import prepare_model, start_engine
@@ -29,7 +34,7 @@ def main(argv: list[str]) -> int:
     from prco_mega.eval.synthetic import observer_signal, reward_by_perception
     from prco_mega.rollout.two_stage import settings_from_section
 
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(config, overrides)
     C.init_world()
     engine = start_engine(cfg, prepare_model(cfg))
     tasks = C.eval_tasks(cfg)[: args.tasks]
