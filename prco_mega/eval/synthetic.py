@@ -26,7 +26,7 @@ from prco_mega.rewards.leakage import rule_leak
 from prco_mega.rewards.verifier import verify
 from prco_mega.roles.prompts import PromptSet
 from prco_mega.rollout.engine import Generation, RolloutEngine, SamplingSettings
-from prco_mega.rollout.two_stage import request_of, solver_caption
+from prco_mega.rollout.two_stage import engine_eos, request_of, solver_caption
 from prco_mega.types import Task
 
 MODES = ("prco", "single")
@@ -142,7 +142,7 @@ def evaluate(engine: RolloutEngine, prompts: PromptSet, tasks: list[Task], *,
         raise ValueError(f"evaluation mode {mode!r} must be one of {MODES}")
     if not tasks:
         raise ValueError("evaluate needs at least one task (got an empty task list)")
-    eos = getattr(getattr(engine, "tokenizer", None), "eos_token", None)
+    eos = engine_eos(engine)
     caption_gens = _generate_once(engine, [prompts.observer(t) for t in tasks], observer_max_tokens)
     captions = [solver_caption(g.text, eos) for g in caption_gens]
     answer_prompt: Callable[[Task, str], Any] = (
@@ -176,7 +176,7 @@ def observer_signal(engine: RolloutEngine, prompts: PromptSet, tasks: list[Task]
     """(perception, r_O without the leak factor) of `captions.n` sampled captions per task, r_O
     being the mean correctness of `answers.n` Solver answers given the caption (two engine
     calls). `with_image`: the Solver sees the image (after the caption-first warm-up) or not."""
-    eos = getattr(getattr(engine, "tokenizer", None), "eos_token", None)
+    eos = engine_eos(engine)
     caption_sets = engine.generate([request_of(prompts.observer(t)) for t in tasks], captions)
     scored = [(t, solver_caption(g.text, eos)) for t, gens in zip(tasks, caption_sets, strict=True)
               for g in gens]

@@ -16,7 +16,7 @@ import dataclasses
 import itertools
 import re
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prco_mega.roles.prompts import Prompt, PromptSet
 from prco_mega.rollout.engine import Generation, GenerationRequest, RolloutEngine, SamplingSettings
@@ -41,6 +41,11 @@ def strip_control_tokens(text: str) -> str:
     user turn early, an `<|image_pad|>` would add an image placeholder that no image fills.
     """
     return _CONTROL_TOKEN.sub("", text)
+
+
+def engine_eos(engine: Any) -> str | None:
+    """The engine tokenizer's EOS text, which `solver_caption` strips (None without one)."""
+    return getattr(getattr(engine, "tokenizer", None), "eos_token", None)
 
 
 def solver_caption(text: str, eos_token: str | None = None) -> str:
@@ -120,7 +125,7 @@ class TwoStageRollout:
         self.observer = observer
         self.solver = solver
         self.warmup_steps = warmup_steps
-        self.eos_token = getattr(getattr(engine, "tokenizer", None), "eos_token", None)
+        self.eos_token = engine_eos(engine)
         self._groups = itertools.count()
 
     def solver_sees_image(self, step: int) -> bool:

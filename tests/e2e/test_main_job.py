@@ -86,10 +86,11 @@ def test_invalid_config_is_refused_before_anything_starts(tmp_path):
 def test_tensor_parallel_run_under_torchrun(tmp_path):
     """The cluster path on CPU: 2 ranks at TP=2, the engine in a child process of rank 0, weights
     synced from both shards (the mismatch shows the engine holds exactly the learner's weights).
-    With TIS on, the learner's log-probs of both mini-batches are taken before the first update."""
+    TIS is on with 2 mini-batches, so the pre-update log-prob pass of `MegatronPolicy.step` runs
+    on both ranks; this checks that it runs and syncs, not the values it computes."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     cmd = _cmd(tmp_path, "tp2", "learner.parallel.tensor_parallel=2", "run.steps=2",
-               "learner.checkpoint.interval=0", "algo.tis_cap=2.0")  # TIS before 2 mini-batches
+               "learner.checkpoint.interval=0", "algo.tis_cap=2.0")
     subprocess.run(torchrun + cmd[1:], check=True, env={**_env(), "OMP_NUM_THREADS": "1"},
                    cwd=ROOT, timeout=600)
     rows = _metrics(tmp_path / "tp2")
