@@ -16,7 +16,7 @@ from typing import Any
 
 from prco_mega.types import Task, Trajectory
 
-CACHE_VERSION = "4"  # bump when the recipe below changes
+CACHE_VERSION = "5"  # bump when the recipe below changes
 
 
 def cache_key(*parts: Any) -> str:
@@ -57,7 +57,9 @@ def tiny_checkpoint(cache_dir: str | Path, tasks: list[Task], prompts: Any, seed
     from prco_mega.models.tiny import TinySizes
 
     tiny = TinySizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in (sizes or {}).items()})
-    key = cache_key("tiny", seed, [t.uid for t in tasks[:4]], *([sizes] if sizes else []))
+    # uids alone repeat across family mixes; the questions tell the corpora apart
+    key = cache_key("tiny", seed, [(t.uid, t.question) for t in tasks[:4]],
+                    *([sizes] if sizes else []))
     return build_cached(Path(cache_dir) / f"tiny-{key}", lambda d: make_tiny_checkpoint(
         d, training_corpus(tasks, prompts, seed), seed=seed, sizes=tiny, vocab_size=1024))
 

@@ -7,7 +7,7 @@ import pytest
 from prco_mega.data.captions import perception_accuracy, render_caption
 from prco_mega.data.synthetic import SyntheticConfig, SyntheticTaskSource
 
-FAMILIES = ("shapes", "bars", "geometry", "table")
+FAMILIES = ("shapes", "polygons", "bars", "geometry", "table")
 
 
 def tasks_of(family: str, n: int = 25):

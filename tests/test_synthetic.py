@@ -12,7 +12,7 @@ import pytest
 from prco_mega.data.synthetic import SyntheticConfig, SyntheticTaskSource
 from prco_mega.data.synthetic_families import COLORS
 
-FAMILIES = ("shapes", "bars", "geometry", "table")
+FAMILIES = ("shapes", "polygons", "bars", "geometry", "table")
 
 
 def only(family: str, **kw) -> SyntheticConfig:
@@ -37,6 +37,19 @@ def expected_shapes(q: str, facts) -> int:
         return _shape_count(facts, color=m[1])
     m = re.fullmatch(r"How many (\w+)s of any colour are there\?", q)
     return _shape_count(facts, kind=m[1])
+
+
+def expected_polygons(q: str, facts) -> int:
+    """Corners from the drawn objects' kinds (not the items' values)."""
+    corners = {ob["color"]: {"triangle": 3, "square": 4, "pentagon": 5, "hexagon": 6}[ob["kind"]]
+               for ob in facts["objects"]}
+    if m := re.fullmatch(r"How many more corners does the (\w+) shape have than the (\w+) shape\?", q):
+        return corners[m[1]] - corners[m[2]]
+    if m := re.fullmatch(r"How many corners do the (\w+) shape and the (\w+) shape have altogether\?",
+                         q):
+        return corners[m[1]] + corners[m[2]]
+    assert q == "How many corners do all the shapes have in total?", q
+    return sum(corners.values())
 
 
 def expected_bars(q: str, facts) -> int:
@@ -83,7 +96,7 @@ def expected_table(q: str, facts) -> int:
     return v[m[1], m[3]] + v[m[2], m[3]]
 
 
-EXPECTED = {"shapes": expected_shapes, "bars": expected_bars, "geometry": expected_geometry,
+EXPECTED = {"shapes": expected_shapes, "polygons": expected_polygons, "bars": expected_bars, "geometry": expected_geometry,
             "table": expected_table}
 
 
@@ -133,6 +146,46 @@ def test_easy_shapes_sit_one_per_cell_of_a_grid_aligned_with_merged_vision_token
         for ob in objects:
             assert (ob["x"] % cell, ob["y"] % cell) == (cell // 2, cell // 2), (task.uid, ob)
             assert ob["r"] < cell // 2  # the shape stays inside its cell
+
+
+@pytest.mark.parametrize("difficulty", [1, 2, 3])
+def test_polygons_are_one_per_colour_and_painted_where_listed(difficulty):
+    for task in SyntheticTaskSource(only("polygons", difficulty=difficulty, seed=6)).batch(0, 12):
+        pixels = np.asarray(task.images[0])
+        colors = [ob["color"] for ob in task.facts["objects"]]
+        assert len(set(colors)) == len(colors) == len(task.facts["items"]), task.uid
+        for ob in task.facts["objects"]:
+            assert tuple(pixels[ob["y"], ob["x"]]) == COLORS[ob["color"]], (task.uid, ob)
+        for color, rgb in COLORS.items():  # colours not listed are not painted
+            painted = np.all(pixels == rgb, axis=-1).sum()
+            assert (painted > 0) == (color in colors), (task.uid, color)
+
+
+@pytest.mark.parametrize("size", [224, 448])
+def test_easy_polygons_sit_upright_in_a_2x2_grid_of_whole_merged_tokens(size):
+    """Difficulty 1: each polygon centred in a quadrant (4x4 merged 28 px tokens at 224 px)."""
+    half = size // 2
+    for task in SyntheticTaskSource(only("polygons", difficulty=1, seed=5,
+                                         image_size=size)).batch(0, 20):
+        objects = task.facts["objects"]
+        assert len({(ob["x"] // half, ob["y"] // half) for ob in objects}) == len(objects)
+        for ob in objects:
+            assert (ob["x"] % half, ob["y"] % half, ob["rotation"]) == (half // 2, half // 2, 0)
+            assert ob["r"] < half // 2
+
+
+def test_polygon_pixels_distinguish_kinds():
+    """Fill areas follow the regular polygon's area (n/2) r^2 sin(2 pi / n), inset by the
+    `r // 20` outline (inradius r cos(pi / n)): the kinds differ in the image, not only in the
+    facts."""
+    for task in SyntheticTaskSource(only("polygons", difficulty=1, seed=8)).batch(0, 12):
+        pixels = np.asarray(task.images[0])
+        for ob in task.facts["objects"]:
+            n = {"triangle": 3, "square": 4, "pentagon": 5, "hexagon": 6}[ob["kind"]]
+            inset = 1 - (max(1, ob["r"] // 20) - 0.5) / (ob["r"] * math.cos(math.pi / n))
+            area = n / 2 * ob["r"] ** 2 * math.sin(2 * math.pi / n) * inset**2
+            painted = np.all(pixels == COLORS[ob["color"]], axis=-1).sum()
+            assert abs(painted - area) <= 0.04 * area, (task.uid, ob, painted, area)
 
 
 def fill_areas(r: int) -> dict[str, float]:

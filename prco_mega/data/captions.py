@@ -20,6 +20,8 @@ import re
 from fractions import Fraction
 from typing import Any
 
+from prco_mega.data.synthetic_families import POLYGON_OF, POLYGONS
+
 NUMBER_WORDS = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
     "fifteen sixteen seventeen eighteen nineteen twenty".split())}
@@ -39,6 +41,9 @@ def _item_line(family: str, item: dict[str, Any], value: Any) -> str:
     if family == "shapes":
         kind = item["kind"] + ("" if value == 1 else "s")
         return f"- {item['color']} {kind}: {value}"
+    if family == "polygons":  # the name follows the stated count, so a misread stays coherent
+        kind = POLYGON_OF.get(value)
+        return f"- {item['color']} shape: {kind + ', ' if kind else ''}{value} corners"
     if family == "bars":
         return f"- {item['label']} bar: {value}"
     if family == "geometry":
@@ -53,6 +58,8 @@ def _header(facts: dict[str, Any]) -> str:
     family = facts["family"]
     if family == "shapes":
         return "- Coloured shapes (circles, squares, triangles) on a white background."
+    if family == "polygons":
+        return "- Coloured polygons (triangles, squares, pentagons, hexagons) on a white background."
     if family == "bars":
         return f'- A bar chart titled "{facts["title"]}".'
     if family == "geometry":
@@ -60,8 +67,11 @@ def _header(facts: dict[str, Any]) -> str:
     return f'- A table titled "{facts["title"]}" with one row per person and one column per day.'
 
 
-def _corrupted(item: dict[str, Any], rng: random.Random) -> int:
-    """A wrong but plausible value: off by 1-2 (5-10 for angles), never negative."""
+def misread(item: dict[str, Any], rng: random.Random) -> int:
+    """A wrong but plausible value: another polygon's corners, else off by 1-2 (5-10 for
+    angles), never negative."""
+    if item.get("kind") in POLYGONS:
+        return rng.choice([c for c in POLYGONS.values() if c != item["value"]])
     delta = rng.choice([-2, -1, 1, 2]) * (5 if item.get("kind") == "angle" else 1)
     value = item["value"] + delta
     return value if value >= 0 else item["value"] + abs(delta)
@@ -95,7 +105,7 @@ def render_caption(facts: dict[str, Any], question: str | None = None, *,
     bad = set(rng.sample(kept, min(len(kept), _count(corrupt, len(items), "corrupt"))))
     lines = [_header(facts)]
     for i in kept:
-        value = _corrupted(items[i], rng) if i in bad else items[i]["value"]
+        value = misread(items[i], rng) if i in bad else items[i]["value"]
         lines.append(_item_line(facts["family"], items[i], value))
     return "\n".join(lines)
 
@@ -107,6 +117,8 @@ def _key_patterns(family: str, item: dict[str, Any]) -> list[re.Pattern]:
     """Regexes that must all occur in a segment for it to mention this fact."""
     if family == "shapes":
         return [re.compile(rf"\b{item['color']}\s+{item['kind']}(?:e?s)?\b", re.IGNORECASE)]
+    if family == "polygons":  # one shape per colour: the colour names the fact
+        return [re.compile(rf"\b{item['color']}\b", re.IGNORECASE)]
     if family == "bars":
         return [re.compile(rf"\b{re.escape(item['label'])}(?:e?s)?\b", re.IGNORECASE)]
     if family == "table":

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from prco_mega.data.captions import render_caption
+from prco_mega.data.captions import misread, render_caption
 from prco_mega.data.synthetic import answer_from_facts, format_number
 from prco_mega.types import Task
 
@@ -45,8 +45,7 @@ def perceived_facts(facts: dict[str, Any], rng: random.Random, noise: DemoNoise)
             if r < noise.drop:
                 continue
             if r < noise.drop + noise.corrupt:
-                item["value"] = max(1, item["value"] + rng.choice([-2, -1, 1, 2]) *
-                                    (5 if item.get("kind") == "angle" else 1))
+                item["value"] = misread(item, rng)
         kept.append(item)
     seen["items"] = kept
     return seen

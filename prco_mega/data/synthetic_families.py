@@ -1,4 +1,4 @@
-"""The four synthetic task families: scene sampling, question choice and PIL rendering.
+"""The five synthetic task families: scene sampling, question choice and PIL rendering.
 
 Each `make_<family>(rng, size, difficulty)` returns `(image, question, facts)`; the answer is
 derived from `facts["query"]` by `synthetic.answer_from_facts`. Fact schemas (shared keys first):
@@ -8,6 +8,8 @@ derived from `facts["query"]` by `synthetic.answer_from_facts`. Fact schemas (sh
   the item names the question depends on (what a caption must state), `query` the reasoning step.
 - shapes: items `{"name": "red circle", "color", "kind", "value": count}`; plus `"objects":
   [{"color", "kind", "x", "y", "r"}]` (pixel centre and half-size of every drawn shape).
+- polygons: items `{"name": "red shape", "color", "kind": "pentagon", "value": corners}`, one
+  shape per colour; plus `"objects": [{"color", "kind", "x", "y", "r", "rotation"}]`.
 - bars: items `{"name": "kiwi", "label": "kiwi", "value"}` in drawing order; plus `"title"`.
 - geometry: `"figure"` in {"triangle", "rectangle", "right_triangle"}, `"vertices"` (letters);
   items `{"name": "angle A", "kind": "angle", "label": "A", "value", "unit": "deg"}` or
@@ -146,6 +148,69 @@ def make_shapes(rng: random.Random, size: int, difficulty: int):
         _draw_shape(draw, ob["kind"], ob["x"], ob["y"], ob["r"], COLORS[ob["color"]])
     question, query = _shape_question(rng, items)
     facts = {"family": "shapes", "items": items, "needed": list(query["args"]), "query": query,
+             "objects": objects}
+    return image, question, facts
+
+
+# ---------------------------------------------------------------- polygons
+# Perception by recognition: each colour appears once, and the question asks for corner counts,
+# so reading the image means naming the polygon of a colour (a lookup the tiny CPU model learns
+# in its warm-start budget, where counting many small shapes stays near chance).
+
+POLYGONS = {"triangle": 3, "square": 4, "pentagon": 5, "hexagon": 6}
+POLYGON_OF = {corners: kind for kind, corners in POLYGONS.items()}
+
+
+def _polygon_items(rng: random.Random, difficulty: int) -> list[dict]:
+    n = rng.randint(*{1: (2, 3), 2: (3, 4)}.get(difficulty, (4, 5)))
+    return [{"name": f"{c} shape", "color": c, "kind": k, "value": POLYGONS[k]}
+            for c, k in zip(rng.sample(list(COLORS), n), rng.choices(list(POLYGONS), k=n))]
+
+
+def _place_polygons(rng: random.Random, items: list[dict], size: int,
+                    difficulty: int) -> list[dict]:
+    """One polygon per cell. Difficulty 1: a 2x2 grid, upright, centred (at sides divisible by
+    56 every cell covers whole merged vision tokens); harder levels: a 3x3 grid, any rotation,
+    jitter."""
+    per_side, jitter_frac = (2, 0.0) if difficulty <= 1 else (3, 0.08)
+    cell = size / per_side
+    r = round(cell * 0.38)
+    objects = []
+    for it, c in zip(items, rng.sample(range(per_side**2), len(items))):
+        row, col = divmod(c, per_side)
+        jitter = round(cell * jitter_frac)
+        objects.append({"color": it["color"], "kind": it["kind"], "r": r,
+                        "x": round((col + 0.5) * cell) + rng.randint(-jitter, jitter),
+                        "y": round((row + 0.5) * cell) + rng.randint(-jitter, jitter),
+                        "rotation": 0 if difficulty <= 1 else rng.randrange(360)})
+    return objects
+
+
+def _polygon_question(rng: random.Random, items: list[dict]) -> tuple[str, dict]:
+    op = rng.choice(["sum", "diff", "total"])
+    a, b = rng.sample(items, 2)
+    if op == "diff" and a["value"] != b["value"]:
+        a, b = (a, b) if a["value"] > b["value"] else (b, a)
+        q = f"How many more corners does the {a['color']} shape have than the {b['color']} shape?"
+        return q, {"op": "diff", "args": [a["name"], b["name"]]}
+    if op == "total":
+        return ("How many corners do all the shapes have in total?",
+                {"op": "sum", "args": [it["name"] for it in items]})
+    q = (f"How many corners do the {a['color']} shape and the {b['color']} shape have "
+         "altogether?")
+    return q, {"op": "sum", "args": [a["name"], b["name"]]}
+
+
+def make_polygons(rng: random.Random, size: int, difficulty: int):
+    items = _polygon_items(rng, difficulty)
+    objects = _place_polygons(rng, items, size, difficulty)
+    image, draw = new_canvas(size)
+    for ob in objects:
+        draw.regular_polygon((ob["x"], ob["y"], ob["r"]), POLYGONS[ob["kind"]],
+                             rotation=ob["rotation"], fill=COLORS[ob["color"]], outline=INK,
+                             width=max(1, ob["r"] // 20))
+    question, query = _polygon_question(rng, items)
+    facts = {"family": "polygons", "items": items, "needed": list(query["args"]), "query": query,
              "objects": objects}
     return image, question, facts
 
@@ -421,5 +486,5 @@ def make_table(rng: random.Random, size: int, difficulty: int):
     return _draw_table(title, rows, cols, values, size), question, facts
 
 
-FAMILIES = {"shapes": make_shapes, "bars": make_bars, "geometry": make_geometry,
-            "table": make_table}
+FAMILIES = {"shapes": make_shapes, "polygons": make_polygons, "bars": make_bars,
+            "geometry": make_geometry, "table": make_table}
