@@ -174,6 +174,15 @@ def test_easy_polygons_sit_upright_in_a_2x2_grid_of_whole_merged_tokens(size):
             assert ob["r"] < half // 2
 
 
+def test_easy_polygon_questions_need_the_colour_polygon_pairing():
+    """Difficulty 1 asks a difference unless the two named polygons are equal: swapping the
+    kinds of the named colours in a caption then changes the Solver's answer."""
+    for task in SyntheticTaskSource(only("polygons", difficulty=1, seed=2)).batch(0, 60):
+        query, value = task.facts["query"], {it["name"]: it["value"] for it in task.facts["items"]}
+        a, b = query["args"]
+        assert query["op"] == ("diff" if value[a] != value[b] else "sum"), task.question
+
+
 def test_polygon_pixels_distinguish_kinds():
     """Fill areas follow the regular polygon's area (n/2) r^2 sin(2 pi / n), inset by the
     `r // 20` outline (inradius r cos(pi / n)): the kinds differ in the image, not only in the

@@ -186,8 +186,13 @@ def _place_polygons(rng: random.Random, items: list[dict], size: int,
     return objects
 
 
-def _polygon_question(rng: random.Random, items: list[dict]) -> tuple[str, dict]:
-    op = rng.choice(["sum", "diff", "total"])
+def _polygon_question(rng: random.Random, items: list[dict],
+                      difficulty: int) -> tuple[str, dict]:
+    """Difficulty 1 asks for a difference whenever the two named polygons differ: a sum (or a
+    total) has the same answer when a caption swaps which colour has which polygon, so its
+    utility to the Solver would not reward reading the colour-polygon pairing. Harder levels mix
+    sums, differences and totals over all shapes (which also need every colour found)."""
+    op = "diff" if difficulty <= 1 else rng.choice(["sum", "diff", "total"])
     a, b = rng.sample(items, 2)
     if op == "diff" and a["value"] != b["value"]:
         a, b = (a, b) if a["value"] > b["value"] else (b, a)
@@ -209,7 +214,7 @@ def make_polygons(rng: random.Random, size: int, difficulty: int):
         draw.regular_polygon((ob["x"], ob["y"], ob["r"]), POLYGONS[ob["kind"]],
                              rotation=ob["rotation"], fill=COLORS[ob["color"]], outline=INK,
                              width=max(1, ob["r"] // 20))
-    question, query = _polygon_question(rng, items)
+    question, query = _polygon_question(rng, items, difficulty)
     facts = {"family": "polygons", "items": items, "needed": list(query["args"]), "query": query,
              "objects": objects}
     return image, question, facts
