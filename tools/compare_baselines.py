@@ -22,10 +22,19 @@ def run(config: str, algo: str, overrides: list[str]) -> Path:
     name = f"{load_config(config, overrides).run.name}-{algo}"
     args = [sys.executable, "-m", "prco_mega.cli", "train", config, *overrides,
             f"algo.name={algo}", f"run.name={name}"]
-    cfg = load_config(config, [*overrides, f"run.name={name}"])
+    cfg = load_config(config, [*overrides, f"run.name={name}", f"algo.name={algo}"])
     out = Path(cfg.run.output_dir) / name
-    if not (out / "eval_end.json").exists():
-        subprocess.run(args, check=True)
+    if (out / "eval_end.json").exists():
+        # A finished run is reused only if it ran this exact config: a table must never mix in
+        # results of an older config (another task family, warm start or budget).
+        from prco_mega.config import to_dict
+
+        saved = json.loads((out / "config.json").read_text())
+        if saved != json.loads(json.dumps(to_dict(cfg))):
+            raise SystemExit(f"{out} holds a finished run of a different config; remove it or "
+                             "pick another run.name")
+        return out
+    subprocess.run(args, check=True)
     return out
 
 
