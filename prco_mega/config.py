@@ -229,7 +229,8 @@ class AlgoSection:
     dual_clip: float | None = None
     """Dual-clip constant c > 1 bounding the loss of negative-advantage tokens; None = off."""
     kl_coef: float = 0.0
-    """beta: KL to the reference policy (0 in the paper: no reference model is built)."""
+    """beta: KL to the reference policy. Must be 0: PRCO uses none, and no reference model is
+    built (the loss supports it, but no component computes reference log-probs yet)."""
     kl_kind: Literal["k1", "k2", "k3"] = "k3"
     level: Literal["token", "sequence"] = "token"
     """Loss aggregation; denominators are global per role."""
@@ -244,6 +245,9 @@ class AlgoSection:
         if self.clip_low < 0 or self.clip_high < 0 or self.kl_coef < 0:
             raise ValueError(f"algo.clip_low ({self.clip_low}), clip_high ({self.clip_high}) and "
                              f"kl_coef ({self.kl_coef}) must be >= 0")
+        if self.kl_coef != 0:  # refused here, not at the first learner step after the warm start
+            raise ValueError(f"algo.kl_coef ({self.kl_coef}) needs reference log-probs, which no "
+                             "component computes yet (PRCO uses none): set it to 0")
 
 
 @dataclass
