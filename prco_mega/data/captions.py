@@ -59,7 +59,8 @@ def _header(facts: dict[str, Any]) -> str:
     if family == "shapes":
         return "- Coloured shapes (circles, squares, triangles) on a white background."
     if family == "polygons":
-        return "- Coloured polygons (triangles, squares, pentagons, hexagons) on a white background."
+        return ("- Coloured polygons (triangles, squares, pentagons, hexagons) on a white "
+                "background.")
     if family == "bars":
         return f'- A bar chart titled "{facts["title"]}".'
     if family == "geometry":
