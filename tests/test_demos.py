@@ -28,3 +28,15 @@ def test_noisy_demos_are_imperfect_but_the_solver_follows_its_caption():
     # a Solver that reads a perfect caption is right; imperfect captions are what lose accuracy
     assert all(c == 1.0 for p, c in zip(perception, correct) if p == 1.0)
     assert sum(correct) < len(TASKS)
+
+
+def test_misread_counts_stay_counts_and_polygons_stay_polygons():
+    """Shapes share kind names with polygons ("square", "triangle"): a misread count is off by
+    1-2, a misread polygon is another polygon's corner count."""
+    from prco_mega.data.captions import misread
+
+    rng = random.Random(3)
+    square = {"name": "red square", "color": "red", "kind": "square", "value": 1}
+    assert {misread("shapes", square, rng) for _ in range(50)} == {0, 2, 3}
+    polygon = {"name": "red shape", "color": "red", "kind": "square", "value": 4}
+    assert {misread("polygons", polygon, rng) for _ in range(50)} == {3, 5, 6}

@@ -68,10 +68,10 @@ def _header(facts: dict[str, Any]) -> str:
     return f'- A table titled "{facts["title"]}" with one row per person and one column per day.'
 
 
-def misread(item: dict[str, Any], rng: random.Random) -> int:
+def misread(family: str, item: dict[str, Any], rng: random.Random) -> int:
     """A wrong but plausible value: another polygon's corners, else off by 1-2 (5-10 for
-    angles), never negative."""
-    if item.get("kind") in POLYGONS:
+    angles), never negative. Keyed on the family: shapes share kind names with polygons."""
+    if family == "polygons":
         return rng.choice([c for c in POLYGONS.values() if c != item["value"]])
     delta = rng.choice([-2, -1, 1, 2]) * (5 if item.get("kind") == "angle" else 1)
     value = item["value"] + delta
@@ -106,7 +106,7 @@ def render_caption(facts: dict[str, Any], question: str | None = None, *,
     bad = set(rng.sample(kept, min(len(kept), _count(corrupt, len(items), "corrupt"))))
     lines = [_header(facts)]
     for i in kept:
-        value = misread(items[i], rng) if i in bad else items[i]["value"]
+        value = misread(facts["family"], items[i], rng) if i in bad else items[i]["value"]
         lines.append(_item_line(facts["family"], items[i], value))
     return "\n".join(lines)
 

@@ -45,7 +45,7 @@ def perceived_facts(facts: dict[str, Any], rng: random.Random, noise: DemoNoise)
             if r < noise.drop:
                 continue
             if r < noise.drop + noise.corrupt:
-                item["value"] = misread(item, rng)
+                item["value"] = misread(facts["family"], item, rng)
         kept.append(item)
     seen["items"] = kept
     return seen
