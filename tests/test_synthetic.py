@@ -39,10 +39,12 @@ def expected_shapes(q: str, facts) -> int:
     return _shape_count(facts, kind=m[1])
 
 
+CORNERS = {"triangle": 3, "square": 4, "pentagon": 5, "hexagon": 6}  # written out, not imported
+
+
 def expected_polygons(q: str, facts) -> int:
     """Corners from the drawn objects' kinds (not the items' values)."""
-    corners = {ob["color"]: {"triangle": 3, "square": 4, "pentagon": 5, "hexagon": 6}[ob["kind"]]
-               for ob in facts["objects"]}
+    corners = {ob["color"]: CORNERS[ob["kind"]] for ob in facts["objects"]}
     if m := re.fullmatch(r"How many more corners does the (\w+) shape have than the (\w+) shape\?", q):
         return corners[m[1]] - corners[m[2]]
     if m := re.fullmatch(r"How many corners do the (\w+) shape and the (\w+) shape have altogether\?",
@@ -190,7 +192,7 @@ def test_polygon_pixels_distinguish_kinds():
     for task in SyntheticTaskSource(only("polygons", difficulty=1, seed=8)).batch(0, 12):
         pixels = np.asarray(task.images[0])
         for ob in task.facts["objects"]:
-            n = {"triangle": 3, "square": 4, "pentagon": 5, "hexagon": 6}[ob["kind"]]
+            n = CORNERS[ob["kind"]]
             inset = 1 - (max(1, ob["r"] // 20) - 0.5) / (ob["r"] * math.cos(math.pi / n))
             area = n / 2 * ob["r"] ** 2 * math.sin(2 * math.pi / n) * inset**2
             painted = np.all(pixels == COLORS[ob["color"]], axis=-1).sum()

@@ -17,7 +17,7 @@ ALGORITHMS = ("prco", "grpo", "prco_shared")
 
 
 def run(config: str, algo: str, overrides: list[str]) -> Path:
-    from prco_mega.config import load_config
+    from prco_mega.config import load_config, to_dict
 
     name = f"{load_config(config, overrides).run.name}-{algo}"
     args = [sys.executable, "-m", "prco_mega.cli", "train", config, *overrides,
@@ -27,8 +27,6 @@ def run(config: str, algo: str, overrides: list[str]) -> Path:
     if (out / "eval_end.json").exists():
         # A finished run is reused only if it ran this exact config: a table must never mix in
         # results of an older config (another task family, warm start or budget).
-        from prco_mega.config import to_dict
-
         saved = json.loads((out / "config.json").read_text())
         if saved != json.loads(json.dumps(to_dict(cfg))):
             raise SystemExit(f"{out} holds a finished run of a different config; remove it or "

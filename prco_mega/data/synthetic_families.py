@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 import random
+from collections.abc import Callable
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -68,7 +69,8 @@ def plural(word: str) -> str:
 # ---------------------------------------------------------------- shapes
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, x: int, y: int, r: int, rgb) -> None:
+def _draw_shape(draw: ImageDraw.ImageDraw, ob: dict) -> None:
+    kind, x, y, r, rgb = ob["kind"], ob["x"], ob["y"], ob["r"], COLORS[ob["color"]]
     width = max(1, r // 10)
     if kind == "circle":
         draw.ellipse((x - r, y - r, x + r, y + r), fill=rgb, outline=INK, width=width)
@@ -140,16 +142,24 @@ def _shape_question(rng: random.Random, items: list[dict]) -> tuple[str, dict]:
     return q, {"op": "sum", "args": [a["name"], b["name"]]}
 
 
+def _object_scene(family: str, size: int, items: list[dict], objects: list[dict],
+                  draw_one: Callable[[ImageDraw.ImageDraw, dict], None],
+                  question: tuple[str, dict]):
+    """`(image, question, facts)` of a scene of drawn objects (shapes, polygons)."""
+    image, draw = new_canvas(size)
+    for ob in objects:
+        draw_one(draw, ob)
+    text, query = question
+    facts = {"family": family, "items": items, "needed": list(query["args"]), "query": query,
+             "objects": objects}
+    return image, text, facts
+
+
 def make_shapes(rng: random.Random, size: int, difficulty: int):
     items = _shape_groups(rng, difficulty)
     objects = _place_shapes(rng, items, size, difficulty)
-    image, draw = new_canvas(size)
-    for ob in objects:
-        _draw_shape(draw, ob["kind"], ob["x"], ob["y"], ob["r"], COLORS[ob["color"]])
-    question, query = _shape_question(rng, items)
-    facts = {"family": "shapes", "items": items, "needed": list(query["args"]), "query": query,
-             "objects": objects}
-    return image, question, facts
+    return _object_scene("shapes", size, items, objects, _draw_shape,
+                         _shape_question(rng, items))
 
 
 # ---------------------------------------------------------------- polygons
@@ -206,18 +216,17 @@ def _polygon_question(rng: random.Random, items: list[dict],
     return q, {"op": "sum", "args": [a["name"], b["name"]]}
 
 
+def _draw_regular_polygon(draw: ImageDraw.ImageDraw, ob: dict) -> None:
+    draw.regular_polygon((ob["x"], ob["y"], ob["r"]), POLYGONS[ob["kind"]],
+                         rotation=ob["rotation"], fill=COLORS[ob["color"]], outline=INK,
+                         width=max(1, ob["r"] // 20))
+
+
 def make_polygons(rng: random.Random, size: int, difficulty: int):
     items = _polygon_items(rng, difficulty)
     objects = _place_polygons(rng, items, size, difficulty)
-    image, draw = new_canvas(size)
-    for ob in objects:
-        draw.regular_polygon((ob["x"], ob["y"], ob["r"]), POLYGONS[ob["kind"]],
-                             rotation=ob["rotation"], fill=COLORS[ob["color"]], outline=INK,
-                             width=max(1, ob["r"] // 20))
-    question, query = _polygon_question(rng, items, difficulty)
-    facts = {"family": "polygons", "items": items, "needed": list(query["args"]), "query": query,
-             "objects": objects}
-    return image, question, facts
+    return _object_scene("polygons", size, items, objects, _draw_regular_polygon,
+                         _polygon_question(rng, items, difficulty))
 
 
 # ---------------------------------------------------------------- bars
