@@ -125,7 +125,8 @@ def build_run(cfg: RunConfig, dirs: C.RunDirs, model_dir: Path, logger: Any):
     from prco_mega.learner.policy import MegatronPolicy
 
     policy = MegatronPolicy(model_dir, cfg.learner, C.loss_settings(cfg),
-                            freeze_vision=cfg.model.freeze_vision)
+                            freeze_vision=cfg.model.freeze_vision,
+                            reference=cfg.algo.kl_coef != 0)
     engine = start_engine(cfg, model_dir)
     generator = torch.Generator()
     rollout, credit = C.ALGORITHMS[cfg.algo.name](cfg, engine, C.prompt_set(cfg), generator)

@@ -229,8 +229,9 @@ class AlgoSection:
     dual_clip: float | None = None
     """Dual-clip constant c > 1 bounding the loss of negative-advantage tokens; None = off."""
     kl_coef: float = 0.0
-    """beta: KL to the reference policy. Must be 0: PRCO uses none, and no reference model is
-    built (the loss supports it, but no component computes reference log-probs yet)."""
+    """beta: KL to the reference policy, the checkpoint RL starts from (PRCO itself uses none).
+    > 0 builds a frozen copy of that checkpoint in the learner's layout (one more forward pass
+    per step, and one more copy of the weights per rank)."""
     kl_kind: Literal["k1", "k2", "k3"] = "k3"
     level: Literal["token", "sequence"] = "token"
     """Loss aggregation; denominators are global per role."""
@@ -245,9 +246,6 @@ class AlgoSection:
         if self.clip_low < 0 or self.clip_high < 0 or self.kl_coef < 0:
             raise ValueError(f"algo.clip_low ({self.clip_low}), clip_high ({self.clip_high}) and "
                              f"kl_coef ({self.kl_coef}) must be >= 0")
-        if self.kl_coef != 0:  # refused here, not at the first learner step after the warm start
-            raise ValueError(f"algo.kl_coef ({self.kl_coef}) needs reference log-probs, which no "
-                             "component computes yet (PRCO uses none): set it to 0")
 
 
 @dataclass

@@ -28,7 +28,7 @@ def test_sections_accept_good_values_and_coerce_ints_to_floats():
     (AlgoSection, {"clip_low": "wide"}, r"algo.clip_low: expected float, got str 'wide'"),
     (AlgoSection, {"name": "ppo"}, r"algo.name: 'ppo' is not one of"),
     (AlgoSection, {"dual_clip": 0.9}, r"algo.dual_clip \(0.9\) must be > 1"),
-    (AlgoSection, {"kl_coef": 0.1}, r"algo.kl_coef \(0.1\) needs reference log-probs"),
+    (AlgoSection, {"kl_coef": -0.1}, r"kl_coef \(-0.1\) must be >= 0"),
     (DataSection, {"image_size": 100}, r"data.image_size \(100\) must be a multiple of 28"),
     (DataSection, {"source": "jsonl"}, r"data.path is required"),
     (SamplingSection, {"n": True}, r"expected an integer, got True"),

@@ -107,6 +107,11 @@ def test_step_line_leaves_out_roles_a_baseline_does_not_have():
     assert line == "step 0 | reward S 0.5 | acc S 0.25 | len S 12"
 
 
+def test_step_line_shows_the_kl_to_the_reference_per_role_when_there_is_one():
+    line = step_line(1, {"solver/accuracy": 0.5, "observer/kl": 0.0125, "solver/kl": 0.0004})
+    assert line == "step 1 | acc S 0.5 | kl-ref O 0.0125 S 4.0e-04"
+
+
 def test_format_table_aligns_columns_and_marks_missing_values():
     rows = [{"algo": "prco", "acc": 0.4567, "n": 64},
             {"algo": "grpo-baseline", "acc": None, "n": 8}]

@@ -104,6 +104,7 @@ STEP_FIELDS: list[tuple[str, list[tuple[str, str]]]] = [
     ("leak", [("O", "observer/leak_rate")]),
     ("len", [("O", "observer/caption_len"), ("S", "solver/response_len")]),
     ("mismatch", [("|d|", "mismatch/mean_abs"), ("kl", "mismatch/kl_k3")]),
+    ("kl-ref", [("O", "observer/kl"), ("S", "solver/kl")]),
 ]
 """What the per-step line shows, in order: (section, [(label, metric key)])."""
 

@@ -6,6 +6,7 @@ one and makes the same calls in the same order (the calls are collective).
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ class MegatronPolicy:
     """Megatron-Core Qwen2.5-VL learner loaded from a Hugging Face checkpoint directory."""
 
     def __init__(self, hf_dir: str | Path, cfg: LearnerConfig, loss_settings: Any, *,
-                 freeze_vision: bool = False):
+                 freeze_vision: bool = False, reference: bool = False):
         from prco_mega.bridge.hf_io import load_hf_config, load_hf_into_megatron
         from prco_mega.learner.model import build_model
         from prco_mega.learner.optim import build_optimizer
@@ -39,6 +40,10 @@ class MegatronPolicy:
         # Weights first: the optimizer's fp32 master copies are taken from them.
         load_hf_into_megatron(chunks, hf_dir, self.pg, self.hf_config)
         self.chunks, self.optimizer, self.scheduler = build_optimizer(chunks, cfg, pg=self.pg)
+        # The KL anchor is the checkpoint RL starts from, in the learner's own layout: a second
+        # set of chunks, forward only (no optimizer state, no gradients). It is never saved: a
+        # resumed run rebuilds it from `hf_dir`, so it stays the starting point, not a checkpoint.
+        self.reference = _frozen_chunks(hf_dir, self.hf_config, self.pg, par) if reference else None
         self.encode = VisionInputs(hf_dir, self.hf_config)
         self.pad_token_id = int(self.hf_config.text_config.pad_token_id or 0)
 
@@ -61,6 +66,16 @@ class MegatronPolicy:
             chunk.eval()
         return compute_logprobs(self.chunks, batches, pg=self.pg,
                                 temperature=self.loss_settings.temperature)
+
+    def with_reference(self, batches: Sequence[Any]) -> list[Any]:
+        """`batches` with `ref_logprobs` [T_i] filled in by the reference chunks."""
+        from prco_mega.learner.train_step import compute_logprobs
+
+        if self.reference is None:
+            raise ValueError("a KL term (kl_coef != 0) needs the policy built with reference=True")
+        ref = compute_logprobs(self.reference, batches, pg=self.pg,
+                               temperature=self.loss_settings.temperature)
+        return [dataclasses.replace(b, ref_logprobs=r) for b, r in zip(batches, ref, strict=True)]
 
     def mismatch(self, trajectories: Sequence[Trajectory]) -> dict[str, float]:
         """Train/rollout mismatch of the step's trajectories: learner log-probs (current weights,
@@ -88,6 +103,8 @@ class MegatronPolicy:
         settings = settings or self.loss_settings
         packed = [self.micro_batches(part)
                   for part in deal(trajectories, self.cfg.batching.mini_batches)]
+        if settings.kl_coef != 0.0:
+            packed = [self.with_reference(batches) for batches in packed]
         # TIS weighs tokens by the learner's log-probs before the step: take them all before the
         # first update changes the weights (one mini-batch: train_step takes them itself).
         before = None
@@ -130,6 +147,20 @@ class MegatronPolicy:
         from prco_mega.bridge.sync import sync_weights
 
         return sync_weights(self.chunks, self.pg, self.hf_config, engine)
+
+
+def _frozen_chunks(hf_dir: Path, hf_config: Any, pg: Any, par: Any) -> list[torch.nn.Module]:
+    """Eval-mode chunks of `hf_dir` in this rank's layout, with no parameter requiring grad.
+    Built under a forked RNG: initialising them must not shift the policy's random streams."""
+    from prco_mega.bridge.hf_io import load_hf_into_megatron
+    from prco_mega.learner.model import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        chunks = build_model(hf_config, pg, vpp=par.virtual_pipeline_parallel)
+    load_hf_into_megatron(chunks, hf_dir, pg, hf_config)
+    for chunk in chunks:
+        chunk.requires_grad_(False).eval()
+    return chunks
 
 
 def _reduce_mismatch(stats: dict[str, torch.Tensor], dp_group) -> dict[str, float]:

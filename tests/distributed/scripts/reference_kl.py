@@ -1,0 +1,107 @@
+"""The KL anchor of `MegatronPolicy(reference=True)` at TP=2 (2 ranks, gloo, fp32): reference
+log-probs before and after training steps, and what one KL-only step does to the policy.
+
+Rank 0 writes, for the response tokens of a fixed text-only PRCO step:
+- `start_max_abs`: max |policy - reference| log-prob before any step (same checkpoint: ~0);
+- `ref_drift_max_abs`: max |reference after 3 policy steps - reference before| (frozen: 0);
+- `policy_drift_max_abs`: the same for the policy (it trained: > 0);
+- `kl_before`, `kl_after`: mean k3 KL(policy || reference) before and after one step whose only
+  term is the KL (advantages 0, kl_coef 1), and that step's reported per-role `kl` metrics;
+- `missing_reference_error`: the error of a KL step on a policy built without a reference.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+
+def trajectories(advantage: float, seed: int = 0):
+    """Observer and Solver responses of a text-only step (ids well inside the tiny vocabulary)."""
+    from prco_mega.types import Role, Trajectory
+
+    g = torch.Generator().manual_seed(seed)
+    return [Trajectory(role=Role(k % 2), task_uid=f"t{k // 2}", group_id=k // 2,
+                       prompt_ids=torch.randint(0, 400, (6 + k,), generator=g).tolist(),
+                       response_ids=torch.randint(0, 400, (3 + k,), generator=g).tolist(),
+                       rollout_logprobs=[-6.0] * (3 + k), advantage=advantage * (1 - k % 2 * 2))
+            for k in range(6)]
+
+
+def response_logprobs(policy, chunks, trajs) -> torch.Tensor:
+    """[N] log-probs of the response tokens of `trajs` under `chunks` (policy's or reference)."""
+    from prco_mega.learner.train_step import compute_logprobs
+
+    batches = policy.micro_batches(trajs)
+    lps = compute_logprobs(chunks, batches, pg=policy.pg)
+    return torch.cat([lp[b.loss_mask != 0] for lp, b in zip(lps, batches)])
+
+
+def k3(policy_lp: torch.Tensor, ref_lp: torch.Tensor) -> float:
+    d = ref_lp - policy_lp
+    return float((d.exp() - d - 1).mean())
+
+
+def main() -> None:
+    from prco_mega.learner.config import LearnerConfig
+    from prco_mega.learner.parallel import destroy_parallel
+    from prco_mega.learner.policy import MegatronPolicy
+    from prco_mega.learner.train_step import LossSettings
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    dist.init_process_group("gloo")
+    hf_dir = Path(args.out).parent / "tiny"
+    if dist.get_rank() == 0:
+        from prco_mega.data.tokenizer import demo_corpus, make_tiny_checkpoint
+
+        make_tiny_checkpoint(hf_dir, demo_corpus(2000), seed=0)
+    dist.barrier()
+    cfg = LearnerConfig(precision="fp32")
+    cfg.parallel.tensor_parallel = 2
+    cfg.batching.micro_batch_tokens = 64
+    cfg.optim.lr = 1e-3
+    cfg.validate()
+    policy = MegatronPolicy(hf_dir, cfg, LossSettings(), reference=True)
+    trajs = trajectories(advantage=1.0)
+    ref0 = response_logprobs(policy, policy.reference, trajs)
+    pol0 = response_logprobs(policy, policy.chunks, trajs)
+    for _ in range(3):  # plain PPO steps (kl_coef 0) pull the policy away from the start
+        policy.step(trajs)
+    ref1 = response_logprobs(policy, policy.reference, trajs)
+    pol1 = response_logprobs(policy, policy.chunks, trajs)
+    kl_only = trajectories(advantage=0.0)
+    metrics = policy.step(kl_only, dataclasses.replace(policy.loss_settings, kl_coef=1.0))
+    pol2 = response_logprobs(policy, policy.chunks, trajs)
+    result = {
+        "start_max_abs": float((pol0 - ref0).abs().max()),
+        "ref_drift_max_abs": float((ref1 - ref0).abs().max()),
+        "policy_drift_max_abs": float((pol1 - pol0).abs().max()),
+        "kl_before": k3(pol1, ref0), "kl_after": k3(pol2, ref0),
+        "reported_kl": {k: v for k, v in metrics.items() if k.endswith("/kl")},
+        "tokens": int(ref0.numel()),
+    }
+    del policy
+    destroy_parallel()
+    plain = MegatronPolicy(hf_dir, cfg, LossSettings())
+    try:
+        plain.step(kl_only, dataclasses.replace(plain.loss_settings, kl_coef=1.0))
+        result["missing_reference_error"] = None
+    except ValueError as e:
+        result["missing_reference_error"] = str(e)
+    if dist.get_rank() == 0:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    destroy_parallel()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
