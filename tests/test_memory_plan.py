@@ -140,6 +140,16 @@ def test_each_cluster_config_fits_an_80gb_h100(name):
         assert item in table
 
 
+def test_a_kl_term_adds_one_frozen_copy_of_the_weights_and_nothing_else():
+    data = load_yaml(CONFIGS / "qwen25vl_7b_h100x8.yaml")
+    without = plan_memory(plan_inputs_from_config(data)[0])
+    with_kl = plan_memory(plan_inputs_from_config({**data, "algo": {"kl_coef": 0.01}})[0])
+    weights = _row(without, "weights").bytes
+    assert _row(with_kl, "reference weights").bytes == weights
+    assert with_kl.train_total == pytest.approx(without.train_total + weights)
+    assert not any(r.name.startswith("reference") for r in without.train)
+
+
 def test_an_oversized_config_is_refused_with_its_breakdown():
     # 7B without TP: ~58 GiB of learner state stays resident beside a 32 GiB vLLM budget.
     data = load_yaml(CONFIGS / "qwen25vl_7b_h100x8.yaml",

@@ -147,6 +147,9 @@ class PlanInputs:
     rollout_overhead_gib: float = 2.0
     engine_dtype_bytes: int = 2
     """Bytes per element of the engine's weights and KV cache (bf16: 2)."""
+    reference_model: bool = False
+    """A frozen copy of the weights in the learner's layout, the KL anchor (`algo.kl_coef > 0`):
+    one more weights row, without gradients or optimizer state."""
 
     def validate(self) -> None:
         """Refuse layouts the model cannot be split into, naming the numbers."""
@@ -184,14 +187,15 @@ def data_parallel_size(world: int, tp: int, pp: int, expected_dp: int | None = N
 
 def _sections(data: dict):
     # prco_mega.config assembles the run config from ClusterSection: import it here, not above.
-    from prco_mega.config import KernelsSection, from_dict
+    from prco_mega.config import AlgoSection, KernelsSection, from_dict
     from prco_mega.learner.config import LearnerConfig
     from prco_mega.rollout.config import EngineConfig
 
     return (from_dict(ClusterSection, data.get("cluster"), "cluster"),
             from_dict(LearnerConfig, data.get("learner"), "learner"),
             from_dict(EngineConfig, data.get("engine"), "engine"),
-            from_dict(KernelsSection, data.get("kernels"), "kernels"))
+            from_dict(KernelsSection, data.get("kernels"), "kernels"),
+            from_dict(AlgoSection, data.get("algo"), "algo"))
 
 
 def _check_layout(m: ModelDims, world: int, tp: int, pp: int, vpp: int | None) -> None:
@@ -204,7 +208,7 @@ def _check_layout(m: ModelDims, world: int, tp: int, pp: int, vpp: int | None) -
 
 def plan_inputs_from_config(data: dict) -> tuple[PlanInputs, ClusterSection]:
     """PlanInputs (validated) and the cluster section from a whole run-config mapping."""
-    cluster, learner, engine, kernels = _sections(data)
+    cluster, learner, engine, kernels, algo = _sections(data)
     par, mem = learner.parallel, cluster.memory
     model = model_dims(cluster.model)
     _check_layout(model, cluster.world_size, par.tensor_parallel, par.pipeline_parallel,
@@ -232,6 +236,7 @@ def plan_inputs_from_config(data: dict) -> tuple[PlanInputs, ClusterSection]:
         rollout_tp=rtp, rollout_gpu_memory_utilization=engine.gpu_memory_utilization,
         max_model_len=engine.max_model_len, rollout_batch=engine.max_num_seqs,
         rollout_sleep=engine.enable_sleep_mode, rollout_overhead_gib=mem.rollout_overhead_gib,
-        engine_dtype_bytes=4 if engine.dtype == "float32" else 2)
+        engine_dtype_bytes=4 if engine.dtype == "float32" else 2,
+        reference_model=algo.kl_coef != 0)
     inputs.validate()
     return inputs, cluster

@@ -182,6 +182,9 @@ def _learner_static(x: PlanInputs, stage: str) -> tuple[list[Row], float]:
         Row("optimizer: fp32 master + Adam m, v", trained * opt,
             note=f"{opt:.2f} B/param, {where} (DP={x.dp})"),
     ]
+    if x.reference_model:
+        rows.append(Row("reference weights (KL anchor, frozen)", (lm + vis) * x.param_bytes,
+                        note="algo.kl_coef > 0: no gradients, no optimizer state"))
     return rows, sum(r.bytes for r in rows)
 
 
