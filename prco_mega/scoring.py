@@ -73,12 +73,16 @@ def _centre(trajs: list[Trajectory], scale_by_std: bool) -> None:
     _set_advantages(trajs, group_advantages(rewards, groups, roles, scale_by_std=scale_by_std))
 
 
-def _perception(rollouts: list[TaskRollout]) -> float | None:
-    from prco_mega.data.captions import perception_accuracy
+def _caption_metrics(rollouts: list[TaskRollout]) -> dict[str, float]:
+    """Perception of the sampled captions, and the share whose misreads keep the answer (which
+    the utility reward cannot see); empty without scene facts."""
+    from prco_mega.data.captions import misread_keeps_answer, perception_accuracy
 
-    scores = [perception_accuracy(c.text, r.task.facts)
-              for r in rollouts if r.task.facts for c in r.observer]
-    return fmean(scores) if scores else None
+    pairs = [(c.text, r.task.facts) for r in rollouts if r.task.facts for c in r.observer]
+    if not pairs:
+        return {}
+    return {"observer/perception_acc": fmean(perception_accuracy(*p) for p in pairs),
+            "observer/misread_kept_answer_rate": fmean(misread_keeps_answer(*p) for p in pairs)}
 
 
 def _common_metrics(answers: list[Trajectory], train: list[Trajectory]) -> dict[str, float]:
@@ -131,10 +135,7 @@ class PRCOCredit:
         metrics["observer/leak_rate"] = fmean(leaks) if leaks else 0.0
         metrics["observer/caption_len"] = fmean(len(c.response_ids) for c in captions) if captions else 0.0
         metrics["solver/groups_selected"] = float(sum(t.role is Role.SOLVER for t in train))
-        perception = _perception(rollouts)
-        if perception is not None:
-            metrics["observer/perception_acc"] = perception
-        return Scored(train, metrics)
+        return Scored(train, {**metrics, **_caption_metrics(rollouts)})
 
 
 @dataclass

@@ -4,7 +4,8 @@ import random
 
 import pytest
 
-from prco_mega.data.captions import perception_accuracy, render_caption
+from prco_mega.data.captions import (caption_answer, misread_keeps_answer, perception_accuracy,
+                                   render_caption)
 from prco_mega.data.synthetic import SyntheticConfig, SyntheticTaskSource
 
 FAMILIES = ("shapes", "polygons", "bars", "geometry", "table")
@@ -90,3 +91,45 @@ TABLE = {"family": "table", "needed": ["Ana Tue", "Ben Wed"], "items": [
 ])
 def test_free_text_captions(facts, caption, score):
     assert perception_accuracy(caption, facts) == score
+
+
+# ---- the answer a caption leads to: which misreads the Observer's utility reward can see
+
+
+def _two_polygons(op: str) -> dict:
+    items = [{"name": "red shape", "color": "red", "kind": "hexagon", "value": 6},
+             {"name": "blue shape", "color": "blue", "kind": "pentagon", "value": 5},
+             {"name": "green shape", "color": "green", "kind": "square", "value": 4}]
+    return {"family": "polygons", "items": items, "needed": ["red shape", "blue shape"],
+            "query": {"op": op, "args": ["red shape", "blue shape"]}}
+
+
+def _caption(red: int, blue: int | None) -> str:
+    lines = [f"- red shape: {red} corners"] + ([f"- blue shape: {blue} corners"] if blue else [])
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("op,gold", [("diff", 1), ("product", 30), ("sum", 11)])
+def test_a_true_caption_leads_to_the_gold_answer_and_hides_no_misread(op, gold):
+    facts = _two_polygons(op)
+    assert caption_answer(_caption(6, 5), facts) == gold
+    assert not misread_keeps_answer(_caption(6, 5), facts)
+
+
+def test_a_difference_hides_misreads_that_shift_both_polygons_and_a_product_does_not():
+    shifted = _caption(5, 4)  # both misread one corner down: 5 - 4 = 6 - 5, but 5 * 4 != 30
+    assert perception_accuracy(shifted, _two_polygons("diff")) == 0.0
+    assert misread_keeps_answer(shifted, _two_polygons("diff"))
+    assert caption_answer(shifted, _two_polygons("product")) == 20
+    assert not misread_keeps_answer(shifted, _two_polygons("product"))
+    swapped = _caption(5, 6)  # a swap keeps a product (and a sum): the reward cannot see it
+    assert misread_keeps_answer(swapped, _two_polygons("product"))
+    assert caption_answer(swapped, _two_polygons("diff")) == -1
+
+
+def test_a_caption_missing_a_needed_fact_leads_to_no_answer():
+    facts = _two_polygons("product")
+    assert caption_answer(_caption(6, None), facts) is None
+    assert not misread_keeps_answer(_caption(6, None), facts)
+    two_values = "- red shape: 6 corners\n- blue shape: 5 corners\n- red shape: 5 corners"
+    assert caption_answer(two_values, facts) is None

@@ -64,3 +64,22 @@ def test_grpo_and_dapo_baselines():
     assert len(grpo.train) == 4
     dapo = SingleRoleCredit(dynamic_sampling=True)(rollouts)
     assert dapo.train == mixed  # the all-equal group carries no signal and is dropped
+
+
+def test_caption_metrics_score_the_sampled_captions_against_the_scene():
+    # red hexagon (6), blue pentagon (5); the question asks 6 - 5 = 1.
+    items = [{"name": "red shape", "color": "red", "kind": "hexagon", "value": 6},
+             {"name": "blue shape", "color": "blue", "kind": "pentagon", "value": 5}]
+    facts = {"family": "polygons", "items": items, "needed": ["red shape", "blue shape"],
+             "query": {"op": "diff", "args": ["red shape", "blue shape"]}}
+    task = Task(uid="t", question="How many more corners does the red shape have than the blue "
+                "shape?", answer="1", facts=facts)
+    texts = ["- red shape: 6 corners\n- blue shape: 5 corners",  # right
+             "- red shape: 5 corners\n- blue shape: 4 corners",  # both wrong, answer kept
+             "- red shape: 6 corners\n- blue shape: 3 corners"]  # half right, answer lost
+    obs = [_traj(Role.OBSERVER, t, k=k) for k, t in enumerate(texts)]
+    sol = [[_traj(Role.SOLVER, RIGHT, k=k)] * 2 for k in range(3)]
+    scored = PRCOCredit(leakage=lambda q, c, a: [0] * 3, generator=torch.Generator())(
+        [TaskRollout(task, obs, sol)])
+    assert scored.metrics["observer/perception_acc"] == pytest.approx((1 + 0 + 0.5) / 3)
+    assert scored.metrics["observer/misread_kept_answer_rate"] == pytest.approx(1 / 3)

@@ -181,3 +181,33 @@ def perception_accuracy(caption: str, facts: dict[str, Any]) -> float:
         return 1.0
     hits = sum(fact_stated(caption, facts["family"], it) for it in needed)
     return hits / len(needed)
+
+
+def caption_answer(caption: str, facts: dict[str, Any]) -> Fraction | None:
+    """The question's answer computed from the values `caption` states for the needed facts: what
+    a Solver that trusts the caption answers. None when a needed fact is missing or stated with
+    two values, or the query has no answer on the stated values."""
+    from prco_mega.data.synthetic import answer_from_facts
+
+    stated = {}
+    for item in facts["items"]:
+        if item["name"] in facts["needed"]:
+            values = set(_stated_values(caption, _key_patterns(facts["family"], item)))
+            if len(values) != 1:
+                return None
+            stated[item["name"]] = values.pop()
+    items = [{**it, "value": stated.get(it["name"], it["value"])} for it in facts["items"]]
+    try:
+        return answer_from_facts({**facts, "items": items})
+    except (AssertionError, ArithmeticError, ValueError):  # e.g. legs with no integer hypotenuse
+        return None
+
+
+def misread_keeps_answer(caption: str, facts: dict[str, Any]) -> bool:
+    """The caption gets a needed fact wrong, yet its values still give the gold answer: a misread
+    the Observer's utility reward cannot see (6 - 5 = 4 - 3 under a difference)."""
+    from prco_mega.data.synthetic import answer_from_facts
+
+    return (perception_accuracy(caption, facts) < 1.0
+            and caption_answer(caption, facts) == answer_from_facts(facts))
+

@@ -100,7 +100,7 @@ def _pairs(metrics: Mapping[str, Any], keys: Sequence[tuple[str, str]]) -> str:
 STEP_FIELDS: list[tuple[str, list[tuple[str, str]]]] = [
     ("reward", [("O", "observer/reward"), ("S", "solver/reward")]),
     ("acc", [("S", "solver/accuracy")]),
-    ("percep", [("O", "observer/perception_acc")]),
+    ("percep", [("O", "observer/perception_acc"), ("kept", "observer/misread_kept_answer_rate")]),
     ("leak", [("O", "observer/leak_rate")]),
     ("len", [("O", "observer/caption_len"), ("S", "solver/response_len")]),
     ("mismatch", [("|d|", "mismatch/mean_abs"), ("kl", "mismatch/kl_k3")]),
@@ -133,7 +133,9 @@ UNIT = (-0.02, 1.02)
 PANELS: list[tuple[str, list[tuple[str, str]], tuple[float | None, float | None]]] = [
     ("Rewards per role", [("observer/reward", "Observer"), ("solver/reward", "Solver")], UNIT),
     ("Solver accuracy", [("solver/accuracy", "train rollouts")], UNIT),
-    ("Caption perception accuracy", [("observer/perception_acc", "scene facts stated")], UNIT),
+    ("Caption perception accuracy", [("observer/perception_acc", "scene facts stated"),
+                                     ("observer/misread_kept_answer_rate",
+                                      "misreads that keep the answer")], UNIT),
     ("Leakage rate", [("observer/leak_rate", "captions leaking the answer")], (0, None)),
     ("Response length (tokens)", [("observer/caption_len", "Observer"),
                                   ("solver/response_len", "Solver")], (0, None)),
@@ -249,6 +251,7 @@ def format_table(rows: Sequence[Mapping[str, Any]],
 COMPARED: list[tuple[str, str, str]] = [
     ("solver/accuracy", "Solver accuracy (with image)", "pct"),
     ("observer/perception_acc", "Caption perception accuracy", "pct"),
+    ("observer/misread_kept_answer_rate", "Misreads that keep the answer", "pct"),
     ("observer/leak_rate", "Caption leak rate", "pct"),
     ("solver/format_rate", "Solver answers fully formatted", "pct"),
     ("observer/caption_len", "Caption length (tokens)", "len"),

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from statistics import fmean
 from typing import Any
 
-from prco_mega.data.captions import perception_accuracy
+from prco_mega.data.captions import misread_keeps_answer, perception_accuracy
 from prco_mega.rewards.format import format_score, observer_format_ok
 from prco_mega.rewards.leakage import rule_leak
 from prco_mega.rewards.verifier import verify
@@ -58,6 +58,9 @@ class EvalRecord:
     """F(y) in [0, 1]."""
     truncated: bool
     """The answer hit the token budget (finish reason "length")."""
+    misread_kept_answer: bool | None = None
+    """The caption misstates a needed fact, yet its values give the gold answer (a misread the
+    Observer's reward cannot see: `misread_keeps_answer`); None without facts."""
     solver_prompt_ids: list[int] = field(default_factory=list, repr=False)
     """[P] the answering prompt as the engine saw it (image pads expanded); not serialised."""
 
@@ -80,6 +83,7 @@ def aggregate(records: list[EvalRecord]) -> dict[str, float | None]:
         "solver/response_len": _mean(r.response_tokens for r in records),
         "solver/truncated_rate": _mean(float(r.truncated) for r in records),
         "observer/perception_acc": _mean(r.perception for r in records),
+        "observer/misread_kept_answer_rate": _mean(r.misread_kept_answer for r in records),
         "observer/leak_rate": _mean(r.leak for r in records),
         "observer/format_rate": _mean(float(r.caption_format_ok) for r in records),
         "observer/caption_len": _mean(r.caption_tokens for r in records),
@@ -127,6 +131,7 @@ def _record(task: Task, caption_gen: Generation, caption: str,
         uid=task.uid, family=task.family, answer=task.answer, caption=caption,
         caption_tokens=len(caption_gen.token_ids),
         perception=perception_accuracy(caption, task.facts) if task.facts else None,
+        misread_kept_answer=misread_keeps_answer(caption, task.facts) if task.facts else None,
         leak=rule_leak(caption, task.answer), caption_format_ok=observer_format_ok(caption),
         response=answer_gen.text, response_tokens=len(answer_gen.token_ids),
         correct=verify(answer_gen.text, task.answer, task.choices),
