@@ -151,7 +151,8 @@ class MegatronPolicy:
 
 def _frozen_chunks(hf_dir: Path, hf_config: Any, pg: Any, par: Any) -> list[torch.nn.Module]:
     """Eval-mode chunks of `hf_dir` in this rank's layout, with no parameter requiring grad.
-    Built under a forked RNG: initialising them must not shift the policy's random streams."""
+    Their random init (overwritten at once) runs under a forked CPU generator, so building the
+    reference draws no numbers from the stream the rest of the run uses."""
     from prco_mega.bridge.hf_io import load_hf_into_megatron
     from prco_mega.learner.model import build_model
 
