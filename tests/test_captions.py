@@ -1,6 +1,7 @@
 """The perception scorer: perfect captions score 1, each dropped or corrupted needed fact costs
 exactly its share, and free text written the way people write is read correctly."""
 import random
+from fractions import Fraction
 
 import pytest
 
@@ -109,26 +110,29 @@ def _caption(red: int, blue: int | None) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.parametrize("op,gold", [("diff", 1), ("product", 30), ("sum", 11)])
+@pytest.mark.parametrize("op,gold", [("diff", 1), ("ratio", Fraction(6, 5)), ("sum", 11)])
 def test_a_true_caption_leads_to_the_gold_answer_and_hides_no_misread(op, gold):
     facts = _two_polygons(op)
     assert caption_answer(_caption(6, 5), facts) == gold
     assert not misread_keeps_answer(_caption(6, 5), facts)
 
 
-def test_a_difference_hides_misreads_that_shift_both_polygons_and_a_product_does_not():
-    shifted = _caption(5, 4)  # both misread one corner down: 5 - 4 = 6 - 5, but 5 * 4 != 30
+def test_which_misreads_each_question_hides():
+    shifted = _caption(5, 4)  # both misread one corner down: 5 - 4 = 6 - 5
     assert perception_accuracy(shifted, _two_polygons("diff")) == 0.0
     assert misread_keeps_answer(shifted, _two_polygons("diff"))
-    assert caption_answer(shifted, _two_polygons("product")) == 20
-    assert not misread_keeps_answer(shifted, _two_polygons("product"))
-    swapped = _caption(5, 6)  # a swap keeps a product (and a sum): the reward cannot see it
-    assert misread_keeps_answer(swapped, _two_polygons("product"))
+    swapped = _caption(5, 6)  # which colour has which polygon: 5 + 6 = 6 + 5
+    assert misread_keeps_answer(swapped, _two_polygons("sum"))
     assert caption_answer(swapped, _two_polygons("diff")) == -1
+    ratio = _two_polygons("ratio")  # a / b tells every ordered pair of distinct counts apart
+    assert caption_answer(shifted, ratio) == Fraction(5, 4)
+    assert caption_answer(swapped, ratio) == Fraction(5, 6)
+    assert not misread_keeps_answer(shifted, ratio)
+    assert not misread_keeps_answer(swapped, ratio)
 
 
 def test_a_caption_missing_a_needed_fact_leads_to_no_answer():
-    facts = _two_polygons("product")
+    facts = _two_polygons("sum")
     assert caption_answer(_caption(6, None), facts) is None
     assert not misread_keeps_answer(_caption(6, None), facts)
     two_values = "- red shape: 6 corners\n- blue shape: 5 corners\n- red shape: 5 corners"

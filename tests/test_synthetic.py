@@ -1,6 +1,7 @@
 """The synthetic task: answers follow from the question and the scene, pixels show the scene,
 everything is a pure function of (seed, index), and the knobs are validated."""
 import io
+import itertools
 import math
 import re
 from collections import Counter
@@ -50,6 +51,9 @@ def expected_polygons(q: str, facts) -> int:
     if m := re.fullmatch(r"How many corners do the (\w+) shape and the (\w+) shape have altogether\?",
                          q):
         return corners[m[1]] + corners[m[2]]
+    if m := re.fullmatch(r"How many times as many corners does the (\w+) shape have as the (\w+) "
+                         r"shape\?", q):
+        return Fraction(corners[m[1]], corners[m[2]])
     assert q == "How many corners do all the shapes have in total?", q
     return sum(corners.values())
 
@@ -103,7 +107,7 @@ EXPECTED = {"shapes": expected_shapes, "polygons": expected_polygons, "bars": ex
 
 
 def parse_answer(text: str) -> Fraction:
-    assert re.fullmatch(r"-?\d+(\.\d+)?", text), f"answer {text!r} is not a plain number"
+    assert re.fullmatch(r"-?\d+(\.\d+)?|\d+/\d+", text), f"answer {text!r} is not a number"
     return Fraction(text)
 
 
@@ -176,13 +180,18 @@ def test_easy_polygons_sit_upright_in_a_2x2_grid_of_whole_merged_tokens(size):
             assert ob["r"] < half // 2
 
 
-def test_easy_polygon_questions_need_the_colour_polygon_pairing():
-    """Difficulty 1 asks a difference unless the two named polygons are equal: swapping the
-    kinds of the named colours in a caption then changes the Solver's answer."""
+def test_easy_polygon_answers_name_the_two_polygons():
+    """Difficulty 1 draws distinct polygons and asks the larger's corners over the smaller's; no
+    two pairs share that ratio, so a caption that misreads either named polygon changes the
+    answer it leads to."""
+    by_ratio = {}
+    for x, y in itertools.combinations(sorted(CORNERS.values(), reverse=True), 2):
+        assert by_ratio.setdefault(Fraction(x, y), (x, y)) == (x, y), (x, y, by_ratio[x / y])
     for task in SyntheticTaskSource(only("polygons", difficulty=1, seed=2)).batch(0, 60):
         query, value = task.facts["query"], {it["name"]: it["value"] for it in task.facts["items"]}
-        a, b = query["args"]
-        assert query["op"] == ("diff" if value[a] != value[b] else "sum"), task.question
+        assert len(set(value.values())) == len(value), task.facts["items"]
+        assert query["op"] == "ratio", task.question
+        assert by_ratio[Fraction(task.answer)] == tuple(value[n] for n in query["args"])
 
 
 def test_polygon_pixels_distinguish_kinds():

@@ -18,7 +18,7 @@ from prco_mega.data.captions import misread, render_caption
 from prco_mega.data.synthetic import answer_from_facts, format_number
 from prco_mega.types import Task
 
-_OP_WORDS = {"sum": "add", "diff": "subtract", "range": "largest minus smallest", "product": "multiply",
+_OP_WORDS = {"sum": "add", "diff": "subtract", "range": "largest minus smallest", "ratio": "divide",
              "third_angle": "180 minus the two angles", "rect_area": "multiply the sides",
              "rect_perimeter": "twice the sum of the sides",
              "right_triangle_area": "half the product of the legs",

@@ -82,8 +82,8 @@ def answer_from_facts(facts: dict[str, Any]) -> Fraction:
         return args[0] - args[1]
     if op == "range":
         return max(args) - min(args)
-    if op == "product":
-        return math.prod(args, start=Fraction(1))
+    if op == "ratio":
+        return args[0] / args[1]
     if op == "third_angle":
         return 180 - sum(args)
     if op == "rect_area":

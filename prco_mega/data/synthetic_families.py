@@ -18,6 +18,7 @@ derived from `facts["query"]` by `synthetic.answer_from_facts`. Fact schemas (sh
   "value"}` for every cell.
 
 Query ops: `sum` (of args), `diff` (args[0] - args[1]), `range` (max - min of args),
+`ratio` (args[0] / args[1]),
 `third_angle` (180 - sum), `rect_area` (product), `rect_perimeter` (2 * sum),
 `right_triangle_area` (product / 2), `hypotenuse` (sqrt of sum of squares).
 """
@@ -172,9 +173,11 @@ POLYGON_OF = {corners: kind for kind, corners in POLYGONS.items()}
 
 
 def _polygon_items(rng: random.Random, difficulty: int) -> list[dict]:
+    """Difficulty 1 draws distinct polygons (its ratio questions need unequal corner counts)."""
     n = rng.randint(*{1: (2, 3), 2: (3, 4)}.get(difficulty, (4, 5)))
+    kinds = rng.sample(list(POLYGONS), n) if difficulty <= 1 else rng.choices(list(POLYGONS), k=n)
     return [{"name": f"{c} shape", "color": c, "kind": k, "value": POLYGONS[k]}
-            for c, k in zip(rng.sample(list(COLORS), n), rng.choices(list(POLYGONS), k=n))]
+            for c, k in zip(rng.sample(list(COLORS), n), kinds)]
 
 
 def _place_polygons(rng: random.Random, items: list[dict], size: int,
@@ -198,12 +201,21 @@ def _place_polygons(rng: random.Random, items: list[dict], size: int,
 
 def _polygon_question(rng: random.Random, items: list[dict],
                       difficulty: int) -> tuple[str, dict]:
-    """Difficulty 1 asks for a difference whenever the two named polygons differ: a sum (or a
-    total) has the same answer when a caption swaps which colour has which polygon, so its
-    utility to the Solver would not reward reading the colour-polygon pairing. Harder levels mix
-    sums, differences and totals over all shapes (which also need every colour found)."""
-    op = "diff" if difficulty <= 1 else rng.choice(["sum", "diff", "total"])
+    """Difficulty 1 asks how many times as many corners one named polygon has as another (the
+    larger first). The ratios of two distinct counts in 3..6 are all different, so a caption that
+    misreads either polygon leads the Solver to a wrong answer and loses its reward; under a
+    difference, misreads that shift both counts (6 - 5 = 4 - 3) kept it. Naming the larger first
+    tells the Observer which of the two polygons goes with which colour, as the difference did:
+    the tiny model sees which polygons are there but does not learn which colour each has (a
+    question without that cue left 83 of 256 greedy captions with both polygons swapped).
+    Harder levels mix sums, differences and totals over all shapes."""
     a, b = rng.sample(items, 2)
+    if difficulty <= 1:
+        a, b = (a, b) if a["value"] > b["value"] else (b, a)
+        q = (f"How many times as many corners does the {a['color']} shape have as the "
+             f"{b['color']} shape?")
+        return q, {"op": "ratio", "args": [a["name"], b["name"]]}
+    op = rng.choice(["sum", "diff", "total"])
     if op == "diff" and a["value"] != b["value"]:
         a, b = (a, b) if a["value"] > b["value"] else (b, a)
         q = f"How many more corners does the {a['color']} shape have than the {b['color']} shape?"
