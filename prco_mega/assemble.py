@@ -137,6 +137,7 @@ def build_run(cfg: RunConfig, dirs: C.RunDirs, model_dir: Path, logger: Any):
 def evaluate_policy(run: Any, path: Path, *, cache: bool) -> dict | None:
     """Greedy Observer -> Solver (with the image) on held-out tasks; rank 0 only; JSON on disk."""
     from prco_mega.eval.synthetic import evaluate
+    from prco_mega.rollout.two_stage import settings_from_section
 
     if not C.is_host():
         return None
@@ -144,9 +145,13 @@ def evaluate_policy(run: Any, path: Path, *, cache: bool) -> dict | None:
         return json.loads(path.read_text())
     cfg = run.cfg
     mode = "single" if cfg.algo.name in ("grpo", "dapo") else "prco"
+    # Captions sampled as the rollout samples them (no log-probs: nothing trains on them).
+    sampled = dataclasses.replace(settings_from_section(cfg.observer, seed=cfg.run.seed),
+                                  logprobs=False)
     result = evaluate(run.engine, C.prompt_set(cfg), C.eval_tasks(cfg),
                       observer_max_tokens=cfg.observer.max_new_tokens,
-                      solver_max_tokens=cfg.solver.max_new_tokens, mode=mode)
+                      solver_max_tokens=cfg.solver.max_new_tokens, mode=mode,
+                      sampled_captions=sampled)
     summary = result.summary()
     path.write_text(json.dumps(summary, indent=1))
     return summary

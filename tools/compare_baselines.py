@@ -4,7 +4,8 @@
 
 Runs `prco-mega train` three times (algo.name = prco, grpo, prco_shared; each its own run
 directory) and prints, for each, the held-out Solver accuracy (with the image) and caption
-perception accuracy before (warm start, shared by all three) and after RL.
+perception accuracy (greedy, and of captions sampled as the rollout samples them) before (warm
+start, shared by all three) and after RL.
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def row(algo: str, out: Path) -> dict:
             "acc_start": pct(start["solver/accuracy"]), "acc_end": pct(end["solver/accuracy"]),
             "perc_start": pct(start["observer/perception_acc"]),
             "perc_end": pct(end["observer/perception_acc"]),
+            "sampled_start": pct(start.get("observer/perception_acc_sampled")),
+            "sampled_end": pct(end.get("observer/perception_acc_sampled")),
             "leak_end": pct(end["observer/leak_rate"])}
 
 
@@ -59,7 +62,10 @@ def main(argv: list[str]) -> int:
     print(format_table(rows, {"algo": "algorithm", "acc_start": "Solver acc (warm start)",
                               "acc_end": "Solver acc (after RL)",
                               "perc_start": "perception (warm start)",
-                              "perc_end": "perception (after RL)", "leak_end": "leak rate"}))
+                              "perc_end": "perception (after RL)",
+                              "sampled_start": "sampled perception (warm start)",
+                              "sampled_end": "sampled perception (after RL)",
+                              "leak_end": "leak rate"}))
     return 0
 
 

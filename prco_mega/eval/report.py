@@ -251,6 +251,7 @@ def format_table(rows: Sequence[Mapping[str, Any]],
 COMPARED: list[tuple[str, str, str]] = [
     ("solver/accuracy", "Solver accuracy (with image)", "pct"),
     ("observer/perception_acc", "Caption perception accuracy", "pct"),
+    ("observer/perception_acc_sampled", "Caption perception, sampled captions", "pct"),
     ("observer/misread_kept_answer_rate", "Misreads that keep the answer", "pct"),
     ("observer/leak_rate", "Caption leak rate", "pct"),
     ("solver/format_rate", "Solver answers fully formatted", "pct"),

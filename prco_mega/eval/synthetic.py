@@ -58,6 +58,9 @@ class EvalRecord:
     """F(y) in [0, 1]."""
     truncated: bool
     """The answer hit the token budget (finish reason "length")."""
+    sampled_perception: float | None = None
+    """Mean perception of the captions sampled for this task at the rollout's settings (None when
+    `evaluate` was not asked for them, or without facts)."""
     misread_kept_answer: bool | None = None
     """The caption misstates a needed fact, yet its values give the gold answer (a misread the
     Observer's reward cannot see: `misread_keeps_answer`); None without facts."""
@@ -83,6 +86,7 @@ def aggregate(records: list[EvalRecord]) -> dict[str, float | None]:
         "solver/response_len": _mean(r.response_tokens for r in records),
         "solver/truncated_rate": _mean(float(r.truncated) for r in records),
         "observer/perception_acc": _mean(r.perception for r in records),
+        "observer/perception_acc_sampled": _mean(r.sampled_perception for r in records),
         "observer/misread_kept_answer_rate": _mean(r.misread_kept_answer for r in records),
         "observer/leak_rate": _mean(r.leak for r in records),
         "observer/format_rate": _mean(float(r.caption_format_ok) for r in records),
@@ -140,9 +144,12 @@ def _record(task: Task, caption_gen: Generation, caption: str,
 
 
 def evaluate(engine: RolloutEngine, prompts: PromptSet, tasks: list[Task], *,
-             observer_max_tokens: int, solver_max_tokens: int, mode: str = "prco") -> EvalResult:
+             observer_max_tokens: int, solver_max_tokens: int, mode: str = "prco",
+             sampled_captions: SamplingSettings | None = None) -> EvalResult:
     """Greedy evaluation of the engine's current policy on `tasks` (held out: the caller picks
-    them from another seed than training's). Two engine calls: captions, then answers."""
+    them from another seed than training's). Two engine calls: captions, then answers; with
+    `sampled_captions` a third scores `n` captions per task sampled at those settings (what RL
+    trains on, where greedy shows only the mode)."""
     if mode not in MODES:
         raise ValueError(f"evaluation mode {mode!r} must be one of {MODES}")
     if not tasks:
@@ -157,6 +164,12 @@ def evaluate(engine: RolloutEngine, prompts: PromptSet, tasks: list[Task], *,
     answer_gens = _generate_once(engine, answer_prompts, solver_max_tokens)
     records = [_record(t, cg, c, ag)
                for t, cg, c, ag in zip(tasks, caption_gens, captions, answer_gens, strict=True)]
+    if sampled_captions is not None:
+        sets = engine.generate([request_of(prompts.observer(t)) for t in tasks], sampled_captions)
+        for record, task, gens in zip(records, tasks, sets, strict=True):
+            if task.facts:
+                record.sampled_perception = fmean(
+                    perception_accuracy(solver_caption(g.text, eos), task.facts) for g in gens)
     return EvalResult(mode, records)
 
 

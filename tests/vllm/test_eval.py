@@ -12,6 +12,7 @@ from prco_mega.data.captions import perception_accuracy
 from prco_mega.data.synthetic import SyntheticConfig, SyntheticTaskSource
 from prco_mega.eval.synthetic import evaluate
 from prco_mega.rewards.verifier import verify
+from prco_mega.rollout.two_stage import engine_eos, request_of, solver_caption
 
 pytestmark = pytest.mark.vllm
 
@@ -46,6 +47,25 @@ def test_one_scored_record_per_task_in_order(prco_result, tasks):
         assert r.correct == verify(r.response, t.answer, t.choices)
         assert r.perception == perception_accuracy(r.caption, t.facts)
         assert 0.0 <= r.perception <= 1.0 and 0.0 <= r.format <= 1.0 and r.leak in (0, 1)
+
+
+def test_sampled_captions_are_scored_per_task_and_averaged(engine, prompts, tasks, prco_result):
+    from prco_mega.rollout.engine import SamplingSettings
+
+    settings = SamplingSettings(n=3, temperature=1.0, max_new_tokens=OBSERVER_TOKENS, seed=5,
+                                logprobs=False)
+    result = evaluate(engine, prompts, tasks, observer_max_tokens=OBSERVER_TOKENS,
+                      solver_max_tokens=SOLVER_TOKENS, sampled_captions=settings)
+    # The greedy part is unchanged by also sampling; each task gets the mean of its 3 captions.
+    assert [r.caption for r in result.records] == [r.caption for r in prco_result.records]
+    sets = engine.generate([request_of(prompts.observer(t)) for t in tasks], settings)
+    eos = engine_eos(engine)
+    for record, task, gens in zip(result.records, tasks, sets, strict=True):
+        scores = [perception_accuracy(solver_caption(g.text, eos), task.facts) for g in gens]
+        assert record.sampled_perception == pytest.approx(sum(scores) / 3)
+    assert result.summary()["observer/perception_acc_sampled"] == pytest.approx(
+        sum(r.sampled_perception for r in result.records) / len(tasks))
+    assert prco_result.summary()["observer/perception_acc_sampled"] is None
 
 
 def test_summary_aggregates_records_overall_and_per_family(prco_result, tasks):
