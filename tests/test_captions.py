@@ -137,3 +137,14 @@ def test_a_caption_missing_a_needed_fact_leads_to_no_answer():
     assert not misread_keeps_answer(_caption(6, None), facts)
     two_values = "- red shape: 6 corners\n- blue shape: 5 corners\n- red shape: 5 corners"
     assert caption_answer(two_values, facts) is None
+
+
+@pytest.mark.parametrize("garbled", ["1.2/6", "5/0"])
+def test_model_text_that_only_looks_like_a_number_is_not_a_value(garbled):
+    """A sampled caption once read "1.2/6 corners" and stopped a run at step 91: the scorer must
+    read anything the policy writes."""
+    facts = _two_polygons("ratio")
+    caption = f"- red shape: {garbled} corners\n- blue shape: 5 corners"
+    assert perception_accuracy(caption, facts) == 0.5
+    assert caption_answer(caption, facts) is None
+    assert not misread_keeps_answer(caption, facts)

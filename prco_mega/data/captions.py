@@ -133,9 +133,16 @@ def _key_patterns(family: str, item: dict[str, Any]) -> list[re.Pattern]:
     return [re.compile(rf"(?<![A-Za-z])(?:{alt})(?![A-Za-z])")]
 
 
-def _parse_number(text: str) -> Fraction:
+def _parse_number(text: str) -> Fraction | None:
+    """The number `text` spells, or None for model text that only looks like one ("1.2/6",
+    "5/0"): a scorer reads whatever the policy writes and must never stop the run on it."""
     word = NUMBER_WORDS.get(text.lower())
-    return Fraction(word) if word is not None else Fraction(text)
+    if word is not None:
+        return Fraction(word)
+    try:
+        return Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        return None
 
 
 def _nearest_number(segment: str, start: int, end: int) -> Fraction | None:
@@ -144,10 +151,13 @@ def _nearest_number(segment: str, start: int, end: int) -> Fraction | None:
     for m in _NUMBER_RE.finditer(segment):
         if start <= m.start() < end:
             continue
+        value = _parse_number(m.group())
+        if value is None:
+            continue
         gap = segment[end:m.start()] if m.start() >= end else segment[m.end():start]
         cost = len(gap) + _BARRIER_COST * len(_BARRIER_RE.findall(gap))
         if cost < best_cost:
-            best, best_cost = _parse_number(m.group()), cost
+            best, best_cost = value, cost
     return best
 
 
