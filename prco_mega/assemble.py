@@ -135,7 +135,8 @@ def build_run(cfg: RunConfig, dirs: C.RunDirs, model_dir: Path, logger: Any):
 
 
 def evaluate_policy(run: Any, path: Path, *, cache: bool) -> dict | None:
-    """Greedy Observer -> Solver (with the image) on held-out tasks; rank 0 only; JSON on disk."""
+    """Greedy Observer -> Solver (with the image) on held-out tasks, plus the perception of
+    captions sampled at the rollout's settings; rank 0 only; JSON on disk."""
     from prco_mega.eval.synthetic import evaluate
     from prco_mega.rollout.two_stage import settings_from_section
 

@@ -20,6 +20,7 @@ import re
 from fractions import Fraction
 from typing import Any
 
+from prco_mega.data.synthetic import answer_from_facts
 from prco_mega.data.synthetic_families import POLYGON_OF, POLYGONS
 
 NUMBER_WORDS = {w: i for i, w in enumerate(
@@ -197,8 +198,6 @@ def caption_answer(caption: str, facts: dict[str, Any]) -> Fraction | None:
     """The question's answer computed from the values `caption` states for the needed facts: what
     a Solver that trusts the caption answers. None when a needed fact is missing or stated with
     two values, or the query has no answer on the stated values."""
-    from prco_mega.data.synthetic import answer_from_facts
-
     stated = {}
     for item in facts["items"]:
         if item["name"] in facts["needed"]:
@@ -216,8 +215,5 @@ def caption_answer(caption: str, facts: dict[str, Any]) -> Fraction | None:
 def misread_keeps_answer(caption: str, facts: dict[str, Any]) -> bool:
     """The caption gets a needed fact wrong, yet its values still give the gold answer: a misread
     the Observer's utility reward cannot see (6 - 5 = 4 - 3 under a difference)."""
-    from prco_mega.data.synthetic import answer_from_facts
-
     return (perception_accuracy(caption, facts) < 1.0
             and caption_answer(caption, facts) == answer_from_facts(facts))
-

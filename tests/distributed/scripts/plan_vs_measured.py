@@ -14,7 +14,6 @@ Rank 0 writes `{layout: [per-rank dicts]}` to `--out`.
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -24,6 +23,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch
 import torch.distributed as dist
+from tiny_world import start, text_trajectories
 
 LAYOUTS = {"tp1_dp2": 1, "tp2_dp1": 2}  # name -> TP (2 ranks: DP = 2 / TP)
 
@@ -99,16 +99,9 @@ def planned(hf_dir: Path, tp: int, dp: int) -> dict:
             "optimizer": rows["optimizer"]}
 
 
-def trajectories(n: int = 4, seed: int = 0):
-    """A small text-only PRCO step (ids well inside the tiny vocabulary)."""
-    from prco_mega.types import Role, Trajectory
-
-    g = torch.Generator().manual_seed(seed)
-    return [Trajectory(role=Role(k % 2), task_uid=f"t{k // 2}", group_id=k // 2,
-                       prompt_ids=torch.randint(0, 400, (6 + k,), generator=g).tolist(),
-                       response_ids=torch.randint(0, 400, (3 + k,), generator=g).tolist(),
-                       rollout_logprobs=[-6.0] * (3 + k), advantage=1.0 - k / 2)
-            for k in range(n)]
+def trajectories():
+    """A small text-only PRCO step."""
+    return text_trajectories([1.0 - k / 2 for k in range(4)])
 
 
 def run_layout(hf_dir: Path, tp: int) -> dict:
@@ -133,23 +126,14 @@ def run_layout(hf_dir: Path, tp: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", required=True)
-    args = p.parse_args()
-    dist.init_process_group("gloo")
-    hf_dir = Path(args.out).parent / "tiny"
-    if dist.get_rank() == 0:
-        from prco_mega.data.tokenizer import demo_corpus, make_tiny_checkpoint
-
-        make_tiny_checkpoint(hf_dir, demo_corpus(2000), seed=0)
-    dist.barrier()
+    out, hf_dir = start()
     result = {}
     for name, tp in LAYOUTS.items():
         ranks = [None] * dist.get_world_size()
         dist.all_gather_object(ranks, run_layout(hf_dir, tp))
         result[name] = ranks
     if dist.get_rank() == 0:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+        out.write_text(json.dumps(result, indent=1))
     dist.destroy_process_group()
 
 

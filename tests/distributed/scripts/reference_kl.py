@@ -11,28 +11,20 @@ Rank 0 writes, for the response tokens of a fixed text-only PRCO step:
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from tiny_world import start, text_trajectories  # noqa: E402
 
 
-def trajectories(advantage: float, seed: int = 0):
-    """Observer and Solver responses of a text-only step (ids well inside the tiny vocabulary)."""
-    from prco_mega.types import Role, Trajectory
-
-    g = torch.Generator().manual_seed(seed)
-    return [Trajectory(role=Role(k % 2), task_uid=f"t{k // 2}", group_id=k // 2,
-                       prompt_ids=torch.randint(0, 400, (6 + k,), generator=g).tolist(),
-                       response_ids=torch.randint(0, 400, (3 + k,), generator=g).tolist(),
-                       rollout_logprobs=[-6.0] * (3 + k), advantage=advantage * (1 - k % 2 * 2))
-            for k in range(6)]
+def trajectories(advantage: float):
+    """Three Observer/Solver pairs: Observers get `advantage`, Solvers `-advantage`."""
+    return text_trajectories([advantage * (1 - k % 2 * 2) for k in range(6)])
 
 
 def response_logprobs(policy, chunks, trajs) -> torch.Tensor:
@@ -55,16 +47,7 @@ def main() -> None:
     from prco_mega.learner.policy import MegatronPolicy
     from prco_mega.learner.train_step import LossSettings
 
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", required=True)
-    args = p.parse_args()
-    dist.init_process_group("gloo")
-    hf_dir = Path(args.out).parent / "tiny"
-    if dist.get_rank() == 0:
-        from prco_mega.data.tokenizer import demo_corpus, make_tiny_checkpoint
-
-        make_tiny_checkpoint(hf_dir, demo_corpus(2000), seed=0)
-    dist.barrier()
+    out, hf_dir = start()
     cfg = LearnerConfig(precision="fp32")
     cfg.parallel.tensor_parallel = 2
     cfg.batching.micro_batch_tokens = 64
@@ -98,7 +81,7 @@ def main() -> None:
     except ValueError as e:
         result["missing_reference_error"] = str(e)
     if dist.get_rank() == 0:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+        out.write_text(json.dumps(result, indent=1))
     destroy_parallel()
     dist.destroy_process_group()
 
