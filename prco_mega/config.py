@@ -284,11 +284,17 @@ class WarmStartSection:
     """Probability that a demonstrated caption leaves out a needed fact."""
     corrupt: float = 0.15
     """Probability that a demonstrated caption misstates a needed fact."""
+    bias: float = 0.0
+    """Probability that the demonstrator states a fact through its systematic confusion (polygons:
+    a pentagon read as a hexagon); see `prco_mega.data.demos.DemoNoise.bias`."""
 
     def validate(self) -> None:
         if self.steps < 0 or self.tasks_per_step < 1 or self.lr <= 0:
             raise ValueError(f"warm_start: steps ({self.steps}) >= 0, tasks_per_step "
                              f"({self.tasks_per_step}) >= 1 and lr ({self.lr}) > 0 required")
+        for name in ("drop", "corrupt", "bias"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"warm_start.{name} ({getattr(self, name)}) must be in [0, 1]")
 
 
 # Sections owned by their components; plain dataclasses, cheap to import.

@@ -1,8 +1,8 @@
 """Configs: typed, unknown keys and wrong types refused with the key path, overrides applied."""
 import pytest
 
-from prco_mega.config import (AlgoSection, DataSection, SamplingSection, apply_override,
-                              from_dict, load_yaml)
+from prco_mega.config import (AlgoSection, DataSection, SamplingSection, WarmStartSection,
+                              apply_override, from_dict, load_yaml)
 
 
 def test_override_parses_yaml_values():
@@ -32,9 +32,11 @@ def test_sections_accept_good_values_and_coerce_ints_to_floats():
     (DataSection, {"image_size": 100}, r"data.image_size \(100\) must be a multiple of 28"),
     (DataSection, {"source": "jsonl"}, r"data.path is required"),
     (SamplingSection, {"n": True}, r"expected an integer, got True"),
+    (WarmStartSection, {"bias": 1.5}, r"warm_start.bias \(1.5\) must be in \[0, 1\]"),
 ])
 def test_bad_values_name_the_key(cls, data, needle):
-    section = {AlgoSection: "algo", DataSection: "data", SamplingSection: "sampling"}[cls]
+    section = {AlgoSection: "algo", DataSection: "data", SamplingSection: "sampling",
+               WarmStartSection: "warm_start"}[cls]
     with pytest.raises(ValueError, match=needle):
         from_dict(cls, data, section)
 

@@ -40,3 +40,48 @@ def test_misread_counts_stay_counts_and_polygons_stay_polygons():
     assert {misread("shapes", square, rng) for _ in range(50)} == {0, 2, 3}
     polygon = {"name": "red shape", "color": "red", "kind": "square", "value": 4}
     assert {misread("polygons", polygon, rng) for _ in range(50)} == {3, 5, 6}
+
+
+POLYGON_TASKS = [SyntheticTaskSource(SyntheticConfig(image_size=224, seed=5, difficulty=1,
+                                                     family_weights={"polygons": 1.0})).task(i)
+                 for i in range(200)]
+
+
+def _stated(noise: DemoNoise, seed: int) -> list[tuple[int, int]]:
+    """(true corners, demonstrated corners) of every needed polygon the demonstration keeps."""
+    from prco_mega.data.demos import perceived_facts
+
+    rng, out = random.Random(seed), []
+    for task in POLYGON_TASKS:
+        seen = {it["name"]: it["value"] for it in perceived_facts(task.facts, rng, noise)["items"]}
+        out += [(it["value"], seen[it["name"]]) for it in task.facts["items"]
+                if it["name"] in task.facts["needed"] and it["name"] in seen]
+    return out
+
+
+def test_a_biased_demonstrator_reads_pentagons_as_hexagons_and_nothing_else():
+    pairs = _stated(DemoNoise(drop=0.0, corrupt=0.0, bias=1.0), seed=0)
+    assert {s for t, s in pairs if t == 5} == {6}
+    assert all(s == t for t, s in pairs if t != 5)
+    biased = _stated(DemoNoise(drop=0.0, corrupt=0.0, bias=0.6), seed=1)
+    rate = [s == 6 for t, s in biased if t == 5]
+    assert 0.45 < sum(rate) / len(rate) < 0.75, sum(rate) / len(rate)
+
+
+def test_bias_zero_leaves_the_demonstrations_as_they_were():
+    """The bias draws no random numbers at 0, so cached unbiased warm starts stay valid."""
+    a = _stated(DemoNoise(drop=0.05, corrupt=0.05), seed=2)
+    b = _stated(DemoNoise(drop=0.05, corrupt=0.05, bias=0.0), seed=2)
+    assert a == b and any(t != s for t, s in a)
+
+
+def test_the_biased_solver_demo_follows_the_misread_caption():
+    """A hexagon-for-pentagon caption gives the answer its stated corners imply, not the gold."""
+    rng = random.Random(4)
+    task = next(t for t in POLYGON_TASKS
+                if any(it["value"] == 5 and it["name"] in t.facts["needed"]
+                       for it in t.facts["items"]))
+    caption, answer = demonstrations(task, rng, DemoNoise(drop=0.0, corrupt=0.0, bias=1.0))
+    assert "pentagon, 5 corners" not in caption and "hexagon, 6 corners" in caption
+    assert perception_accuracy(caption, task.facts) < 1.0
+    assert verify(answer, task.answer) == 0.0

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from prco_mega.data.captions import misread, render_caption
+from prco_mega.data.captions import misread, render_caption, systematic_misread
 from prco_mega.data.synthetic import answer_from_facts, format_number
 from prco_mega.types import Task
 
@@ -33,6 +33,11 @@ class DemoNoise:
     """Probability that a needed fact is left out of a caption."""
     corrupt: float = 0.15
     """Probability that a needed fact is stated with a wrong value."""
+    bias: float = 0.0
+    """Probability that a fact the demonstrator systematically misperceives (`SYSTEMATIC_MISREADS`)
+    is stated with its confused value, when neither dropped nor corrupted. Above 0.5 the imitating
+    policy inherits the confusion in its greedy captions while its samples still hold the right
+    reading: the class-level error an instruct model brings, which a verifiable reward can fix."""
 
 
 def perceived_facts(facts: dict[str, Any], rng: random.Random, noise: DemoNoise) -> dict[str, Any]:
@@ -46,6 +51,10 @@ def perceived_facts(facts: dict[str, Any], rng: random.Random, noise: DemoNoise)
                 continue
             if r < noise.drop + noise.corrupt:
                 item["value"] = misread(facts["family"], item, rng)
+            elif noise.bias > 0:  # no draw at bias 0: the unbiased demonstrations stay as they were
+                confused = systematic_misread(facts["family"], item["value"])
+                if confused is not None and rng.random() < noise.bias:
+                    item["value"] = confused
         kept.append(item)
     seen["items"] = kept
     return seen
