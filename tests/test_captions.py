@@ -148,3 +148,17 @@ def test_model_text_that_only_looks_like_a_number_is_not_a_value(garbled):
     assert perception_accuracy(caption, facts) == 0.5
     assert caption_answer(caption, facts) is None
     assert not misread_keeps_answer(caption, facts)
+
+
+def test_needed_readings_give_the_stated_value_of_each_needed_fact():
+    from prco_mega.data.captions import needed_readings, value_label
+
+    facts = {"family": "polygons", "needed": ["red shape", "blue shape"],
+             "items": [{"name": "red shape", "color": "red", "kind": "hexagon", "value": 6},
+                       {"name": "blue shape", "color": "blue", "kind": "pentagon", "value": 5},
+                       {"name": "green shape", "color": "green", "kind": "square", "value": 4}]}
+    caption = "- red shape: pentagon, 5 corners\n- green shape: square, 4 corners"
+    assert needed_readings(caption, facts) == [("6", "5"), ("5", None)]
+    two = "- red shape: hexagon, 6 corners\n- red shape: square, 4 corners\n- blue shape: 5 corners"
+    assert needed_readings(two, facts) == [("6", None), ("5", "5")]
+    assert value_label("polygons", "5") == "5 (pentagon)" and value_label("bars", "5") == "5"

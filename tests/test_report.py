@@ -184,3 +184,41 @@ def test_reward_by_perception_groups_captions_by_perception():
     assert [r["captions"] for r in rows] == [2, 1, 2]
     assert [r["share"] for r in rows] == [0.4, 0.2, 0.4]
     assert [r["reward"] for r in rows] == [0.125, 0.0, 0.75]
+
+
+def _read(readings, sampled=None, family="polygons") -> EvalRecord:
+    record = _record(family, 1.0, 1.0)
+    record.readings, record.sampled_hits = readings, sampled
+    return record
+
+
+def test_perception_by_value_counts_greedy_readings_and_sampled_shares():
+    from prco_mega.eval.synthetic import perception_by_value
+
+    records = [_read([("5", "6"), ("3", "3")], [("5", 0.25), ("3", 1.0)]),
+               _read([("5", "5"), ("4", None)], [("5", 0.75), ("4", 0.0)]),
+               _read([("5", "6"), ("4", "6")], [("5", 0.5), ("4", 0.5)])]
+    table = perception_by_value(records)["polygons"]
+    assert list(table) == ["3", "4", "5"]  # by value
+    assert table["5"] == {"facts": 3, "greedy": 1 / 3, "sampled": 0.5, "misreads": {"6": 2}}
+    assert table["4"]["misreads"] == {"none": 1, "6": 1} and table["4"]["greedy"] == 0.0
+    # without sampled captions the sampled share is unknown, not 0
+    assert perception_by_value([_read([("3", "3")])])["polygons"]["3"]["sampled"] is None
+
+
+def test_families_with_many_values_get_no_per_value_table():
+    from prco_mega.eval.synthetic import MAX_VALUES_PER_FAMILY, perception_by_value
+
+    many = [_read([(str(v), str(v))], family="bars") for v in range(MAX_VALUES_PER_FAMILY + 1)]
+    few = [_read([("3", "4")])]
+    assert set(perception_by_value(many + few)) == {"polygons"}
+
+
+def test_comparison_table_shows_perception_per_true_value_with_misreadings():
+    before = EvalResult("prco", [_read([("5", "6"), ("4", "6")]), _read([("5", "6"), ("4", "4")])])
+    after = EvalResult("prco", [_read([("5", "6"), ("4", "4")]), _read([("5", "5"), ("4", "4")])])
+    text = comparison_table(before, json.loads(json.dumps(after.summary())))
+    rows = {line.split("  ")[0].strip(): line for line in text.splitlines()}
+    assert "0.0%" in rows["polygons 5 (pentagon)"] and "hexagon 2" in rows["polygons 5 (pentagon)"]
+    four = rows["polygons 4 (square)"].split()
+    assert four[3:7] == ["2", "50.0%", "100.0%", "hexagon"]

@@ -194,6 +194,30 @@ def fact_stated(caption: str, family: str, item: dict[str, Any]) -> bool:
     return bool(values) and all(v == truth for v in values)
 
 
+def stated_value(caption: str, family: str, item: dict[str, Any]) -> Fraction | None:
+    """The one value the caption states for this fact; None when it states none, or two."""
+    values = set(_stated_values(caption, _key_patterns(family, item)))
+    return values.pop() if len(values) == 1 else None
+
+
+def needed_readings(caption: str, facts: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """(true value, value the caption states or None) of each needed fact, as text ("5", "4/3"):
+    what the per-value perception table counts."""
+    by_name = {it["name"]: it for it in facts["items"]}
+    out = []
+    for name in facts["needed"]:
+        value = stated_value(caption, facts["family"], by_name[name])
+        out.append((str(Fraction(by_name[name]["value"])), None if value is None else str(value)))
+    return out
+
+
+def value_label(family: str, value: str) -> str:
+    """A true value as a reader names it: polygons by their shape ("5 (pentagon)")."""
+    if family == "polygons" and value.isdigit() and int(value) in POLYGON_OF:
+        return f"{value} ({POLYGON_OF[int(value)]})"
+    return value
+
+
 def perception_accuracy(caption: str, facts: dict[str, Any]) -> float:
     """Fraction of `facts["needed"]` that `caption` states correctly (1.0 when none needed)."""
     by_name = {it["name"]: it for it in facts["items"]}

@@ -295,7 +295,43 @@ def comparison_table(before: Any, after: Any, per_family: bool = True,
                  "the Observer prompt of the same weights)")
     if per_family and b.get("per_family") and a.get("per_family"):
         text += "\n\n" + _family_table(b["per_family"], a["per_family"], labels)
+    if per_family and b.get("perception_by_value") and a.get("perception_by_value"):
+        text += "\n\n" + value_table(b["perception_by_value"], a["perception_by_value"], labels)
     return text
+
+
+def _misread_cell(misreads: Mapping[str, int], family: str) -> str:
+    """The commonest wrong readings, "hexagon 36, square 18"."""
+    from prco_mega.data.captions import value_label
+
+    def name(value: str) -> str:  # "6 (hexagon)" -> "hexagon"; plain values stay as they are
+        label = value_label(family, value)
+        return label[label.find("(") + 1:-1] if label.endswith(")") else label
+
+    top = sorted(misreads.items(), key=lambda kv: -kv[1])[:2]
+    return ", ".join(f"{name(v)} {n}" for v, n in top) or "-"
+
+
+def value_table(before: Mapping[str, Any], after: Mapping[str, Any],
+                labels: tuple[str, str] = ("warm start", "trained")) -> str:
+    """Perception per true value of the needed facts (greedy caption, then sampled captions),
+    with the commonest greedy misreadings after training: which values RL teaches the Observer to
+    read, and which it reads as something else (`perception_by_value`)."""
+    from prco_mega.data.captions import value_label
+
+    rows = []
+    for family in sorted(set(before) & set(after)):
+        for value in after[family]:
+            vb, va = before[family].get(value, {}), after[family][value]
+            rows.append({"true value": f"{family} {value_label(family, value)}",
+                         "facts": va["facts"],
+                         f"greedy {labels[0]}": _show(vb.get("greedy"), "pct"),
+                         f"greedy {labels[1]}": _show(va.get("greedy"), "pct"),
+                         f"misread as ({labels[0]})": _misread_cell(vb.get("misreads", {}), family),
+                         f"misread as ({labels[1]})": _misread_cell(va.get("misreads", {}), family),
+                         f"sampled {labels[0]}": _show(vb.get("sampled"), "pct"),
+                         f"sampled {labels[1]}": _show(va.get("sampled"), "pct")})
+    return format_table(rows, list(rows[0]) if rows else ["true value"])
 
 
 def _family_table(before: Mapping[str, Any], after: Mapping[str, Any],

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from statistics import fmean
 from typing import Any
 
-from prco_mega.data.captions import misread_keeps_answer, perception_accuracy
+from prco_mega.data.captions import misread_keeps_answer, needed_readings, perception_accuracy
 from prco_mega.rewards.format import format_score, observer_format_ok
 from prco_mega.rewards.leakage import rule_leak
 from prco_mega.rewards.verifier import verify
@@ -64,6 +65,10 @@ class EvalRecord:
     misread_kept_answer: bool | None = None
     """The caption misstates a needed fact, yet its values give the gold answer (a misread the
     Observer's reward cannot see: `misread_keeps_answer`); None without facts."""
+    readings: list[tuple[str, str | None]] | None = None
+    """(true value, stated value or None) of each needed fact in the greedy caption."""
+    sampled_hits: list[tuple[str, float]] | None = None
+    """(true value, share of the sampled captions that state it right) of each needed fact."""
     solver_prompt_ids: list[int] = field(default_factory=list, repr=False)
     """[P] the answering prompt as the engine saw it (image pads expanded); not serialised."""
 
@@ -94,6 +99,41 @@ def aggregate(records: list[EvalRecord]) -> dict[str, float | None]:
     }
 
 
+MAX_VALUES_PER_FAMILY = 12
+"""Families with more distinct true values (bar heights, angles) get no per-value table: each
+value would hold a handful of facts."""
+
+
+def perception_by_value(records: list[EvalRecord]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{family: {true value: facts, greedy (share read right), sampled (mean share of sampled
+    captions reading it right, or None), misreads ({stated value or "none": count})}}: which
+    values the policy reads, and what it reads instead. A greedy caption shows the mode, so a
+    value the policy half-knows can read 0% here and 40% sampled."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for family in sorted({r.family for r in records if r.readings}):
+        rows: dict[str, dict[str, Any]] = {}
+        mine = [r for r in records if r.family == family and r.readings]
+        for r in mine:
+            for k, (truth, stated) in enumerate(r.readings):
+                row = rows.setdefault(truth, {"facts": 0, "right": 0, "sampled": [],
+                                              "misreads": {}})
+                row["facts"] += 1
+                if stated == truth:
+                    row["right"] += 1
+                else:
+                    key = "none" if stated is None else stated
+                    row["misreads"][key] = row["misreads"].get(key, 0) + 1
+                if r.sampled_hits:
+                    row["sampled"].append(r.sampled_hits[k][1])
+        if len(rows) > MAX_VALUES_PER_FAMILY:
+            continue
+        out[family] = {v: {"facts": row["facts"], "greedy": row["right"] / row["facts"],
+                           "sampled": fmean(row["sampled"]) if row["sampled"] else None,
+                           "misreads": dict(sorted(row["misreads"].items(), key=lambda kv: -kv[1]))}
+                       for v, row in sorted(rows.items(), key=lambda kv: float(Fraction(kv[0])))}
+    return out
+
+
 @dataclass
 class EvalResult:
     mode: str
@@ -109,8 +149,10 @@ class EvalResult:
         return {f: aggregate([r for r in self.records if r.family == f]) for f in families}
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready aggregates: `mode`, the metrics of `aggregate`, and `per_family`."""
-        return {"mode": self.mode, **self.metrics, "per_family": self.per_family()}
+        """JSON-ready aggregates: `mode`, the metrics of `aggregate`, `per_family`, and
+        `perception_by_value`."""
+        return {"mode": self.mode, **self.metrics, "per_family": self.per_family(),
+                "perception_by_value": perception_by_value(self.records)}
 
     def to_dict(self) -> dict[str, Any]:
         """`summary()` plus every record (without prompt ids), for a JSON file."""
@@ -136,6 +178,7 @@ def _record(task: Task, caption_gen: Generation, caption: str,
         caption_tokens=len(caption_gen.token_ids),
         perception=perception_accuracy(caption, task.facts) if task.facts else None,
         misread_kept_answer=misread_keeps_answer(caption, task.facts) if task.facts else None,
+        readings=needed_readings(caption, task.facts) if task.facts else None,
         leak=rule_leak(caption, task.answer), caption_format_ok=observer_format_ok(caption),
         response=answer_gen.text, response_tokens=len(answer_gen.token_ids),
         correct=verify(answer_gen.text, task.answer, task.choices),
@@ -168,8 +211,11 @@ def evaluate(engine: RolloutEngine, prompts: PromptSet, tasks: list[Task], *,
         sets = engine.generate([request_of(prompts.observer(t)) for t in tasks], sampled_captions)
         for record, task, gens in zip(records, tasks, sets, strict=True):
             if task.facts:
-                record.sampled_perception = fmean(
-                    perception_accuracy(solver_caption(g.text, eos), task.facts) for g in gens)
+                texts = [solver_caption(g.text, eos) for g in gens]
+                record.sampled_perception = fmean(perception_accuracy(c, task.facts) for c in texts)
+                reads = [needed_readings(c, task.facts) for c in texts]
+                record.sampled_hits = [(truth, fmean(r[k][1] == truth for r in reads))
+                                       for k, (truth, _) in enumerate(reads[0])] if reads else None
     return EvalResult(mode, records)
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from engine_text import PAD, decode, expanded, image_tokens
 
-from prco_mega.data.captions import perception_accuracy
+from prco_mega.data.captions import needed_readings, perception_accuracy
 from prco_mega.data.synthetic import SyntheticConfig, SyntheticTaskSource
 from prco_mega.eval.synthetic import evaluate
 from prco_mega.rewards.verifier import verify
@@ -63,6 +63,11 @@ def test_sampled_captions_are_scored_per_task_and_averaged(engine, prompts, task
     for record, task, gens in zip(result.records, tasks, sets, strict=True):
         scores = [perception_accuracy(solver_caption(g.text, eos), task.facts) for g in gens]
         assert record.sampled_perception == pytest.approx(sum(scores) / 3)
+        # per needed fact, the share of the 3 sampled captions that read its value right
+        reads = [needed_readings(solver_caption(g.text, eos), task.facts) for g in gens]
+        shares = [sum(r[k][1] == truth for r in reads) / 3 for k, (truth, _) in enumerate(reads[0])]
+        assert record.sampled_hits == [(t, pytest.approx(s))
+                                       for (t, _), s in zip(reads[0], shares, strict=True)]
     assert result.summary()["observer/perception_acc_sampled"] == pytest.approx(
         sum(r.sampled_perception for r in result.records) / len(tasks))
     assert prco_result.summary()["observer/perception_acc_sampled"] is None
@@ -87,6 +92,13 @@ def test_summary_aggregates_records_overall_and_per_family(prco_result, tasks):
         mine = [r for r in records if r.family == family]
         assert stats["solver/accuracy"] == pytest.approx(sum(r.correct for r in mine) / len(mine))
     assert len(prco_result.to_dict()["records"]) == 4
+    # every needed fact of every greedy caption is counted once under its true value
+    for record, task in zip(records, tasks, strict=True):
+        assert record.readings == needed_readings(record.caption, task.facts)
+    by_value = summary["perception_by_value"]
+    for family in by_value:
+        facts = sum(len(r.readings) for r in records if r.family == family)
+        assert sum(v["facts"] for v in by_value[family].values()) == facts
 
 
 def test_solver_sees_the_image_and_the_observer_caption(engine, prompts, prco_result, tasks):
