@@ -211,11 +211,17 @@ def needed_readings(caption: str, facts: dict[str, Any]) -> list[tuple[str, str 
     return out
 
 
+def value_name(family: str, value: str) -> str | None:
+    """The word for a value, where the family has one: polygons by shape ("5" -> "pentagon")."""
+    if family == "polygons" and value.isdigit():
+        return POLYGON_OF.get(int(value))
+    return None
+
+
 def value_label(family: str, value: str) -> str:
-    """A true value as a reader names it: polygons by their shape ("5 (pentagon)")."""
-    if family == "polygons" and value.isdigit() and int(value) in POLYGON_OF:
-        return f"{value} ({POLYGON_OF[int(value)]})"
-    return value
+    """A true value as a reader names it: "5 (pentagon)", or the value alone."""
+    name = value_name(family, value)
+    return f"{value} ({name})" if name else value
 
 
 def perception_accuracy(caption: str, facts: dict[str, Any]) -> float:

@@ -35,9 +35,9 @@ class DemoNoise:
     """Probability that a needed fact is stated with a wrong value."""
     bias: float = 0.0
     """Probability that a fact the demonstrator systematically misperceives (`SYSTEMATIC_MISREADS`)
-    is stated with its confused value, when neither dropped nor corrupted. Above 0.5 the imitating
-    policy inherits the confusion in its greedy captions while its samples still hold the right
-    reading: the class-level error an instruct model brings, which a verifiable reward can fix."""
+    is stated with its confused value, when neither dropped nor corrupted: a class-level error of
+    the kind an instruct model brings. Above 0.5 the imitating policy inherits it in its greedy
+    captions; whether RL can undo it depends on how well the image separates the two readings."""
 
 
 def perceived_facts(facts: dict[str, Any], rng: random.Random, noise: DemoNoise) -> dict[str, Any]:

@@ -302,21 +302,17 @@ def comparison_table(before: Any, after: Any, per_family: bool = True,
 
 def _misread_cell(misreads: Mapping[str, int], family: str) -> str:
     """The commonest wrong readings, "hexagon 36, square 18"."""
-    from prco_mega.data.captions import value_label
-
-    def name(value: str) -> str:  # "6 (hexagon)" -> "hexagon"; plain values stay as they are
-        label = value_label(family, value)
-        return label[label.find("(") + 1:-1] if label.endswith(")") else label
+    from prco_mega.data.captions import value_name
 
     top = sorted(misreads.items(), key=lambda kv: -kv[1])[:2]
-    return ", ".join(f"{name(v)} {n}" for v, n in top) or "-"
+    return ", ".join(f"{value_name(family, v) or v} {n}" for v, n in top) or "-"
 
 
 def value_table(before: Mapping[str, Any], after: Mapping[str, Any],
                 labels: tuple[str, str] = ("warm start", "trained")) -> str:
     """Perception per true value of the needed facts (greedy caption, then sampled captions),
-    with the commonest greedy misreadings after training: which values RL teaches the Observer to
-    read, and which it reads as something else (`perception_by_value`)."""
+    with the two commonest greedy misreadings before and after: which values RL teaches the
+    Observer to read, and which it reads as something else (`perception_by_value`)."""
     from prco_mega.data.captions import value_label
 
     rows = []
