@@ -285,8 +285,11 @@ class WarmStartSection:
     corrupt: float = 0.15
     """Probability that a demonstrated caption misstates a needed fact."""
     bias: float = 0.0
-    """Probability that the demonstrator states a fact through its systematic confusion (polygons:
-    a pentagon read as a hexagon); see `prco_mega.data.demos.DemoNoise.bias`."""
+    """Probability that the demonstrator states a fact through its systematic confusion
+    (`misreads`); see `prco_mega.data.demos.DemoNoise.bias`."""
+    misreads: dict[str, dict[int, int]] = field(default_factory=dict)
+    """The demonstrator's systematic confusions, family -> {true value: value it states}, applied
+    with probability `bias`: {polygons: {3: 4}} reads triangles as squares."""
 
     def validate(self) -> None:
         if self.steps < 0 or self.tasks_per_step < 1 or self.lr <= 0:
@@ -295,6 +298,23 @@ class WarmStartSection:
         for name in ("drop", "corrupt", "bias"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"warm_start.{name} ({getattr(self, name)}) must be in [0, 1]")
+        if self.bias > 0 and not any(self.misreads.values()):
+            raise ValueError(f"warm_start.bias ({self.bias}) needs warm_start.misreads, the values "
+                             "the demonstrator confuses (e.g. {polygons: {3: 4}})")
+        from prco_mega.data.synthetic_families import FAMILIES, POLYGONS  # stdlib-only module
+
+        for family, pairs in self.misreads.items():
+            if family not in FAMILIES:
+                raise ValueError(f"warm_start.misreads: unknown family {family!r} "
+                                 f"(one of {sorted(FAMILIES)})")
+            allowed = set(POLYGONS.values()) if family == "polygons" else None
+            for true, stated in pairs.items():
+                if true == stated or min(true, stated) < 0 or (
+                        allowed is not None and not {true, stated} <= allowed):
+                    raise ValueError(
+                        f"warm_start.misreads.{family}.{true} ({stated}): a confusion maps a value "
+                        "to a different one, both >= 0" + (f" and in {sorted(allowed)} (corners)"
+                                                            if allowed else ""))
 
 
 # Sections owned by their components; plain dataclasses, cheap to import.

@@ -92,7 +92,8 @@ def warm_start(policy: Any, stream: Any, prompts: Any, tokenizer: Any, section: 
     from prco_mega.learner.train_step import LossSettings
 
     settings = LossSettings(objective="sft")
-    rng, noise = random.Random(seed), DemoNoise(section.drop, section.corrupt, section.bias)
+    rng, noise = random.Random(seed), DemoNoise(section.drop, section.corrupt, section.bias,
+                                                  section.misreads)
     for step in range(section.steps):
         trajs = demonstration_trajectories(stream.next_batch(), prompts, tokenizer, policy.encode,
                                            rng, noise)

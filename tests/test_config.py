@@ -33,6 +33,11 @@ def test_sections_accept_good_values_and_coerce_ints_to_floats():
     (DataSection, {"source": "jsonl"}, r"data.path is required"),
     (SamplingSection, {"n": True}, r"expected an integer, got True"),
     (WarmStartSection, {"bias": 1.5}, r"warm_start.bias \(1.5\) must be in \[0, 1\]"),
+    (WarmStartSection, {"bias": 0.5}, r"warm_start.bias \(0.5\) needs warm_start.misreads"),
+    (WarmStartSection, {"misreads": {"polygon": {3: 4}}}, r"unknown family 'polygon'"),
+    (WarmStartSection, {"misreads": {"polygons": {3: 7}}}, r"misreads.polygons.3 \(7\).*corners"),
+    (WarmStartSection, {"misreads": {"bars": {2: 2}}}, r"misreads.bars.2 \(2\): a confusion"),
+    (WarmStartSection, {"misreads": {"polygons": {"3": 4}}}, r"expected int, got str"),
 ])
 def test_bad_values_name_the_key(cls, data, needle):
     section = {AlgoSection: "algo", DataSection: "data", SamplingSection: "sampling",

@@ -1,6 +1,8 @@
 """Warm-start demonstrations: faithful without noise, consistently wrong with it."""
 import random
 
+import pytest
+
 from prco_mega.data.captions import perception_accuracy
 from prco_mega.data.demos import DemoNoise, demonstrations
 from prco_mega.data.synthetic import SyntheticConfig, SyntheticTaskSource
@@ -42,6 +44,7 @@ def test_misread_counts_stay_counts_and_polygons_stay_polygons():
     assert {misread("polygons", polygon, rng) for _ in range(50)} == {3, 5, 6}
 
 
+PENTAGON_AS_HEXAGON = {"polygons": {5: 6}}
 POLYGON_TASKS = [SyntheticTaskSource(SyntheticConfig(image_size=224, seed=5, difficulty=1,
                                                      family_weights={"polygons": 1.0})).task(i)
                  for i in range(200)]
@@ -59,19 +62,21 @@ def _stated(noise: DemoNoise, seed: int) -> list[tuple[int, int]]:
     return out
 
 
-def test_a_biased_demonstrator_reads_pentagons_as_hexagons_and_nothing_else():
-    pairs = _stated(DemoNoise(drop=0.0, corrupt=0.0, bias=1.0), seed=0)
-    assert {s for t, s in pairs if t == 5} == {6}
-    assert all(s == t for t, s in pairs if t != 5)
-    biased = _stated(DemoNoise(drop=0.0, corrupt=0.0, bias=0.6), seed=1)
-    rate = [s == 6 for t, s in biased if t == 5]
+@pytest.mark.parametrize("true,stated", [(5, 6), (3, 4)])
+def test_a_biased_demonstrator_applies_its_misreads_and_nothing_else(true, stated):
+    misreads = {"polygons": {true: stated}}
+    pairs = _stated(DemoNoise(0.0, 0.0, 1.0, misreads), seed=0)
+    assert {s for t, s in pairs if t == true} == {stated}
+    assert all(s == t for t, s in pairs if t != true)
+    biased = _stated(DemoNoise(0.0, 0.0, 0.6, misreads), seed=1)
+    rate = [s == stated for t, s in biased if t == true]
     assert 0.45 < sum(rate) / len(rate) < 0.75, sum(rate) / len(rate)
 
 
 def test_bias_zero_leaves_the_demonstrations_as_they_were():
-    """The bias draws no random numbers at 0, so cached unbiased warm starts stay valid."""
+    """At bias 0 no random number is drawn: the demonstrations equal a confusion-free one's."""
     a = _stated(DemoNoise(drop=0.05, corrupt=0.05), seed=2)
-    b = _stated(DemoNoise(drop=0.05, corrupt=0.05, bias=0.0), seed=2)
+    b = _stated(DemoNoise(0.05, 0.05, 0.0, PENTAGON_AS_HEXAGON), seed=2)
     assert a == b and any(t != s for t, s in a)
 
 
@@ -81,7 +86,7 @@ def test_the_biased_solver_demo_follows_the_misread_caption():
     task = next(t for t in POLYGON_TASKS
                 if any(it["value"] == 5 and it["name"] in t.facts["needed"]
                        for it in t.facts["items"]))
-    caption, answer = demonstrations(task, rng, DemoNoise(drop=0.0, corrupt=0.0, bias=1.0))
+    caption, answer = demonstrations(task, rng, DemoNoise(0.0, 0.0, 1.0, PENTAGON_AS_HEXAGON))
     assert "pentagon, 5 corners" not in caption and "hexagon, 6 corners" in caption
     assert perception_accuracy(caption, task.facts) < 1.0
     assert verify(answer, task.answer) == 0.0

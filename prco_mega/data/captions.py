@@ -79,16 +79,6 @@ def misread(family: str, item: dict[str, Any], rng: random.Random) -> int:
     return value if value >= 0 else item["value"] + abs(delta)
 
 
-# The demonstrator's systematic confusions, family -> {true value: value it is read as}. Polygons:
-# a pentagon's corners counted as a hexagon's, the neighbouring shape with one corner more.
-SYSTEMATIC_MISREADS: dict[str, dict[int, int]] = {"polygons": {5: 6}}
-
-
-def systematic_misread(family: str, value: int) -> int | None:
-    """The value a systematically biased demonstrator states for `value`, or None (no confusion)."""
-    return SYSTEMATIC_MISREADS.get(family, {}).get(value)
-
-
 def _count(fraction: float, n: int, name: str) -> int:
     """How many of n facts a `fraction` perturbs: round(fraction * n), at least 1 if > 0."""
     if not 0.0 <= fraction <= 1.0:

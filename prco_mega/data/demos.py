@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import copy
 import random
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from prco_mega.data.captions import misread, render_caption, systematic_misread
+from prco_mega.data.captions import misread, render_caption
 from prco_mega.data.synthetic import answer_from_facts, format_number
 from prco_mega.types import Task
 
@@ -34,10 +35,12 @@ class DemoNoise:
     corrupt: float = 0.15
     """Probability that a needed fact is stated with a wrong value."""
     bias: float = 0.0
-    """Probability that a fact the demonstrator systematically misperceives (`SYSTEMATIC_MISREADS`)
-    is stated with its confused value, when neither dropped nor corrupted: a class-level error of
-    the kind an instruct model brings. Above 0.5 the imitating policy inherits it in its greedy
-    captions; whether RL can undo it depends on how well the image separates the two readings."""
+    """Probability that a fact the demonstrator systematically misperceives (`misreads`) is stated
+    with its confused value, when neither dropped nor corrupted: a class-level error of the kind an
+    instruct model brings. Above 0.5 the imitating policy inherits it in its greedy captions;
+    whether RL can undo it depends on how well the image separates the two readings."""
+    misreads: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
+    """family -> {true value: the value the biased demonstrator states instead}."""
 
 
 def perceived_facts(facts: dict[str, Any], rng: random.Random, noise: DemoNoise) -> dict[str, Any]:
@@ -52,7 +55,7 @@ def perceived_facts(facts: dict[str, Any], rng: random.Random, noise: DemoNoise)
             if r < noise.drop + noise.corrupt:
                 item["value"] = misread(facts["family"], item, rng)
             elif noise.bias > 0:  # no draw at bias 0: the unbiased demonstrations stay as they were
-                confused = systematic_misread(facts["family"], item["value"])
+                confused = noise.misreads.get(facts["family"], {}).get(item["value"])
                 if confused is not None and rng.random() < noise.bias:
                     item["value"] = confused
         kept.append(item)
