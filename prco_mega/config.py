@@ -307,14 +307,14 @@ class WarmStartSection:
             if family not in FAMILIES:
                 raise ValueError(f"warm_start.misreads: unknown family {family!r} "
                                  f"(one of {sorted(FAMILIES)})")
-            allowed = set(POLYGONS.values()) if family == "polygons" else None
+            # A polygon is stated by its corner count, so only the drawn shapes' counts exist.
+            corners = sorted(POLYGONS.values())
             for true, stated in pairs.items():
-                if true == stated or min(true, stated) < 0 or (
-                        allowed is not None and not {true, stated} <= allowed):
-                    raise ValueError(
-                        f"warm_start.misreads.{family}.{true} ({stated}): a confusion maps a value "
-                        "to a different one, both >= 0" + (f" and in {sorted(allowed)} (corners)"
-                                                            if allowed else ""))
+                bad_polygon = family == "polygons" and not {true, stated} <= set(corners)
+                if true == stated or min(true, stated) < 0 or bad_polygon:
+                    where = f" and in {corners} (corners)" if family == "polygons" else ""
+                    raise ValueError(f"warm_start.misreads.{family}.{true} ({stated}): a confusion "
+                                     f"maps a value to a different one, both >= 0{where}")
 
 
 # Sections owned by their components; plain dataclasses, cheap to import.

@@ -177,17 +177,15 @@ def _stated_values(caption: str, patterns: list[re.Pattern]) -> list[Fraction]:
     return values
 
 
-def fact_stated(caption: str, family: str, item: dict[str, Any]) -> bool:
-    """True when the caption states this fact, and only with its true value."""
-    values = _stated_values(caption, _key_patterns(family, item))
-    truth = Fraction(item["value"])
-    return bool(values) and all(v == truth for v in values)
-
-
 def stated_value(caption: str, family: str, item: dict[str, Any]) -> Fraction | None:
     """The one value the caption states for this fact; None when it states none, or two."""
     values = set(_stated_values(caption, _key_patterns(family, item)))
     return values.pop() if len(values) == 1 else None
+
+
+def fact_stated(caption: str, family: str, item: dict[str, Any]) -> bool:
+    """True when the caption states this fact, and only with its true value."""
+    return stated_value(caption, family, item) == Fraction(item["value"])
 
 
 def needed_readings(caption: str, facts: dict[str, Any]) -> list[tuple[str, str | None]]:
@@ -231,10 +229,10 @@ def caption_answer(caption: str, facts: dict[str, Any]) -> Fraction | None:
     stated = {}
     for item in facts["items"]:
         if item["name"] in facts["needed"]:
-            values = set(_stated_values(caption, _key_patterns(facts["family"], item)))
-            if len(values) != 1:
+            value = stated_value(caption, facts["family"], item)
+            if value is None:
                 return None
-            stated[item["name"]] = values.pop()
+            stated[item["name"]] = value
     items = [{**it, "value": stated.get(it["name"], it["value"])} for it in facts["items"]]
     try:
         return answer_from_facts({**facts, "items": items})
