@@ -66,8 +66,9 @@ MATCHING = [
     ("\\frac{1}{2}", "0.5"), ("\\dfrac{1}{2}", "1/2"), ("\\tfrac{1}{2}", "1/2"),
     ("\\dfrac12", "0.5"),
     ("-\\frac{3}{4}", "-0.75"), ("\\frac{-3}{4}", "-3/4"), ("2/4", "1/2"), ("(1/2)", "1/2"),
-    # decimals within relative 1e-6 of a rational
-    ("0.3333333", "1/3"), ("\\frac{2}{3}", "0.6666667"),
+    # the rounding rule: a decimal with 2+ places equals an exact value that rounds to it
+    ("0.3333333", "1/3"), ("\\frac{2}{3}", "0.6666667"), ("0.333", "1/3"), ("1/3", "0.333333"),
+    ("0.67", "2/3"), ("1.41", "\\sqrt{2}"), ("3.1416", "3.14"),
     # percentages: a mark on one side accepts x or x/100 on the other
     ("50\\%", "50%"), ("50", "50%"), ("0.5", "50%"), ("\\frac{1}{2}", "50\\%"), ("50\\%", "0.5"),
     ("50%", "50"),
@@ -90,8 +91,8 @@ def test_equivalent_answers_verify(answer, gold):
 NOT_MATCHING = [
     ("0.5\\%", "50%"),  # marks on both sides: the numbers themselves must agree
     ("2x", "2"),  # a single letter after a number is a variable, not a unit
-    ("0.333", "1/3"),  # outside the relative tolerance
-    ("1/3", "0.333333"),
+    ("0.334", "1/3"), ("0.3", "1/3"),  # rounds otherwise; one place is too coarse for a rational
+    ("0.33", "0.34"), ("3.146", "3.14"),  # two decimals: the longer must round to the shorter
     ("(1, 2)", "[1, 2]"),  # different brackets are different objects
     ("(2, 1)", "(1, 2)"),
     ("-3", "3"), ("1,2", "12"), ("1/0", "0"), ("", "0"), ("\\sqrt{2}", "2"),
@@ -132,16 +133,19 @@ def test_only_the_last_box_counts():
 
 
 def test_model_text_is_never_executed():
-    # `eval` of these would either be true or raise; the verifier compares them as text.
+    # `eval` of these would either be true or raise; our parser reads no Python syntax.
     assert verify(boxed("__import__('os').getcwd()"), "0") == 0.0
+    assert verify(boxed("__import__('os').system('true')"), "0") == 0.0
     assert verify(boxed("2**10"), "1024") == 0.0
-    assert verify(boxed("1+1"), "2") == 0.0
+    # Arithmetic is evaluated by our own evaluator over the parsed tree, not by Python.
+    assert verify(boxed("1+1"), "2") == 1.0
+    assert verify(boxed("2^{10}"), "1024") == 1.0
 
 
 @pytest.mark.parametrize("answer, canonical", [
     ("0.5", "1/2"), ("\\frac{1}{2}", "1/2"), ("-\\dfrac{6}{4}", "-3/2"), ("50\\%", "50%"),
-    ("1,000 cm", "1000"), ("\\text{(C)}", "C"), ("(1, 0.5)", "(1,1/2)"),
-    ("Right Angle", "rightangle"),
+    ("1,000 cm", "10m"), ("\\text{(C)}", "C"), ("(1, 0.5)", "(1,1/2)"),
+    ("Right Angle", "rightangle"), ("A, C", "AC"), ("\\sqrt{12}", "2\\sqrt{3}"),
 ])
 def test_normalize_answer_canonical_forms(answer, canonical):
     assert normalize_answer(answer) == canonical
