@@ -100,6 +100,21 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench.set_defaults(func=_bench)
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from prco_mega.eval import bench_cli
+
+    return bench_cli.run_from_args(args)
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from prco_mega.eval import bench_cli
+
+    parser = sub.add_parser("eval", help="the paper's eight benchmarks from local files "
+                            "(Observer -> Solver or direct), table + JSONL + PNG, resumable")
+    bench_cli.add_arguments(parser)
+    parser.set_defaults(func=_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prco-mega", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -109,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_train, _add_data, _add_plan, _add_launch, _add_convert, _add_bench]
+    _add_train, _add_data, _add_plan, _add_launch, _add_convert, _add_bench, _add_eval]
 
 
 def main(argv: list[str] | None = None) -> int:
