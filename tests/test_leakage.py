@@ -1,18 +1,21 @@
 """Leakage checks: the rule checker's positives and negatives, and the LLM-judge interface."""
 from __future__ import annotations
 
-import time
-
 import pytest
 
+from prco_mega.rewards import leakage
 from prco_mega.rewards.leakage import (
     DEFAULT_JUDGE_TEMPLATE,
+    MAX_CAPTION_CHARS,
+    MAX_GOLD_CHARS,
+    GoldTooLongWarning,
     LLMJudgeLeakageChecker,
     RuleLeakageChecker,
     parse_verdict,
     render_judge_prompt,
     rule_leak,
 )
+from prco_mega.rewards.verifier import GoldAnswer
 
 QUESTION = "How many shapes are there in total?"
 
@@ -68,11 +71,67 @@ def test_rule_checker_batch_interface():
         checker([QUESTION], captions, ["7", "7"])
 
 
-def test_rule_checker_bounded_time_on_long_captions():
-    caption = ("- therefore 3 + 4 = 5 = 6 " * 5000) + "\\" * 50_000
-    start = time.perf_counter()
-    rule_leak(caption, "7")
-    assert time.perf_counter() - start < 1.0
+class CountingGold(GoldAnswer):
+    """GoldAnswer that counts how often a gold is parsed and how many comparisons it serves."""
+
+    parses = 0
+    comparisons = 0
+
+    def __init__(self, *args, **kwargs):
+        type(self).parses += 1
+        super().__init__(*args, **kwargs)
+
+    def matches(self, answer):
+        type(self).comparisons += 1
+        return super().matches(answer)
+
+    def matches_item(self, item):
+        type(self).comparisons += 1
+        return super().matches_item(item)
+
+
+WORST_CAPTIONS = {
+    "distinct numbers after one cue": "therefore " + " ".join(f"{i}/{i + 1}" for i in range(5000)),
+    "a cue per statement": " ".join(f"thus {i}.5 = 3 + {i}." for i in range(3000)),
+    "fractions": " ".join(f"so the \\frac{{{i}}}{{{i + 7}}}" for i in range(3000)),
+    "backslashes": ("- therefore 3 + 4 = 5 = 6 " * 5000) + "\\" * 50_000,
+}
+WORST_GOLDS = {"number": "7/9", "long sum": ("1+" * 200)[:MAX_GOLD_CHARS - 1] + "1",
+               "long text": "isosceles " * 25}
+
+
+@pytest.mark.parametrize("caption", list(WORST_CAPTIONS))
+@pytest.mark.parametrize("gold", list(WORST_GOLDS))
+def test_rule_checker_worst_case_work(monkeypatch, caption, gold):
+    """At the caps (a 16 kB caption, a gold of MAX_GOLD_CHARS): the gold is parsed once and
+    each distinct token after a cue is compared at most once."""
+    monkeypatch.setattr(leakage, "GoldAnswer", CountingGold)
+    CountingGold.parses = CountingGold.comparisons = 0
+    text = WORST_CAPTIONS[caption][:MAX_CAPTION_CHARS]
+    assert len(WORST_GOLDS[gold]) <= MAX_GOLD_CHARS
+    assert rule_leak(WORST_CAPTIONS[caption], WORST_GOLDS[gold]) in (0, 1)
+    assert CountingGold.parses == 1
+    distinct_tokens = len(set(leakage._NUMBER_TOKEN.findall(text)))
+    assert CountingGold.comparisons <= distinct_tokens
+
+
+def test_gold_over_the_cap_is_reported_and_only_markers_count():
+    long_gold = "7" + " " * MAX_GOLD_CHARS
+    with pytest.warns(GoldTooLongWarning, match="over the rule leakage checker's cap"):
+        assert rule_leak("- 3 + 4 = 7, so there are 7 shapes in total", long_gold) == 0
+    assert rule_leak("- the answer is 7", long_gold) == 1  # markers need no gold
+    checker = RuleLeakageChecker()
+    with pytest.warns(GoldTooLongWarning):
+        checker([QUESTION] * 2, ["- 3 circles", "- 4 squares"], ["7", long_gold])
+    assert (checker.stats.checked, checker.stats.golds_over_cap) == (2, 1)
+
+
+def test_leaked_value_is_found_with_the_gold_in_any_spelling():
+    assert rule_leak("- the two bars are 1 and 2, so the ratio is \\frac{1}{2}", "0.5") == 1
+    assert rule_leak("- so the total is 1,000 cm", "1000\\text{ cm}") == 1
+    assert rule_leak("- so the total is 1,000 cm", "999 cm") == 0
+    assert rule_leak("- therefore x = 5", "x=5") == 1  # a labelled value is its value
+    assert rule_leak("- therefore the area is 5", "x^2=5") == 0  # a relation is not its side
 
 
 # ----------------------------------------------------------------------------------- LLM judge

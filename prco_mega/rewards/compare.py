@@ -6,10 +6,11 @@ domain, or a comparison it has no rule for is "not equal", never "equal".
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 
 from prco_mega.rewards.mathlex import Budget
-from prco_mega.rewards.mathparse import Collection, Item, Quantity, Relation, Text
+from prco_mega.rewards.mathparse import UNCOMPUTED, Collection, Item, Quantity, Relation, Text
 from prco_mega.rewards.mathvalue import (
     ONE,
     POINTS,
@@ -51,6 +52,17 @@ def items_equal(a: Item, b: Item, budget: Budget) -> bool:
         return isinstance(a, Collection) and isinstance(b, Collection) and \
             _collections_equal(a, b, budget)
     return quantities_equal(a, b, budget)
+
+
+def with_forms(item: Item, budget: Budget) -> Item:
+    """`item` with the exact forms of its quantities computed, for a gold compared many times."""
+    if isinstance(item, Quantity):
+        return replace(item, form=exact_or_none(item.expr, budget))
+    if isinstance(item, Relation):
+        return Relation(tuple(with_forms(s, budget) for s in item.sides), item.ops)
+    if isinstance(item, Collection):
+        return replace(item, items=tuple(with_forms(x, budget) for x in item.items))
+    return item
 
 
 # ------------------------------------------------------------------------------- relations
@@ -192,7 +204,8 @@ def quantities_equal(a: Quantity, b: Quantity, budget: Budget) -> bool:
     """Values equal after units and percent marks (verifier module doc, "Units", "Percent")."""
     for ua, ub in _unit_scales(a, b):
         for pa, pb in _percent_scales(a, b):
-            if same_value(a.expr, b.expr, f_mul(ua, pa, budget), f_mul(ub, pb, budget), budget):
+            if same_value(a.expr, b.expr, f_mul(ua, pa, budget), f_mul(ub, pb, budget), budget,
+                          a.form, b.form):
                 return True
     return False
 
@@ -227,10 +240,13 @@ def _percent_scales(a: Quantity, b: Quantity) -> list[tuple[Form, Form]]:
     return [(ONE, ONE), (hundredth, ONE) if a.percent else (ONE, hundredth)]
 
 
-def same_value(a: tuple, b: tuple, sa: Form, sb: Form, budget: Budget) -> bool:
+def same_value(a: tuple, b: tuple, sa: Form, sb: Form, budget: Budget,
+               fa: object = UNCOMPUTED, fb: object = UNCOMPUTED) -> bool:
     """Whether a * sa equals b * sb: exactly when both have exact forms, else in floating point
-    (at sample points when there are variables); plus the decimal rounding rule."""
-    fa, fb = exact_or_none(a, budget), exact_or_none(b, budget)
+    (at sample points when there are variables); plus the decimal rounding rule. `fa`, `fb`:
+    the exact forms of a and b when already known."""
+    fa = exact_or_none(a, budget) if fa is UNCOMPUTED else fa
+    fb = exact_or_none(b, budget) if fb is UNCOMPUTED else fb
     if fa is not None and fb is not None:
         xa, xb = f_mul(fa, sa, budget), f_mul(fb, sb, budget)
         return xa == xb or _rounds_to(a, xa, sa, b, xb) or _rounds_to(b, xb, sb, a, xa)

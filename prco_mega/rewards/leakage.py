@@ -6,17 +6,34 @@ values read from the image is the Observer's job and is not leakage, even when s
 happens to equal the gold answer ("there are 3 red circles" when the answer is 3): otherwise a
 good caption of a one-step question could never be rewarded, and the rule checker could not
 tell a perceived fact from a computed result anyway. The LLM judge gets the same instruction.
+
+Cost: the rule checker reads at most `MAX_CAPTION_CHARS` of a caption with linear regular
+expressions, parses the gold once per call (a gold over `MAX_GOLD_CHARS` is reported with a
+`GoldTooLongWarning` and only boxes and answer markers are checked), and compares each distinct
+number or option token once with the gold, each comparison within the verifier's step budget.
 """
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Callable, Protocol
 
-from prco_mega.rewards.verifier import answers_match, canonical_text, parse_number
+from prco_mega.rewards.compare import assigned_value
+from prco_mega.rewards.mathparse import Quantity, Relation, Text
+from prco_mega.rewards.mathvalue import free_vars
+from prco_mega.rewards.verifier import MAX_ANSWER_CHARS, GoldAnswer, canonical_text
 
-_MAX_CAPTION_CHARS = 16384  # captions are <= ~1k tokens; longer text is checked on its head
+MAX_CAPTION_CHARS = 16384
+"""Captions are <= ~1k tokens; a longer caption is checked on its head."""
+MAX_GOLD_CHARS = MAX_ANSWER_CHARS
+"""A longer gold is not parsed: no answer that long can be stated in a caption token."""
 _MAX_VERDICT_CHARS = 2000
+
+
+class GoldTooLongWarning(UserWarning):
+    """A gold answer over `MAX_GOLD_CHARS`: the rule checker only looked for boxes and markers."""
 
 
 class LeakageChecker(Protocol):
@@ -53,23 +70,62 @@ _NUMBER_TOKEN = re.compile(
     r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?(?:\s*\\?%)?"
     r"|\\[dt]?frac\{[^{}]*\}\{[^{}]*\}")
 _LETTER_TOKEN = re.compile(r"\(([A-Z])\)|\b(?:option|choice)\s+\(?([A-Z])\b", re.IGNORECASE)
+_NUMERAL = re.compile(r"([-+]?)(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
+                      r"(?:\s*/\s*(\d+(?:\.\d+)?))?(\s*\\?%)?")
+_FRAC_NUMERAL = re.compile(r"\\[dt]?frac\{()(\d+)\}\{(\d+)\}()")
 _ARITHMETIC = re.compile(r"\d\s*[-+*/×÷xX]\s*\(?\d|\\times|\\cdot|\\div|\\frac")
 
 
-def _states_gold(text: str, gold: str) -> bool:
+class _Gold:
+    """The gold parsed once per `rule_leak` call, with a verdict cache per distinct token."""
+
+    def __init__(self, gold: str):
+        self.answer = GoldAnswer(gold)
+        item = self.answer.item
+        value = assigned_value(item) if isinstance(item, Relation) else item
+        # Only a variable-free value can equal a number token; only a letter gold a letter.
+        self.takes_numbers = isinstance(value, Quantity) and not free_vars(value.expr)
+        self.text = canonical_text(gold)
+        self.is_text = isinstance(item, Text) and len(self.text) >= 3
+        self.verdicts: dict[str, bool] = {}
+
+    def equals(self, token: str) -> bool:
+        verdict = self.verdicts.get(token)
+        if verdict is None:
+            numeral = _numeral(token)
+            verdict = self.answer.matches(token) if numeral is None else \
+                self.answer.matches_item(numeral)
+            self.verdicts[token] = verdict
+        return verdict
+
+
+def _numeral(token: str) -> Quantity | None:
+    """A plain numeral token (`12`, `-3.5`, `1,000`, `3/4`, `50%`, `\\frac{1}{2}`) as the parser
+    would read it, built without tokenizing: most caption tokens are such numerals, and this
+    keeps a 16 kB caption of them cheap."""
+    m = _NUMERAL.fullmatch(token) or _FRAC_NUMERAL.fullmatch(token)
+    if m is None:
+        return None
+    node = ("num", Fraction(m[2].replace(",", "")), m[2])
+    if m[3] is not None:
+        den = Fraction(m[3])
+        if not den:
+            return None
+        node = ("div", node, ("num", den, m[3]))
+    return Quantity(("neg", node) if m[1] == "-" else node, percent=bool(m[4]))
+
+
+def _states_gold(text: str, gold: _Gold) -> bool:
     """Whether `text` (part of one statement) states the gold: a number, option letter or word."""
-    for m in _NUMBER_TOKEN.finditer(text):
-        if answers_match(m[0], gold):
-            return True
-    for m in _LETTER_TOKEN.finditer(text):
-        if answers_match(m[1] or m[2], gold):
-            return True
-    gold_text = canonical_text(gold)
-    is_text_answer = parse_number(gold) is None and len(gold_text) >= 3
-    return is_text_answer and gold_text in canonical_text(text)
+    if gold.takes_numbers and any(gold.equals(m[0]) for m in _NUMBER_TOKEN.finditer(text)):
+        return True
+    if gold.answer.letters is not None and any(
+            gold.equals(m[1] or m[2]) for m in _LETTER_TOKEN.finditer(text)):
+        return True
+    return gold.is_text and gold.text in canonical_text(text)
 
 
-def _concludes_gold(statement: str, gold: str) -> bool:
+def _concludes_gold(statement: str, gold: _Gold) -> bool:
     """Whether the statement concludes with the gold: after its first leading cue, or in the
     clause just before a trailing cue ("..., 7 shapes in total")."""
     lead = _LEADING_CUE.search(statement)
@@ -83,12 +139,14 @@ def _concludes_gold(statement: str, gold: str) -> bool:
     return _states_gold(statement[clause_start:trail.start()], gold)
 
 
-def _computes_gold(statement: str, gold: str) -> bool:
+def _computes_gold(statement: str, gold: _Gold) -> bool:
     """Whether the statement contains `<arithmetic> = <gold>` (a computed result)."""
+    if not gold.takes_numbers or "=" not in statement:
+        return False
     parts = statement.split("=")
     for lhs, rhs in zip(parts, parts[1:]):
         first = _NUMBER_TOKEN.search(rhs)
-        if _ARITHMETIC.search(lhs) and first is not None and answers_match(first[0], gold):
+        if first is not None and _ARITHMETIC.search(lhs) and gold.equals(first[0]):
             return True
     return False
 
@@ -101,22 +159,56 @@ def rule_leak(caption: str, gold: str) -> int:
     does, or an arithmetic expression ends in `= <gold>`. Answer markers
     ("the answer is", "answer:", "final answer", "correct option") leak whatever value follows:
     stating an answer is the behaviour the Observer must not learn.
+
+    Worst-case cost: linear regular expressions over at most `MAX_CAPTION_CHARS` characters
+    (statements are split once; each cue search starts a statement), one parse of a gold of at
+    most `MAX_GOLD_CHARS`, and one verifier comparison per distinct number or letter token after
+    a cue (at most one per two caption characters), each within the verifier's `BUDGET_STEPS`.
+    A longer gold is not parsed: a `GoldTooLongWarning` reports it and only boxes and answer
+    markers count.
     """
-    caption = caption[:_MAX_CAPTION_CHARS]
+    caption = caption[:MAX_CAPTION_CHARS]
     if _BOX.search(caption) or _ANSWER_MARKER.search(caption):
         return 1
+    if len(gold) > MAX_GOLD_CHARS:
+        warnings.warn(f"gold answer of {len(gold)} characters is over the rule leakage checker's "
+                      f"cap of {MAX_GOLD_CHARS}: only boxes and answer markers were checked",
+                      GoldTooLongWarning, stacklevel=2)
+        return 0
+    parsed = _Gold(gold)
     for statement in _STATEMENT_END.split(caption):
-        if _concludes_gold(statement, gold) or _computes_gold(statement, gold):
+        if _concludes_gold(statement, parsed) or _computes_gold(statement, parsed):
             return 1
     return 0
 
 
+@dataclass
+class RuleStats:
+    """Running counts of a `RuleLeakageChecker` (for metrics)."""
+
+    checked: int = 0
+    leaks: int = 0
+    golds_over_cap: int = 0
+    """Golds over `MAX_GOLD_CHARS`: checked for boxes and answer markers only."""
+
+
 class RuleLeakageChecker:
-    """The cheap rule-based `LeakageChecker` (see `rule_leak`); the question is not needed."""
+    """The cheap rule-based `LeakageChecker` (see `rule_leak`); the question is not needed.
+
+    Cost: `rule_leak` per caption. Golds over `MAX_GOLD_CHARS` are counted in
+    `stats.golds_over_cap` (and warned about once per call site by `rule_leak`).
+    """
+
+    def __init__(self):
+        self.stats = RuleStats()
 
     def __call__(self, questions: list[str], captions: list[str], answers: list[str]) -> list[int]:
         _check_lengths(questions, captions, answers)
-        return [rule_leak(c, a) for c, a in zip(captions, answers)]
+        leaks = [rule_leak(c, a) for c, a in zip(captions, answers)]
+        self.stats.checked += len(leaks)
+        self.stats.leaks += sum(leaks)
+        self.stats.golds_over_cap += sum(len(a) > MAX_GOLD_CHARS for a in answers)
+        return leaks
 
 
 # ---------------------------------------------------------------------------------- LLM judge
@@ -151,6 +243,7 @@ def render_judge_prompt(template: str, question: str, caption: str, answer: str)
 
     One regex pass (not `str.format`): captions contain braces, and a value must never be
     re-substituted (a caption that writes `{answer}` must not receive the gold answer).
+    Cost: linear in the length of the template plus the values substituted.
     """
     values = {"question": question, "caption": caption, "answer": answer}
     return _PLACEHOLDER.sub(lambda m: values[m[1]], template)
@@ -161,6 +254,8 @@ def parse_verdict(text: str) -> int | None:
 
     Reads the text after the last `</think>`; the last `VERDICT: YES/NO` wins; without one, a
     reply whose first word is yes/no, or in which only one of the words yes/no occurs, counts.
+    Cost: one linear split of the reply, then regular expressions over at most
+    `_MAX_VERDICT_CHARS` characters.
     """
     text = text.rsplit("</think>", 1)[-1][-_MAX_VERDICT_CHARS:]
     verdicts = _VERDICT.findall(text)
@@ -192,6 +287,8 @@ class LLMJudgeLeakageChecker:
     as a leak by default (`unparseable_is_leak=True`): a false leak only withholds one caption's
     reward, while a false pass could reward a caption that games the judge into garbage output;
     `stats.unparseable` shows when a judge model does not follow the format.
+    Cost: one `render_judge_prompt` and one `parse_verdict` per caption, plus one `generate_fn`
+    call for the batch (the judge model's generation dominates).
     """
 
     def __init__(self, generate_fn: Callable[[list[str]], list[str]],

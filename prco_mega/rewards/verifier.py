@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from prco_mega.rewards.choice import choice_letters
-from prco_mega.rewards.compare import items_equal
+from prco_mega.rewards.compare import items_equal, with_forms
 from prco_mega.rewards.mathlex import Budget, BudgetExceeded
 from prco_mega.rewards.mathparse import Collection, Item, Quantity, Relation, Text, parse_answer
 from prco_mega.rewards.mathvalue import as_rational, exact_or_none, free_vars, has_decimal
@@ -145,6 +145,11 @@ class GoldAnswer:
         self.options = [_parse_or_none(c, budget_steps) for c in (choices or [])[:MAX_CHOICES]]
         self.letters = choice_letters(gold)
         self.item = _parse_or_none(gold, budget_steps)
+        if self.item is not None:
+            try:
+                self.item = with_forms(self.item, Budget(budget_steps))
+            except BudgetExceeded:
+                self.item = None
         if self.letters is None and self.item is not None and self.options:
             try:
                 self.letters = self._option_letter(self.item, Budget(budget_steps))
@@ -167,6 +172,16 @@ class GoldAnswer:
             return False
         finally:
             self.last_steps = budget.used
+
+    def matches_item(self, item: Item) -> bool:
+        """Whether an already parsed answer (not a letter) equals the gold; one budget."""
+        if self.item is None or self.letters is not None:
+            return False
+        budget = Budget(self.budget_steps)
+        try:
+            return items_equal(item, self.item, budget)
+        except BudgetExceeded:
+            return False
 
     def _matches(self, answer: str, budget: Budget) -> bool:
         letters = choice_letters(answer)
