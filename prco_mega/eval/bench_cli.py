@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=MODES, default="prco",
                         help="prco: Observer caption then Solver with the image; direct: the "
                              "single look-and-answer prompt (base, GRPO/DAPO checkpoints)")
-    parser.add_argument("--out", default=None, help="output directory (default eval/<model>)")
+    parser.add_argument("--out", default=None, help="output directory (default eval/<model>/<mode>)")
     parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                         help="a malformed row stops the run (raise) or is counted (skip)")
     parser.add_argument("--limit", type=int, default=None, help="first N items per benchmark")
@@ -65,7 +65,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                          f"{', '.join(b.folders[0] for b in benchmarks)})")
     if not (model / "config.json").is_file():
         raise ValueError(f"model directory {str(model)!r} has no config.json")
-    out = Path(args.out) if args.out else Path("eval") / model.name
+    out = Path(args.out) if args.out else Path("eval") / model.name / args.mode
     backbone = backbone_of(model) if args.reference == "auto" else (
         None if args.reference == "none" else args.reference)
     engine = VllmEngine(model, config)
