@@ -3,9 +3,10 @@ items; bad rows are refused naming file and row, or counted with on_error="skip"
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
-from bench_data import EXPECTED, NAMES, _b64, write_root
+from bench_data import EXPECTED, NAMES, _b64, png, write_root
 
 from prco_mega.eval.benchmarks import (BY_NAME, find_folder, gold_letter, options_in_text,
                                        question_stem, read_benchmark, select)
@@ -117,3 +118,29 @@ def test_missing_folders_limits_and_selection(tmp_path, root):
     (tmp_path / "logicvista").mkdir()
     with pytest.raises(ValueError, match="holds no"):
         read_benchmark(BY_NAME["logicvista"], tmp_path / "logicvista")
+
+
+def test_options_shown_only_in_the_image_are_scored_by_letter(tmp_path):
+    """MathVerse's vision versions ask for a letter whose options only the image shows;
+    MathVista rows without a `choices` column carry them in the question text."""
+    folder = tmp_path / "mathverse"
+    folder.mkdir()
+    (folder / "1.png").write_bytes(png(1))
+    vision_only = ("According to the question shown in the image, please directly answer the "
+                   "question and provide the correct option letter, e.g., A, B, C, D.")
+    row = {"sample_index": "7", "problem_version": "Vision Only", "question": vision_only,
+           "image": "1.png", "answer": "C", "question_type": "multi-choice"}
+    (folder / "testmini.jsonl").write_text(json.dumps(row) + "\n")
+    task = read_benchmark(BY_NAME["mathverse"], folder).items[0].task
+    assert (task.question, task.answer, task.meta["options"]) == (vision_only, "C", None)
+    assert task.meta["kind"] == "choice"
+
+    folder = tmp_path / "mathvista"
+    folder.mkdir()
+    _tsv(folder / "MathVista_MINI.tsv", [{
+        "index": 1, "question": "Question: Which is blue?\nChoices:\n(A) sky\n(B) grass",
+        "answer": "sky", "question_type": "multi_choice", "answer_type": "text",
+        "image": _b64(1)}])
+    task = read_benchmark(BY_NAME["mathvista"], folder).items[0].task
+    assert (task.answer, task.meta["options"]) == ("A", ["sky", "grass"])
+    assert task.question == "Which is blue?\nChoices:\n(A) sky\n(B) grass"

@@ -24,6 +24,9 @@ LABELLED = [
     ("mmmu_pro_v", "\\boxed{Option D}", "D", {"kind": "choice", "options": list("pqrstu")}, True),
     ("wemath", "\\boxed{9}", "B", {"kind": "choice", "options": ["6", "9", "12"]}, True),
     ("mathverse", "\\boxed{45°}", "B", DEGREES, True),
+    # options shown only in the image (MathVerse vision versions): the letter alone
+    ("mathverse", "\\boxed{(C)}", "C", {"kind": "choice", "options": None}, True),
+    ("mathverse", "\\boxed{45°}", "C", {"kind": "choice", "options": None}, False),
     # MathVista free form: integer truncates like the official normaliser; float rounds to the
     # row's precision; lists element-wise
     ("mathvista", "\\boxed{14}", "14", {"kind": "free", "answer_type": "integer"}, True),

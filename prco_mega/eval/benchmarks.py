@@ -194,12 +194,13 @@ def options_in_text(text: str) -> list[str] | None:
     return [text[m.end():end].strip().rstrip(",;").strip() for m, end in zip(run, ends)]
 
 
-def gold_letter(answer: str, options: list[str]) -> str:
-    """The option letter of a gold answer given as a letter or as an option's text."""
+def gold_letter(answer: str, options: list[str] | None) -> str:
+    """The option letter of a gold answer given as a letter or as an option's text (any letter
+    A-J when the options are not known, e.g. shown only in the image)."""
     stripped = answer.strip().strip("()").strip()
-    if len(stripped) == 1 and stripped.upper() in LETTERS[:len(options)]:
+    if len(stripped) == 1 and stripped.upper() in LETTERS[:len(options or LETTERS)]:
         return stripped.upper()
-    for i, option in enumerate(options):
+    for i, option in enumerate(options or []):
         if option.strip() == answer.strip():
             return LETTERS[i]
     raise RowError("bad_answer", f"answer {answer!r} is neither an option letter nor one of the "
@@ -215,8 +216,9 @@ def _item(row: Row, uid: str, question: str, answer: str, meta: dict[str, Any],
 
 def _choice_item(row: Row, uid: str, question: str, options: list[str] | None,
                  meta: dict[str, Any], shown: bool = False) -> BenchItem:
-    """A multiple-choice item; `shown`: the options are already in `question`."""
-    if not options:
+    """A multiple-choice item; `shown`: the options are already in `question`, or in the
+    image only (MathVerse's vision versions: then `options` is None and the gold a letter)."""
+    if not options and not shown:
         raise RowError("missing_options", "multiple-choice row without options")
     text = question if shown else f"{question}\n{format_options(options)}"
     answer = gold_letter(row.text("answer", "ground_truth"), options)
@@ -255,10 +257,9 @@ def mathvista_item(row: Row) -> BenchItem:
             "answer_type": str(row.get("answer_type") or "text"),
             "precision": row.get("precision"), "unit": row.get("unit")}
     uid = row.uid("pid", "index")
-    options = row.listed("choices")
+    options, in_text = row.listed("choices"), options_in_text(question)
     if str(row.get("question_type") or "") == "multi_choice" or options:
-        shown = options_in_text(question) is not None
-        return _choice_item(row, uid, question, options, meta, shown=shown)
+        return _choice_item(row, uid, question, options or in_text, meta, shown=bool(in_text))
     return _item(row, uid, question, row.text("answer"), {"kind": "free", **meta})
 
 
@@ -302,8 +303,7 @@ def dynamath_item(row: Row) -> BenchItem:
             "variant": str(variant), "answer_type": answer_type}
     uid = row.uid("index") if row.get("index") is not None else f"{seed}-v{variant}"
     if answer_type == "multiple choice":
-        options = options_in_text(question) or [letter for letter in LETTERS[:5]]
-        return _choice_item(row, uid, question, options, meta, shown=True)
+        return _choice_item(row, uid, question, options_in_text(question), meta, shown=True)
     return _item(row, uid, question, row.text("answer", "ground_truth"),
                  {"kind": "free", **meta})
 
