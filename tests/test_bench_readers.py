@@ -144,3 +144,22 @@ def test_options_shown_only_in_the_image_are_scored_by_letter(tmp_path):
     task = read_benchmark(BY_NAME["mathvista"], folder).items[0].task
     assert (task.answer, task.meta["options"]) == ("A", ["sky", "grass"])
     assert task.question == "Which is blue?\nChoices:\n(A) sky\n(B) grass"
+
+
+def test_large_images_are_resized_onto_the_patch_grid(tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    folder = tmp_path / "mmstar"
+    folder.mkdir()
+    big = io.BytesIO()
+    Image.new("RGB", (2000, 1500), (200, 30, 30)).save(big, format="PNG")
+    _tsv(folder / "mmstar.tsv", [_mmstar_row(0, image=base64.b64encode(big.getvalue()).decode())])
+    item = read_benchmark(BY_NAME["mmstar"], folder).items[0]
+    image = item.task_with_images(max_pixels=1280 * 28 * 28).images[0]
+    assert image.width % 28 == 0 and image.height % 28 == 0
+    assert image.width * image.height <= 1280 * 28 * 28
+    assert abs(image.width / image.height - 4 / 3) < 0.05  # aspect kept as the grid allows
+    assert item.task_with_images(max_pixels=None).images[0].size == (2000, 1500)

@@ -103,3 +103,5 @@ def test_settings_are_checked():
         EvalSettings(chunk_size=0)
     with pytest.raises(ValueError, match="limit"):
         EvalSettings(limit=0)
+    with pytest.raises(ValueError, match="max_pixels"):
+        EvalSettings(max_pixels=100)

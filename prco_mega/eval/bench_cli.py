@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from prco_mega.config import apply_override, from_dict
+from prco_mega.data.images import DEFAULT_MAX_PIXELS
 from prco_mega.eval.bench_run import MODES, EvalSettings, run_eval
 from prco_mega.eval.benchmarks import find_folder, select
 from prco_mega.rollout.config import EngineConfig
@@ -43,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N items per benchmark")
     parser.add_argument("--chunk-size", type=int, default=64,
                         help="items per engine call (what a kill can lose)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="resize larger images onto the patch grid within this many pixels "
+                             "(default 1280*28*28: 1,280 image tokens); 0: leave them to the "
+                             "engine's processor")
     parser.add_argument("--observer-max-tokens", type=int, default=1024)
     parser.add_argument("--solver-max-tokens", type=int, default=2048)
     parser.add_argument("--reference", choices=("auto", "3b", "7b", "none"), default="auto",
@@ -58,7 +63,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     model, root = Path(args.model), Path(args.data_root)
     benchmarks = select(args.benchmarks)
     settings = EvalSettings(args.mode, args.observer_max_tokens, args.solver_max_tokens,
-                            args.chunk_size, args.on_error, args.limit)
+                            args.chunk_size, args.on_error, args.limit,
+                            args.max_pixels or None)
     config = engine_config(list(args.overrides))
     if not any(find_folder(root, b) for b in benchmarks):
         raise ValueError(f"no benchmark folder under {root} (looked for "

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prco_mega.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from prco_mega.data.reader import RowError
 from prco_mega.eval.bench_scoring import BenchSummary, extract_answer, item_correct, summarise
 from prco_mega.eval.benchmarks import BenchItem, Benchmark, find_folder, read_benchmark
@@ -49,6 +50,10 @@ class EvalSettings:
     """"raise": a bad row stops the run naming file and row; "skip": it is counted."""
     limit: int | None = None
     """Only the first `limit` items of each benchmark."""
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    """Images larger than this are resized onto the patch grid within it (1,280 image tokens
+    by default, the project's image normalisation); None leaves them to the engine's processor
+    (Qwen2.5-VL's own limit is ~16k tokens, more than most engines' max_model_len)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -59,6 +64,9 @@ class EvalSettings:
                              f"({self.chunk_size}) must be >= 1")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit ({self.limit}) must be >= 1")
+        if self.max_pixels is not None and self.max_pixels < DEFAULT_MIN_PIXELS:
+            raise ValueError(f"max_pixels ({self.max_pixels}) must be >= {DEFAULT_MIN_PIXELS} "
+                             "(four merged 28x28 patches) or None")
 
 
 class PredictionLog:
@@ -135,13 +143,13 @@ def answer_chunk(engine: RolloutEngine, prompts: PromptSet, benchmark: str, task
             for t, cg, c, a in zip(tasks, captions, texts, answers, strict=True)]
 
 
-def _decoded(items: list[BenchItem], on_error: str, skipped: Counter) -> list[Task]:
+def _decoded(items: list[BenchItem], settings: EvalSettings, skipped: Counter) -> list[Task]:
     tasks = []
     for item in items:
         try:
-            tasks.append(item.task_with_images())
+            tasks.append(item.task_with_images(settings.max_pixels))
         except RowError as err:
-            if on_error == "raise":
+            if settings.on_error == "raise":
                 raise ValueError(f"{item.file}: row {item.row}: {err}") from err
             skipped[err.reason] += 1
     return tasks
@@ -171,7 +179,7 @@ def run_benchmark(engine: RolloutEngine, prompts: PromptSet, benchmark: str,
     todo = [item for item in items if item.task.uid not in done]
     run = BenchRun([], resumed=len(items) - len(todo), generated=0)
     for start in range(0, len(todo), settings.chunk_size):
-        tasks = _decoded(todo[start:start + settings.chunk_size], settings.on_error, run.skipped)
+        tasks = _decoded(todo[start:start + settings.chunk_size], settings, run.skipped)
         new = answer_chunk(engine, prompts, benchmark, tasks, settings) if tasks else []
         log.append(new)
         done.update((r["uid"], r) for r in new)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prco_mega.data.images import decode_image
+from prco_mega.data.images import DEFAULT_MAX_PIXELS, decode_image, resize_to_grid
 from prco_mega.data.reader import RowError, _iter_jsonl, _iter_parquet
 from prco_mega.types import Task
 
@@ -56,10 +56,14 @@ class BenchItem:
     file: Path
     row: int
 
-    def task_with_images(self) -> Task:
-        """The task with its images decoded (RowError naming the image when one cannot be)."""
+    def task_with_images(self, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Task:
+        """The task with its images decoded and, with `max_pixels`, resized onto the vision
+        patch grid within that many pixels (`resize_to_grid`); None leaves the size to the
+        engine's processor. RowError naming the image when one cannot be decoded."""
         try:
             images = [decode_image(src) for src in self.image_sources]
+            if max_pixels is not None:
+                images = [resize_to_grid(im, max_pixels=max_pixels) for im in images]
         except ValueError as err:
             raise RowError("corrupt_image", str(err)) from err
         return dataclasses.replace(self.task, images=images)
