@@ -1,7 +1,6 @@
 """The answer verifier: extraction of the last box, each normalisation rule, and robustness."""
 from __future__ import annotations
 
-import time
 from decimal import Decimal, getcontext
 from fractions import Fraction
 
@@ -9,7 +8,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from prco_mega.rewards.verifier import (
+    BUDGET_STEPS,
     MAX_ANSWER_CHARS,
+    RESPONSE_WINDOW,
+    GoldAnswer,
     extract_boxed,
     normalize_answer,
     verify,
@@ -249,19 +251,22 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))
-def test_bounded_time_on_hostile_200k_strings(name):
+def test_bounded_work_on_hostile_200k_strings(name):
+    """Charged work stays within the budget; the only uncharged passes read at most the last
+    RESPONSE_WINDOW characters of the response (tools/bench_verifier.py times the calls)."""
     text = HOSTILE[name]
-    start = time.perf_counter()
-    verify(text, "1/2")
-    verify(text, "B", choices=["1", "2"])
-    normalize_answer(text)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 0.5, f"{name}: {elapsed:.3f} s"
+    boxed_text = extract_boxed(text)
+    assert boxed_text is None or len(boxed_text) <= RESPONSE_WINDOW
+    for gold in (GoldAnswer("1/2"), GoldAnswer("B", choices=["1", "2"])):
+        assert gold.matches(boxed_text or text) in (True, False)
+        assert gold.last_steps <= BUDGET_STEPS
+    assert verify(text, "1/2") in (0.0, 1.0)
+    assert isinstance(normalize_answer(text), str)
 
 
 @pytest.mark.parametrize("name", ["deep braces", "deep fractions", "long number", "comma digits",
                                   "unicode", "many boxes"])
-def test_bounded_time_with_a_hostile_gold(name):
-    start = time.perf_counter()
-    verify(boxed("1"), HOSTILE[name])
-    assert time.perf_counter() - start < 0.5
+def test_a_hostile_gold_is_never_parsed(name):
+    gold = GoldAnswer(HOSTILE[name])
+    assert gold.too_long and gold.item is None
+    assert not gold.matches("1")

@@ -31,10 +31,12 @@ class Budget:
         self.used = 0
 
     def tick(self, n: int = 1) -> None:
+        if n > self.left:  # `used` never exceeds the budget: the step that would is not taken
+            self.used += max(self.left, 0)
+            self.left = 0
+            raise BudgetExceeded
         self.left -= n
         self.used += n
-        if self.left < 0:
-            raise BudgetExceeded
 
 
 @dataclass(frozen=True, slots=True)

@@ -189,8 +189,8 @@ class GoldAnswer:
             if letters is None and self.options:
                 letters = self._option_letter(parse_answer(answer, budget), budget)
             return letters == self.letters
-        if letters is not None and self.options and len(letters) == 1:
-            return False  # a gold that is no option's text is never an option letter
+        if letters is not None:
+            return False  # option letters only ever equal the same letters
         item = parse_answer(answer, budget)
         return self.item is not None and items_equal(item, self.item, budget)
 
