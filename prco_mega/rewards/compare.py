@@ -47,7 +47,10 @@ def items_equal(a: Item, b: Item, budget: Budget) -> bool:
     if isinstance(a, Relation) or isinstance(b, Relation):
         rel, other = (a, b) if isinstance(a, Relation) else (b, a)
         value = assigned_value(rel)
+        if value is None:
+            value = solution_set(rel) if isinstance(other, Collection) else None
         return value is not None and items_equal(value, other, budget)
+    a, b = solution_set(a) or a, solution_set(b) or b
     if isinstance(a, Collection) or isinstance(b, Collection):
         return isinstance(a, Collection) and isinstance(b, Collection) and \
             _collections_equal(a, b, budget)
@@ -82,6 +85,38 @@ def assigned_value(rel: Relation) -> Item | None:
     if "(" in label.expr[1] or _is_constant(value):
         return value
     return None
+
+
+def solution_set(item: Item) -> Collection | None:
+    """An inequality in one label as its interval (`1 < x \\le 3` -> `(1, 3]`, `x > 2` ->
+    `(2, \\infty)`), and a list of those joined by `or` as their union; else None."""
+    if isinstance(item, Collection) and item.kind == "list" and item.open == "or":
+        parts = [solution_set(x) for x in item.items]
+        if all(p is not None and p.kind == "tuple" for p in parts):
+            return Collection("union", "", "", tuple(parts))
+        return None
+    if not isinstance(item, Relation) or not set(item.ops) <= {"<", "<=", ">", ">="}:
+        return None
+    sides, ops = item.sides, item.ops
+    if all(op in (">", ">=") for op in ops):
+        sides, ops = sides[::-1], tuple(_FLIP[op] for op in reversed(ops))
+    if not all(op in ("<", "<=") for op in ops) or not all(isinstance(s, Quantity) for s in sides):
+        return None
+    kinds = ["label" if _is_label(s) else "value" if _is_constant(s) else "" for s in sides]
+    low, high = Quantity(("neg", ("inf",))), Quantity(("inf",))
+    if kinds == ["value", "label", "value"]:
+        bounds, closed = (sides[0], sides[2]), (ops[0] == "<=", ops[1] == "<=")
+    elif kinds == ["label", "value"]:
+        bounds, closed = (low, sides[1]), (False, ops[0] == "<=")
+    elif kinds == ["value", "label"]:
+        bounds, closed = (sides[0], high), (ops[0] == "<=", False)
+    else:
+        return None
+    return Collection("tuple", "[" if closed[0] else "(", "]" if closed[1] else ")", bounds)
+
+
+def _is_label(item: Quantity) -> bool:
+    return item.expr[0] == "var" and item.unit is None
 
 
 def _is_constant(item: Item) -> bool:
@@ -159,12 +194,22 @@ def _collections_equal(a: Collection, b: Collection, budget: Budget) -> bool:
     if kinds == {"tuple"}:
         return (a.open, a.close) == (b.open, b.close) and _ordered_equal(a.items, b.items, budget)
     if kinds == {"tuple", "list"}:
-        return _ordered_equal(a.items, b.items, budget)
+        listed, ordered = (a, b) if a.kind == "list" else (b, a)
+        return _ordered_equal(ordered.items, _by_label(listed.items), budget)
     if "set" in kinds and "tuple" not in kinds:
         return _set_equal(a.items, b.items, budget)
     if kinds == {"list"}:
         return _multiset_equal(a.items, b.items, budget)
     return False
+
+
+def _by_label(items: tuple) -> tuple:
+    """`y = 2, x = 1` in label order (x, y), to meet a tuple `(1, 2)`; other lists as written."""
+    labels = [x.sides[0].expr[1] if isinstance(x, Relation) and assigned_value(x) is not None
+              else None for x in items]
+    if None in labels or len(set(labels)) != len(labels):
+        return items
+    return tuple(x for _, x in sorted(zip(labels, items), key=lambda pair: pair[0]))
 
 
 def _ordered_equal(xs: tuple, ys: tuple, budget: Budget) -> bool:

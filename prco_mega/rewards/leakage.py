@@ -71,8 +71,8 @@ _NUMBER_TOKEN = re.compile(
     r"|\\[dt]?frac\{[^{}]*\}\{[^{}]*\}")
 _LETTER_TOKEN = re.compile(r"\(([A-Z])\)|\b(?:option|choice)\s+\(?([A-Z])\b", re.IGNORECASE)
 _NUMERAL = re.compile(r"([-+]?)(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
-                      r"(?:\s*/\s*(\d+(?:\.\d+)?))?(\s*\\?%)?")
-_FRAC_NUMERAL = re.compile(r"\\[dt]?frac\{()(\d+)\}\{(\d+)\}()")
+                      r"(?:\s*/\s*(\d+(?:\.\d+)?))?(\s*\\?%)?", re.ASCII)
+_FRAC_NUMERAL = re.compile(r"\\[dt]?frac\{()(\d+)\}\{(\d+)\}()", re.ASCII)
 _ARITHMETIC = re.compile(r"\d\s*[-+*/×÷xX]\s*\(?\d|\\times|\\cdot|\\div|\\frac")
 
 

@@ -23,7 +23,10 @@ FUNC_WORDS = frozenset({"sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arc
                         "sinh", "cosh", "tanh", "log", "ln", "lg", "exp"})
 NUMBER_WORDS = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-    "fifteen sixteen seventeen eighteen nineteen twenty".split())}
+    "fifteen sixteen seventeen eighteen nineteen".split())}
+NUMBER_WORDS.update({w: 10 * i for i, w in enumerate(
+    "twenty thirty forty fifty sixty seventy eighty ninety".split(), start=2)})
+"""Number words an answer may be: alone (`three`) or a tens-hyphen-unit compound (`twenty-one`)."""
 INFINITY_WORDS = frozenset({"inf", "infty", "infinity"})
 
 
@@ -82,11 +85,31 @@ def parse_expr(tokens: list[Token], budget: Budget) -> tuple:
     """The AST (see `mathvalue`) of an expression that spans all of `tokens`."""
     if not tokens:
         raise ParseError("empty expression")
+    if any(t.kind == "word" and t.text.lower() in NUMBER_WORDS for t in tokens):
+        return _number_words(tokens)
     parser = _ExprParser(tokens, budget)
     node = parser.sum()
     if parser.i != len(tokens):
         raise ParseError(f"unexpected {tokens[parser.i].text!r}")
     return node
+
+
+def _number_words(tokens: list[Token]) -> tuple:
+    """`three`, `-three`, `twenty-one`; number words in any other company are not read (so
+    `two hundred fifty` never becomes a product)."""
+    sign = 1
+    if is_op(tokens[0], "-", "+") and len(tokens) > 1:
+        sign, tokens = (-1 if tokens[0].text == "-" else 1), tokens[1:]
+    words = [t.text.lower() for t in tokens]
+    if len(tokens) == 1 and tokens[0].kind == "word":
+        value = NUMBER_WORDS[words[0]]
+    elif len(tokens) == 3 and is_op(tokens[1], "-") and not tokens[1].space \
+            and not tokens[2].space and NUMBER_WORDS.get(words[0], 0) >= 20 \
+            and NUMBER_WORDS[words[0]] % 10 == 0 and 0 < NUMBER_WORDS.get(words[2], 10) < 10:
+        value = NUMBER_WORDS[words[0]] + NUMBER_WORDS[words[2]]
+    else:
+        raise ParseError("number words")
+    return ("num", Fraction(sign * value), str(sign * value))
 
 
 def _number(text: str) -> tuple:

@@ -14,6 +14,7 @@ parser knows: `frac`, `sqrt`, `pi`, `infty`, `binom`, ...) and `op` (everything 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 
@@ -93,6 +94,8 @@ def unicode_to_latex(s: str) -> str:
             out.append(_UNICODE[c])
         elif "\uff01" <= c <= "\uff5e":  # fullwidth ASCII
             out.append(_UNICODE.get(chr(ord(c) - 0xFEE0), chr(ord(c) - 0xFEE0)))
+        elif c > "\x7f" and unicodedata.decimal(c, None) is not None:  # other scripts' digits
+            out.append(str(unicodedata.decimal(c)))
         elif c not in _INVISIBLE:
             out.append(c)
         i += 1
@@ -141,10 +144,10 @@ _SPLIT_DIGITS = {"frac": 2, "dfrac": 2, "tfrac": 2, "cfrac": 2, "sqrt": 1, "bino
                  "dbinom": 2, "tbinom": 2}
 """Commands whose bare digit arguments are single digits (`\\frac12` is 1/2)."""
 
-_NUMBER = re.compile(r"\d+(?:\.\d+)?(?:[eE][-+]?\d+(?![\d.]))?|\.\d+")
-_THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?![\d,])(?:\.\d+)?")
-_LATEX_GROUPING = re.compile(r"(?<=\d)(?:\{,\}|\\,|\\ |~|\\!)(?=\d{3}(?!\d))")
-_LATEX_THOUSANDS = re.compile("\\d{1,3}(?:\x02\\d{3})+(?![\\d\x02])(?:\\.\\d+)?")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?(?:[eE][-+]?\d+(?![\d.]))?|\.\d+", re.ASCII)
+_THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?![\d,])(?:\.\d+)?", re.ASCII)
+_LATEX_GROUPING = re.compile(r"(?<=\d)(?:\{,\}|\\,|\\ |~|\\!)(?=\d{3}(?!\d))", re.ASCII)
+_LATEX_THOUSANDS = re.compile("\\d{1,3}(?:\x02\\d{3})+(?![\\d\x02])(?:\\.\\d+)?", re.ASCII)
 """Digits grouped by `{,}` or a LaTeX space are one number even inside brackets."""
 _LATEX_SPACE = re.compile(r"\\(?:[,;: !]|q?quad(?![a-zA-Z]))")
 _WORD = re.compile(r"[^\W\d_]+")
@@ -207,7 +210,7 @@ def tokenize(s: str, budget: Budget) -> list[Token]:
         before = len(tokens)
         if c == "\\":
             i, split_digits = _command(s, i, tokens, closers, space, split_digits)
-        elif c.isdigit() or (c == "." and i + 1 < n and s[i + 1].isdigit()):
+        elif "0" <= c <= "9" or (c == "." and i + 1 < n and "0" <= s[i + 1] <= "9"):
             i, split_digits = _numeral(s, i, tokens, space, split_digits, depth)
         elif c.isalpha():
             m = _WORD.match(s, i)
@@ -228,7 +231,7 @@ def tokenize(s: str, budget: Budget) -> list[Token]:
 
 def _numeral(s: str, i: int, tokens: list[Token], space: bool, split_digits: int,
              depth: int) -> tuple[int, int]:
-    if split_digits and s[i].isdigit():
+    if split_digits and "0" <= s[i] <= "9":
         tokens.append(Token("num", s[i], space))
         return i + 1, split_digits - 1
     m = _LATEX_THOUSANDS.match(s, i)

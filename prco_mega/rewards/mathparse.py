@@ -10,7 +10,8 @@ tuples that `mathvalue` evaluates with a fixed table of functions. A general CAS
 (`sympify`, `parse_expr`) builds Python code from the text; the LaTeX grammars we looked at pull
 in a parser generator runtime and accept far more than an answer can be.
 
-Structure of an answer (`parse_answer`), from the outside in:
+Structure of an answer (`parse_answer`), from the outside in (after a lead-in such as
+`The value is`):
 - a list: parts separated at bracket depth 0 by `,` `;` `or` `and` -> `Collection("list")`;
 - a relation: sides separated by `=` `<` `>` `<=` `>=` `!=` `\\approx` `\\in` -> `Relation`
   (a trailing `\\approx 3.46` after a value is dropped; a left side that is a bare name such as
@@ -61,6 +62,7 @@ class Collection:
     kind: str
     """"list" (bare, order-free), "set", "tuple" (ordered, bracketed), "union" (of intervals)."""
     open: str
+    """The opening bracket; for a list, "or" when its parts were joined by `or`."""
     close: str
     items: tuple
 
@@ -77,6 +79,7 @@ RELATIONS = frozenset({"=", "<", ">", "<=", ">=", "!=", "~=", "in"})
 _OPENERS = {"(": ")", "[": "]", "{": "}", "lset": "rset"}
 _CLOSERS = frozenset({")", "]", "}", "rset"})
 _LABEL_OPS = frozenset({"angle", "triangle", "_", "'", "{", "}"})
+_LEAD_IN_VERBS = frozenset({"is", "are", "equals", "was"})
 
 
 # ---------------------------------------------------------------------------- token helpers
@@ -135,20 +138,32 @@ def parse_answer(text: str, budget: Budget) -> Item:
         return Text("".join(text.split()).casefold())
     while tokens and is_op(tokens[-1], ".", ",", ";"):
         tokens = tokens[:-1]
+    tokens = _strip_lead_in(tokens)
     try:
         return _parse_list(tokens, budget)
     except (ParseError, RecursionError):
         return Text(_text_of(tokens))
 
 
+def _strip_lead_in(tokens: list[Token]) -> list[Token]:
+    """Tokens after a leading phrase of words ending in a verb: `The value is 8` -> `8`."""
+    for k, tok in enumerate(tokens):
+        if tok.kind != "word":
+            return tokens
+        if k > 0 and k + 1 < len(tokens) and tok.text.lower() in _LEAD_IN_VERBS:
+            return tokens[k + 1:]
+    return tokens
+
+
 def _parse_list(tokens: list[Token], budget: Budget) -> Item:
-    parts, _ = split_top(tokens, LIST_SEPARATORS)
+    parts, seps = split_top(tokens, LIST_SEPARATORS)
     parts = [p for p in parts if p]
     if not parts:
         raise ParseError("empty")
     if len(parts) == 1:
         return _parse_relation(parts[0], budget)
-    return Collection("list", "", "", tuple(_parse_relation(p, budget) for p in parts))
+    items = tuple(_parse_relation(p, budget) for p in parts)
+    return Collection("list", "or" if "or" in seps else "", "", items)
 
 
 def _parse_relation(tokens: list[Token], budget: Budget) -> Item:

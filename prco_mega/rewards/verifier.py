@@ -185,11 +185,11 @@ class GoldAnswer:
 
     def _matches(self, answer: str, budget: Budget) -> bool:
         letters = choice_letters(answer)
-        if self.letters is not None:
+        if self.letters is not None and (letters is not None or not _lower_letter(self.gold)):
             if letters is None and self.options:
                 letters = self._option_letter(parse_answer(answer, budget), budget)
             return letters == self.letters
-        if letters is not None:
+        if letters is not None and self.letters is None and not _lower_letter(answer):
             return False  # option letters only ever equal the same letters
         item = parse_answer(answer, budget)
         return self.item is not None and items_equal(item, self.item, budget)
@@ -199,6 +199,12 @@ class GoldAnswer:
         found = [i for i, option in enumerate(self.options)
                  if option is not None and items_equal(item, option, budget)]
         return frozenset(chr(ord("A") + found[0])) if len(found) == 1 else None
+
+
+def _lower_letter(text: str) -> bool:
+    """A bare lower-case letter (`e`, `x`) may be a value, not an option, against a non-letter."""
+    text = text.strip()
+    return len(text) == 1 and "a" <= text <= "z"
 
 
 def _parse_or_none(text: str, budget_steps: int = BUDGET_STEPS) -> Item | None:
