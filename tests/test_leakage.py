@@ -223,3 +223,15 @@ def test_llm_judge_custom_template_and_errors():
 ])
 def test_rule_checker_trailing_conclusions(caption, gold, leak):
     assert rule_leak(caption, gold) == leak
+
+
+def test_judge_prompt_and_verdict_at_their_sizes():
+    """render_judge_prompt is linear in its inputs; parse_verdict reads a bounded tail."""
+    caption = "- {answer} {caption} " * (MAX_CAPTION_CHARS // 20)
+    prompt = render_judge_prompt(DEFAULT_JUDGE_TEMPLATE, QUESTION, caption, "7")
+    assert prompt.count(caption) == 1 and len(prompt) < len(DEFAULT_JUDGE_TEMPLATE) + len(caption) + 100
+    long_reply = "<think>" + "verdict: yes " * 100_000 + "</think>" + "x" * 1_000_000 + "VERDICT: NO"
+    assert parse_verdict(long_reply) == 0
+    assert parse_verdict("VERDICT: YES" + " " * 1_000_000) is None  # beyond the read tail
+    checker = LLMJudgeLeakageChecker(lambda prompts: ["VERDICT: NO"] * len(prompts))
+    assert checker([QUESTION] * 4, [caption] * 4, ["7"] * 4) == [0, 0, 0, 0]

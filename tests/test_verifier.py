@@ -166,6 +166,10 @@ def spellings(value: Fraction) -> list[str]:
         forms += [str(p), f"{p}.0", f"{sign}{ap:,}"]
     if ap < 10 and q < 10:
         forms.append(f"{sign}\\dfrac{ap}{q}")
+    forms += [f"{sign}\\sqrt{{\\frac{{{ap * ap}}}{{{q * q}}}}}", f"\\frac{{{2 * p}}}{{{2 * q}}}",
+              f"{sign}{ap}÷{q}"]
+    if q > 1 and ap > q and ap % q:
+        forms.append(f"{sign}{ap // q}\\frac{{{ap % q}}}{{{q}}}")  # a mixed number
     q_reduced = q
     for factor in (2, 5):
         while q_reduced % factor == 0:

@@ -150,27 +150,32 @@ def _sides_equivalent(sa: tuple, sb: tuple, ops: tuple, budget: Budget) -> bool:
 
 
 def _proportional(f: tuple, g: tuple, positive: bool, budget: Budget) -> bool:
-    names = free_vars(f) | free_vars(g)
-    if not names:
+    pairs = _paired_values(f, g, budget)
+    if not pairs or not (free_vars(f) | free_vars(g)):
         return False
-    ratio, count = None, 0
-    for j in range(len(POINTS)):
-        env = env_at(names, j)
-        fx, gx = _value_at(f, env, budget), _value_at(g, env, budget)
-        if (fx is None) != (gx is None):
-            return False
-        if fx is None:
-            continue
+    ratios = []
+    for fx, gx in pairs:
         if close(fx, 0.0) or close(gx, 0.0):
             if not (close(fx, 0.0) and close(gx, 0.0)):
                 return False
-            continue
-        if ratio is None:
-            ratio = fx / gx
-        elif not close(fx / gx, ratio):
-            return False
-        count += 1
-    return count >= MIN_POINTS and (ratio > 0 or not positive)
+        else:
+            ratios.append(fx / gx)
+    return len(ratios) >= MIN_POINTS and all(close(r, ratios[0]) for r in ratios) and \
+        (ratios[0] > 0 or not positive)
+
+
+def _paired_values(a: tuple, b: tuple, budget: Budget) -> list[tuple[float, float]] | None:
+    """(a, b) at every sample point where both are defined; None when only one of them is."""
+    names = free_vars(a) | free_vars(b)
+    pairs = []
+    for j in range(len(POINTS)):
+        env = env_at(names, j)
+        x, y = _value_at(a, env, budget), _value_at(b, env, budget)
+        if (x is None) != (y is None):
+            return None
+        if x is not None:
+            pairs.append((x, y))
+    return pairs
 
 
 def _value_at(node: tuple, env: dict[str, float], budget: Budget) -> float | None:
@@ -297,7 +302,7 @@ def same_value(a: tuple, b: tuple, sa: Form, sb: Form, budget: Budget,
         return xa == xb or _rounds_to(a, xa, sa, b, xb) or _rounds_to(b, xb, sb, a, xa)
     names = free_vars(a) | free_vars(b)
     if names:
-        return _agree_at_points(a, b, form_float(sa), form_float(sb), names, budget)
+        return _agree_at_points(a, b, form_float(sa), form_float(sb), budget)
     x, y = _value_at(a, {}, budget), _value_at(b, {}, budget)
     if x is None or y is None:
         return False
@@ -305,20 +310,10 @@ def same_value(a: tuple, b: tuple, sa: Form, sb: Form, budget: Budget,
     return close(x, y) or _rounds_to(a, x, sa, b, y) or _rounds_to(b, y, sb, a, x)
 
 
-def _agree_at_points(a: tuple, b: tuple, sa: float, sb: float, names: frozenset[str],
-                     budget: Budget) -> bool:
-    agreed = 0
-    for j in range(len(POINTS)):
-        env = env_at(names, j)
-        x, y = _value_at(a, env, budget), _value_at(b, env, budget)
-        if (x is None) != (y is None):
-            return False
-        if x is None:
-            continue
-        if not close(x * sa, y * sb):
-            return False
-        agreed += 1
-    return agreed >= MIN_POINTS
+def _agree_at_points(a: tuple, b: tuple, sa: float, sb: float, budget: Budget) -> bool:
+    pairs = _paired_values(a, b, budget)
+    return pairs is not None and len(pairs) >= MIN_POINTS and \
+        all(close(x * sa, y * sb) for x, y in pairs)
 
 
 def decimal_places(node: tuple) -> tuple[int, int] | None:

@@ -17,7 +17,8 @@ Rules (the gold and the answer are read the same way, and every rule is symmetri
   kept, so `\\sqrt{2+1}` is not `\\sqrt2+1` and `2^{x+1}` is not `2^x+1`.
 - Numbers in every spelling: `1,000` / `1{,}000` / `1\\,000`, `.5`, `1.5e3`, `1.5\\times10^3`,
   `\\frac`/`\\dfrac`/`\\tfrac`/`\\dfrac12`, mixed numbers `1\\frac{1}{2}` and `2 1/2`, `1/2`,
-  number words up to twenty, Unicode (`½`, `√2`, `x²`, `×`, `÷`, `−`, fullwidth digits).
+  number words alone (`three`, `twenty-one`), Unicode (`½`, `√2`, `x²`, `×`, `÷`, `−`,
+  fullwidth and other scripts' digits). A lead-in such as `The value is` is dropped.
 - Exact equality where possible: rationals, and sums of rational multiples of products of pi,
   e and square roots, in canonical form (`\\sqrt{12}` = `2\\sqrt{3}`, `\\pi/2` = `\\frac{\\pi}{2}`,
   `\\frac{1}{\\sqrt2}` = `\\frac{\\sqrt2}{2}`). Otherwise floating point to relative 1e-9
@@ -43,14 +44,17 @@ Rules (the gold and the answer are read the same way, and every rule is symmetri
   when lhs - rhs agree up to a constant factor (positive for inequalities): `x > 3` = `3 < x` =
   `2x > 6`. A labelled value is its value: `x = 5`, `AB = 5 cm`, `\\angle A = 30^\\circ`,
   `x \\approx 5`, `f(x) = 2x` equal `5`, `5 cm`, `30°`, `5`, `2x`. `2\\sqrt3 \\approx 3.46` is
-  `2\\sqrt3`.
+  `2\\sqrt3`. An inequality in one variable equals its interval (`2 \\le x < 5` = `[2, 5)`,
+  `x > 2` = `(2, \\infty)`), and inequalities joined by `or` their union.
 - Collections: tuples and intervals are ordered and keep their brackets (`(1, 2)` != `(2, 1)`,
   `(1, 2]` != `(1, 2)`); sets `\\{...\\}` ignore order and repeats; bare lists (`2, 3`,
   `x = 2 or x = 3`, `\\pm 2`) ignore order against lists and sets and keep it against a tuple;
-  unions of intervals ignore the order of their parts.
+  unions of intervals ignore the order of their parts; assignments meet a tuple in label order
+  (`y = 2, x = 1` = `(1, 2)`).
 - Multiple choice (see `choice`): a gold that names option letters accepts the same set of
   letters in any spelling; with `choices`, an answer equal to option i's text stands for letter
-  i, and a gold given as an option's text accepts that option's letter.
+  i, and a gold given as an option's text accepts that option's letter. Letters never equal a
+  non-letter, except that a bare lower-case letter (`e`, `x`) is then read as a value.
 - Anything else is compared as text: case-folded, LaTeX wrappers removed, no whitespace.
 """
 from __future__ import annotations
