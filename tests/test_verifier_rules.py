@@ -132,3 +132,9 @@ def test_an_exhausted_budget_answers_not_equal():
     small.budget_steps = 40  # enough to parse the gold above, not to expand the power
     assert not small.matches(a)
     assert small.last_steps == 40  # it ran out
+
+
+@pytest.mark.parametrize("a, b", [("\\pi!", "1"), ("0.5!", "x!"), ("(B)!", "y%"),
+                                  ("\\infty!", "2"), ("x!", "\\sin 0.5!")])
+def test_factorials_of_non_integers_have_no_value_and_never_raise(a, b):
+    assert not answers_match(a, b) and not answers_match(b, a)

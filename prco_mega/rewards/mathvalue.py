@@ -340,7 +340,10 @@ def _numeric_special(node: tuple, env: dict[str, float], budget: Budget) -> floa
     if kind == "pct":
         return numeric(node[1], env, budget) / 100
     if kind in ("fact", "binom"):
-        return form_float(exact(node, budget))
+        try:
+            return form_float(exact(node, budget))
+        except NotExact:  # a non-integer or huge factorial has no value here
+            raise Invalid from None
     raise Invalid
 
 
