@@ -63,8 +63,9 @@ def test_dali_cpu_decode_equals_pil(fmt):
 
 def test_dali_recovers_after_a_corrupt_image():
     pytest.importorskip("nvidia.dali")
+    truncated = encoded(noise_image(), "PNG")[:200]  # a valid header: PIL's peek passes it on
     with pytest.raises(ValueError, match="cannot be decoded by DALI"):
-        decode_image(b"\x89PNG\r\n\x1a\n garbage", backend="dali")
+        decode_image(truncated, backend="dali")
     data = encoded(noise_image(seed=2), "PNG")
     assert np.array_equal(np.asarray(decode_image(data, backend="dali")),
                           np.asarray(noise_image(seed=2)))
@@ -116,3 +117,63 @@ def test_resize_to_grid():
     assert out.size == (196, 112)  # PIL sizes are (width, height)
     on_grid = noise_image(h=56, w=84)
     assert resize_to_grid(on_grid) is on_grid
+
+
+def _transparent(mode: str) -> Image.Image:
+    """A black square on a transparent background (alpha dropped: one black image)."""
+    alpha = np.zeros((28, 28), np.uint8)
+    alpha[7:21, 7:21] = 255
+    alpha[:, :3] = 128
+    if mode == "P":
+        image = Image.fromarray(np.where(alpha == 255, 1, 0).astype(np.uint8), "P")
+        image.putpalette([255, 0, 0, 0, 0, 0])  # index 0 (red) is the transparent one
+        image.info["transparency"] = 0
+        return image
+    black = np.zeros((28, 28, len(mode) - 1), np.uint8)
+    return Image.fromarray(np.dstack([black, alpha]).squeeze(), mode)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparency_is_composited_onto_white(mode):
+    out = np.asarray(decode_image(encoded(_transparent(mode), "PNG"))).astype(int)
+    assert (out[10, 10] == 0).all() and (out[25, 25] == 255).all()
+    if mode != "P":  # 50% black over white
+        assert (abs(out[10, 0] - 127.5) <= 1).all()
+
+
+def test_sixteen_bit_greyscale_keeps_its_top_byte_and_cmyk_converts():
+    wide = np.array([[0, 255, 256, 32768, 65535]], dtype=np.uint16)
+    out = np.asarray(decode_image(encoded(Image.fromarray(wide), "PNG")))
+    assert out[0, :, 0].tolist() == [0, 0, 1, 128, 255] and (out[..., 0] == out[..., 2]).all()
+    cmyk = noise_image(mode="CMYK")
+    assert np.array_equal(np.asarray(decode_image(encoded(cmyk, "TIFF"))),
+                          np.asarray(cmyk.convert("RGB")))
+
+
+def test_exif_rotation_is_applied_once():
+    image = noise_image(h=20, w=30)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    out = decode_image(encoded(image, "PNG", exif=exif))
+    assert out.size == (20, 30) and "exif" not in out.info
+    assert np.array_equal(np.asarray(out), np.asarray(image.transpose(Image.Transpose.ROTATE_270)))
+
+
+def test_normalised_images_are_marked_and_others_refused():
+    out = images_mod.normalize_image(noise_image())
+    images_mod.require_normalized([out, resize_to_grid(out)], "test")
+    for bad in (noise_image(), out.convert("RGBA"), np.asarray(out)):
+        with pytest.raises(TypeError, match="did not go through"):
+            images_mod.require_normalized([out, bad], "test")
+
+
+def test_size_limit_is_checked_before_decoding():
+    data = encoded(noise_image(h=10, w=20), "PNG")
+    with pytest.raises(images_mod.ImageTooLarge, match=r"is 20x10 \(200 pixels\), over the limit "
+                                                       r"of 199"):
+        decode_image(data, max_pixels=199)
+    assert decode_image(data, max_pixels=200).size == (20, 10)
+    from bad_files import bomb_png
+
+    with pytest.raises(images_mod.ImageTooLarge, match="400000000 pixels"):
+        decode_image(bomb_png())  # over twice PIL's limit: PIL refuses in open, named as ours

@@ -1,22 +1,79 @@
 """The image pipeline: decode bytes or files to RGB PIL images, resize to the vision patch grid.
 
+Every image the model sees goes through `normalize_image` once (decoded data, synthetic renders):
+transparency is composited onto white exactly as vLLM does it, so the learner's processor and the
+rollout engine see the same pixels; the result carries a marker that the engine and the learner
+check (`require_normalized`) instead of trusting that a caller remembered.
+
 Two decoders: PIL (default) and NVIDIA DALI's CPU decoder (`backend="dali"`), imported only when
 asked for; asking for DALI without it installed is an error, never a silent fallback to PIL.
+DALI decodes plain RGB and greyscale images; the rest (transparency, 16-bit, CMYK, palettes, EXIF
+rotations), which DALI would flatten differently from vLLM, are decoded by PIL.
 """
 from __future__ import annotations
 
 import io
 import math
 import threading
+import warnings
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 BACKENDS = ("pil", "dali")
 PATCH_MULTIPLE = 28  # Qwen2.5-VL: 14 px patches, merged 2x2 by the projector
 DEFAULT_MIN_PIXELS = 4 * 28 * 28
 DEFAULT_MAX_PIXELS = 1280 * 28 * 28
 MAX_ASPECT = 200  # longer / shorter side; beyond this no grid keeps the image meaningful
+PIL_MAX_IMAGE_PIXELS = 89_478_485
+"""PIL's decompression-bomb threshold (`Image.MAX_IMAGE_PIXELS`), the default size limit."""
+NORMALIZED = "prco_mega.normalized"
+"""`Image.info` key set by `normalize_image`; PIL copies `info` through resize, crop and copy."""
+WHITE = (255, 255, 255)  # vLLM's default `rgba_background_color`
+
+
+class ImageTooLarge(ValueError):
+    """An image over the configured pixel limit (a likely decompression bomb)."""
+
+
+def normalize_image(image: Image.Image) -> Image.Image:
+    """A new RGB image of what `image` shows, marked as normalised.
+
+    EXIF orientation is applied and transparency (RGBA, LA, PA, or a `transparency` entry in P, L
+    or RGB) is composited onto white, both as vLLM does to a PIL image it is given; 16-bit
+    greyscale keeps its top byte (PIL's own conversion clips it at 255, a white image); every other
+    mode goes through PIL's `convert("RGB")`. `info` is replaced by the marker alone, so no EXIF
+    tag is applied twice.
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        out = Image.new("RGB", rgba.size, WHITE)
+        out.paste(rgba, mask=rgba.getchannel("A"))
+    elif image.mode.startswith("I;16"):
+        import numpy as np
+
+        top_byte = (np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8)  # [H, W]
+        out = Image.fromarray(top_byte, mode="L").convert("RGB")
+    else:
+        out = image.convert("RGB") if image.mode != "RGB" else image.copy()
+    out.info = {NORMALIZED: True}
+    return out
+
+
+def is_normalized(image: Image.Image) -> bool:
+    """True when `image` came out of `normalize_image` (or a resize/crop of it) and is still RGB."""
+    return image.mode == "RGB" and image.info.get(NORMALIZED) is True
+
+
+def require_normalized(images, where: str) -> None:
+    """Refuse images that skipped `normalize_image`: an engine or processor given one would
+    flatten its transparency its own way, and learner and engine would see different pixels."""
+    for k, image in enumerate(images):
+        if not (isinstance(image, Image.Image) and is_normalized(image)):
+            kind = getattr(image, "mode", type(image).__name__)
+            raise TypeError(f"{where}: image {k} ({kind}) did not go through "
+                            "prco_mega.data.images.normalize_image")
 
 
 def _read_bytes(src: bytes | bytearray | memoryview | str | Path) -> tuple[bytes, str]:
@@ -29,27 +86,57 @@ def _read_bytes(src: bytes | bytearray | memoryview | str | Path) -> tuple[bytes
     return path.read_bytes(), str(path)
 
 
-def decode_image(src: bytes | str | Path, backend: str = "pil") -> Image.Image:
-    """Decode an encoded image (bytes, or a file path) to an RGB `PIL.Image`.
+def decode_image(src: bytes | str | Path, backend: str = "pil",
+                 max_pixels: int = PIL_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode an encoded image (bytes, or a file path) to a normalised RGB `PIL.Image`.
 
-    Raises ValueError naming the source when the data is not a decodable image.
+    The header is read first: an image over `max_pixels` raises `ImageTooLarge` before any pixel
+    is decoded. Raises ValueError naming the source when the data is not a decodable image.
     """
     if backend not in BACKENDS:
         raise ValueError(f"image backend ({backend!r}) must be one of {BACKENDS}")
     data, name = _read_bytes(src)
     if not data:
         raise ValueError(f"image {name} is empty")
-    if backend == "dali":
-        return _decode_dali(data, name)
-    return _decode_pil(data, name)
+    with _open_checked(data, name, max_pixels) as image:
+        if backend == "dali" and _dali_exact(image):
+            return normalize_image(_decode_dali(data, name))
+        return _decode_pil(image, name)
 
 
-def _decode_pil(data: bytes, name: str) -> Image.Image:
+def _open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """The lazily opened image (header only), refused when over `max_pixels`."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()  # decode now: truncated files fail here, not later in a rollout
-            return image.convert("RGB")
+        with warnings.catch_warnings():  # our limit decides, not PIL's warning threshold
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:  # over twice PIL's limit: refused in open
+        raise ImageTooLarge(f"image {name} is too large: {err}") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"image {name} cannot be decoded: {err}") from err
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ImageTooLarge(f"image {name} is {width}x{height} ({width * height} pixels), over "
+                            f"the limit of {max_pixels} (data.max_image_pixels)")
+    return image
+
+
+def _dali_exact(image: Image.Image) -> bool:
+    """DALI's RGB output equals `normalize_image`'s only for opaque 8-bit RGB/greyscale images
+    without an EXIF rotation."""
+    opaque = image.mode in ("RGB", "L") and "transparency" not in image.info
+    exif = Image.Exif()
+    if "exif" in image.info:  # the header's EXIF; `getexif()` would decode a PNG's pixels
+        exif.load(image.info["exif"])
+    return opaque and exif.get(ExifTags.Base.Orientation, 1) == 1
+
+
+def _decode_pil(image: Image.Image, name: str) -> Image.Image:
+    try:
+        image.load()  # decode now: truncated files fail here, not later in a rollout
+        return normalize_image(image)
+    except (OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"image {name} cannot be decoded: {err}") from err
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Iterator
 
+from prco_mega.data.images import normalize_image
 from prco_mega.data.synthetic_families import FAMILIES
 from prco_mega.types import Task
 
@@ -124,7 +125,7 @@ class SyntheticTaskSource:
             uid=f"synthetic-{cfg.seed}-{index}",
             question=question,
             answer=format_number(answer_from_facts(facts)),
-            images=[image],
+            images=[normalize_image(image)],
             family=family,
             facts=facts,
             meta={"seed": cfg.seed, "index": index, "difficulty": cfg.difficulty,

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from prco_mega.data.images import require_normalized
 from prco_mega.learner.mrope import mrope_position_ids
 from prco_mega.learner.packing import SequenceInputs
 from prco_mega.types import Trajectory
@@ -38,6 +39,7 @@ class VisionInputs:
     def _patches(self, image: Any) -> tuple[torch.Tensor, torch.Tensor]:
         hit = self._cache.get(id(image))
         if hit is None or hit[0] is not image:
+            require_normalized([image], "learner image processor")  # the engine's pixels
             out = self.processor(images=[image], return_tensors="pt")
             hit = (image, out["pixel_values"].float(), out["image_grid_thw"].long())
             self._cache[id(image)] = hit  # keeps `image` alive, so its id stays unique

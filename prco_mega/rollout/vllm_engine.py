@@ -203,6 +203,10 @@ class VllmEngine(RolloutEngine):
 
     @staticmethod
     def _vllm_prompt(request: GenerationRequest) -> dict[str, Any]:
+        from prco_mega.data.images import require_normalized
+
+        # vLLM flattens a raw image its own way; the learner must see the engine's pixels.
+        require_normalized(request.images or (), "vLLM engine request")
         if request.prompt_ids is not None:
             prompt: dict[str, Any] = {"prompt_token_ids": list(request.prompt_ids)}
         else:

@@ -149,7 +149,10 @@ def greedy_prompts(model_dir: Path) -> list[tuple[str, list]]:
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(model_dir)
-    image = Image.fromarray(np.random.default_rng(7).integers(0, 256, (56, 56, 3), np.uint8))
+    from prco_mega.data.images import normalize_image
+
+    image = normalize_image(Image.fromarray(
+        np.random.default_rng(7).integers(0, 256, (56, 56, 3), np.uint8)))
 
     def chat(question: str, images: list) -> str:
         content = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]

@@ -52,8 +52,10 @@ def image():
     """A 56x56 RGB test image: 4x4 patches of 14 px, merged to 4 image tokens."""
     from PIL import Image
 
+    from prco_mega.data.images import normalize_image
+
     rng = np.random.default_rng(7)
-    return Image.fromarray(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8))
+    return normalize_image(Image.fromarray(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)))
 
 
 @pytest.fixture(scope="session")
