@@ -108,7 +108,11 @@ def apply_override(data: dict, dotted: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ValueError(f"override {dotted!r}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ValueError(f"override {dotted!r}: the value is not valid YAML "
+                         f"({_yaml_problem(err, column_offset=len(key) + 1)})") from err
 
 
 def to_dict(cfg: Any) -> dict:
@@ -116,12 +120,42 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def _yaml_problem(err: yaml.YAMLError, column_offset: int = 0) -> str:
+    """PyYAML's error in one line: what, then 1-based line and column where it noticed."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    if mark is None:
+        return problem
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1 + column_offset}"
+
+
+def _config_text(p: Path) -> str:
+    """The file's text; a binary or non-UTF-8 file is refused by name."""
+    try:
+        raw = p.read_bytes()
+    except OSError as err:
+        raise ValueError(f"config file {str(p)!r} cannot be read: {err.strerror}") from err
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config file {str(p)!r} is not a YAML text file (byte "
+                         f"0x{raw[err.start]:02x} at position {err.start} is not UTF-8)") from err
+    if "\x00" in text:
+        raise ValueError(f"config file {str(p)!r} is not a YAML text file (NUL byte at position "
+                         f"{text.index(chr(0))})")
+    return text
+
+
 def load_yaml(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Read a YAML config and apply overrides; the result is validated by `from_dict`."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"config file {str(p)!r} does not exist")
-    data = yaml.safe_load(p.read_text()) or {}
+    try:
+        data = yaml.safe_load(_config_text(p)) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {str(p)!r} is not valid YAML: {_yaml_problem(err)}") \
+            from err
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(p)!r} must hold a mapping at the top level")
     for ov in overrides:
@@ -149,6 +183,9 @@ class RunSection:
                              "must be >= 0")
 
 
+_PIL_MAX_IMAGE_PIXELS = 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS (config.py imports no PIL)
+
+
 @dataclass
 class DataSection:
     source: Literal["synthetic", "jsonl", "parquet"] = "synthetic"
@@ -167,8 +204,15 @@ class DataSection:
     """Synthetic family mix weights, e.g. {shapes: 1, bars: 1}; empty = all families equally."""
     prompts_per_step: int = 8
     """Tasks per RL step."""
+    max_image_pixels: int = _PIL_MAX_IMAGE_PIXELS
+    """Largest image (width x height) a file source may hold; a larger one is a bad row
+    (`image_too_large`), refused before decoding. Default: PIL's decompression-bomb threshold;
+    PIL itself refuses images over twice its threshold whatever this says."""
 
     def validate(self) -> None:
+        if not 1 <= self.max_image_pixels <= 2 * _PIL_MAX_IMAGE_PIXELS:
+            raise ValueError(f"data.max_image_pixels ({self.max_image_pixels}) must be in "
+                             f"[1, {2 * _PIL_MAX_IMAGE_PIXELS}] (PIL refuses larger images)")
         if self.image_size % 28:
             raise ValueError(f"data.image_size ({self.image_size}) must be a multiple of 28")
         if self.source != "synthetic" and not self.path:

@@ -51,6 +51,40 @@ def test_missing_config_file_is_named(tmp_path):
         load_yaml(tmp_path / "nope.yaml")
 
 
+def test_invalid_yaml_names_file_line_and_column(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("run:\n  steps: 3\ndata: [1, 2\nsolver: {}\n")
+    with pytest.raises(ValueError, match=r"broken\.yaml' is not valid YAML: expected ',' or ']', "
+                                         r"but got ':' at line 4, column 7$"):
+        load_yaml(path)
+
+
+def test_invalid_yaml_override_names_the_override_and_column():
+    with pytest.raises(ValueError, match=r"override 'data\.families=\{a: 1': the value is not "
+                                         r"valid YAML \(expected ',' or '\}', but got "
+                                         r"'<stream end>' at line 1, column 20\)$"):
+        apply_override({}, "data.families={a: 1")
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", b"run: {}\n\x00\x01",
+                                     "run:\n  name: caf\xe9\n".encode("latin-1")])
+def test_binary_config_file_is_named(tmp_path, content):
+    path = tmp_path / "model.bin"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"config file '.*model\.bin' is not a YAML text file"):
+        load_yaml(path)
+
+
+def test_image_limit_defaults_to_pils():
+    from PIL import Image
+
+    from prco_mega.data.images import PIL_MAX_IMAGE_PIXELS
+
+    assert DataSection().max_image_pixels == PIL_MAX_IMAGE_PIXELS == Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ValueError, match=r"data\.max_image_pixels \(0\) must be in"):
+        from_dict(DataSection, {"max_image_pixels": 0}, "data")
+
+
 def test_sampling_temperature_must_match_the_learner_log_prob_temperature():
     from prco_mega.config import RunConfig
 

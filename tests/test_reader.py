@@ -2,12 +2,14 @@
 import base64
 import io
 import json
+import os
 import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from bad_files import bomb_png
 from prco_mega.data.reader import ReaderConfig, TaskReader, read_tasks
 
 
@@ -23,7 +25,10 @@ def pixels_of(data: bytes) -> np.ndarray:
 
 
 def write_jsonl(path, rows) -> None:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    """Rows are objects (dumped), text lines, or raw bytes lines (for encodings)."""
+    lines = [r if isinstance(r, bytes) else (r if isinstance(r, str) else json.dumps(r)).encode()
+             for r in rows]
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
 
 
 @pytest.fixture
@@ -32,6 +37,7 @@ def data_dir(tmp_path):
     (tmp_path / "images" / "a.png").write_bytes(png(1))
     (tmp_path / "images" / "b.png").write_bytes(png(2))
     (tmp_path / "images" / "broken.png").write_bytes(png(3)[:60])
+    (tmp_path / "images" / "bomb.png").write_bytes(bomb_png())
     return tmp_path
 
 
@@ -71,6 +77,10 @@ BAD_ROWS = {  # row number (1-based) -> (row, skip reason, words the error must 
     6: ({"question": "q", "answer": "1"}, "missing_image_column", ["no image"]),
     7: ({"question": "q", "answer": "1", "image": "%%%not base64%%%"}, "bad_image_value",
         ["neither a file path nor valid base64"]),
+    8: ('{"question": "caf\xe9?", "answer": "1", "image": "images/a.png"}'.encode("latin-1"),
+        "bad_encoding", ["not UTF-8", "byte 0xe9 at position 17"]),
+    9: ({"question": "q", "answer": "1", "image": "images/bomb.png"}, "image_too_large",
+        ["bomb.png", "too large", "400000000 pixels"]),
 }
 
 
@@ -99,7 +109,18 @@ def test_skip_counts_every_bad_row(data_dir):
     tasks = list(reader)
     assert [t.uid for t in tasks] == ["q1", f"mixed:{len(BAD_ROWS) + 2}"]
     assert dict(reader.stats.skipped) == {reason: 1 for _, reason, _ in BAD_ROWS.values()}
-    assert reader.stats.rows == reader.stats.tasks + sum(reader.stats.skipped.values()) == 8
+    assert reader.stats.rows == reader.stats.tasks + sum(reader.stats.skipped.values()) == 10
+
+
+def test_image_over_the_configured_limit_is_a_row_error_in_both_modes(data_dir):
+    path = data_dir / "small_limit.jsonl"
+    write_jsonl(path, GOOD_ROWS[:2])  # 20x16 px images: 320 pixels
+    with pytest.raises(ValueError, match=r"row 1: .*a\.png is 20x16 \(320 pixels\), over the "
+                                         r"limit of 319 \(data\.max_image_pixels\)"):
+        read_tasks(path, ReaderConfig(max_image_pixels=319))
+    tasks, stats = read_tasks(path, ReaderConfig(max_image_pixels=319, on_error="skip"))
+    assert tasks == [] and dict(stats.skipped) == {"image_too_large": 2}
+    assert len(read_tasks(path, ReaderConfig(max_image_pixels=320))[0]) == 2
 
 
 def test_parquet_with_bytes_structs_and_paths(data_dir):
@@ -153,3 +174,16 @@ def test_config_and_file_errors(data_dir):
         TaskReader(data_dir / "train.csv")
     with pytest.raises(ValueError, match="does not exist"):
         TaskReader(data_dir / "absent.jsonl")
+    (data_dir / "folder.jsonl").mkdir()
+    with pytest.raises(ValueError, match=r"folder\.jsonl is not a regular file"):
+        TaskReader(data_dir / "folder.jsonl")
+    locked = data_dir / "locked.jsonl"
+    write_jsonl(locked, GOOD_ROWS[:1])
+    locked.chmod(0)
+    if not os.access(locked, os.R_OK):  # root reads anything
+        with pytest.raises(ValueError, match=r"locked\.jsonl cannot be read: Permission denied"):
+            TaskReader(locked)
+    (data_dir / "garbage.parquet").write_bytes(b"not parquet at all")
+    pytest.importorskip("pyarrow")
+    with pytest.raises(ValueError, match=r"garbage\.parquet is not a readable parquet file"):
+        list(TaskReader(data_dir / "garbage.parquet"))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from prco_mega.data.images import BACKENDS, decode_image
+from prco_mega.data.images import BACKENDS, PIL_MAX_IMAGE_PIXELS, ImageTooLarge, decode_image
 from prco_mega.types import Task
 
 QUESTION_KEYS = ("question", "problem", "prompt", "query")
@@ -55,10 +55,14 @@ class ReaderConfig:
     """A row without any image is malformed (this is multimodal data)."""
     source: str = ""
     """Name put in `Task.family`; default: the data file's stem."""
+    max_image_pixels: int = PIL_MAX_IMAGE_PIXELS
+    """Larger images are bad rows (`image_too_large`), refused before their pixels are decoded."""
 
     def __post_init__(self) -> None:
         if self.on_error not in ("raise", "skip"):
             raise ValueError(f"on_error ({self.on_error!r}) must be 'raise' or 'skip'")
+        if self.max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels ({self.max_image_pixels}) must be >= 1")
         if self.image_backend not in BACKENDS:
             raise ValueError(f"image_backend ({self.image_backend!r}) must be one of {BACKENDS}")
 
@@ -80,9 +84,18 @@ def _first_key(row: dict[str, Any], keys: tuple[str, ...]) -> str | None:
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """(1-based line number, parsed row or RowError) for every non-blank line."""
-    with path.open("r", encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    """(1-based line number, parsed row or RowError) for every non-blank line.
+
+    Lines are read as bytes and decoded one by one, so a line that is not UTF-8 is one bad row
+    rather than the end of the file."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield number, RowError("bad_encoding", f"not UTF-8 (byte 0x{raw[err.start]:02x} "
+                                       f"at position {err.start})")
+                continue
             if not line.strip():
                 continue
             try:
@@ -98,8 +111,12 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
     except ImportError as err:
         raise ValueError(f"reading parquet file {path} needs the package pyarrow "
                          "(pip install pyarrow), which is not installed") from err
+    try:
+        parquet = pq.ParquetFile(path)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise ValueError(f"data file {path} is not a readable parquet file: {err}") from err
     number = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
+    for batch in parquet.iter_batches(batch_size=256):
         for row in batch.to_pylist():
             number += 1
             yield number, row
@@ -122,8 +139,7 @@ class TaskReader:
         suffix = self.path.suffix.lower()
         if suffix not in (".jsonl", ".json", ".parquet"):
             raise ValueError(f"data file {self.path} must end in .jsonl, .json or .parquet")
-        if not self.path.is_file():
-            raise ValueError(f"data file {self.path} does not exist")
+        check_readable(self.path, "data file")
         self._rows = _iter_parquet if suffix == ".parquet" else _iter_jsonl
 
     def __iter__(self) -> Iterator[Task]:
@@ -186,7 +202,9 @@ class TaskReader:
         if isinstance(src, Path) and not src.is_file():
             raise RowError("missing_image", f"column {key!r}: image file {src} does not exist")
         try:
-            return decode_image(src, backend=self.cfg.image_backend)
+            return decode_image(src, self.cfg.image_backend, self.cfg.max_image_pixels)
+        except ImageTooLarge as err:
+            raise RowError("image_too_large", f"column {key!r}: {err}") from err
         except ValueError as err:
             raise RowError("corrupt_image", f"column {key!r}: {err}") from err
 
@@ -217,6 +235,19 @@ class TaskReader:
             return None
         path = Path(value)
         return path if path.is_absolute() else self.path.parent / path
+
+
+def check_readable(path: Path, what: str) -> None:
+    """Refuse a path that is missing, not a regular file, or not readable by this process."""
+    if not path.exists():
+        raise ValueError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"{what} {path} is not a regular file")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as err:
+        raise ValueError(f"{what} {path} cannot be read: {err.strerror}") from err
 
 
 def _b64(key: str, text: str) -> bytes:
