@@ -214,13 +214,14 @@ def ppo_kl_loss(logprobs, old_logprobs, advantages, loss_weights, *, clip_low=0.
 
 def ppo_kl_loss_and_grad(logprobs, old_logprobs, advantages, loss_weights, *, clip_low=0.2,
                          clip_high=0.2, dual_clip=None, ref_logprobs=None, kl_coef=0.0,
-                         kl_type="k3"):
+                         kl_type="k3", return_totals=False):
     """(loss [], dloss/dlogprob [T] fp32) in one kernel pass, no autograd: the fused loss head
-    (see logprob.py) feeds this gradient straight into its LM-head backward."""
+    (see logprob.py) feeds this gradient straight into its LM-head backward. `return_totals`
+    adds the kernel's partial sums [4]: w*pg, w*kl, #clipped, #weighted tokens."""
     with torch.no_grad():
-        loss, dlp, _ = ppo_kl_loss_triton_fwd(logprobs.contiguous(), old_logprobs.contiguous(),
+        loss, dlp, totals = ppo_kl_loss_triton_fwd(logprobs.contiguous(), old_logprobs.contiguous(),
                                               advantages.contiguous(), loss_weights.contiguous(),
                                               clip_low, clip_high, dual_clip,
                                               None if ref_logprobs is None else ref_logprobs.contiguous(),
                                               kl_coef, kl_type)
-    return loss, dlp
+    return (loss, dlp, totals) if return_totals else (loss, dlp)

@@ -1,8 +1,9 @@
 """Typed configs: YAML file + `key.path=value` overrides -> nested dataclasses, validated.
 
 Every section is a dataclass with a doc line per field; unknown keys and wrong types are errors
-that name the key path. Only the controller sees the whole `RunConfig`; each component receives its
-own section. Sections owned by a component live beside it (learner, rollout) and are assembled here.
+that name the key path. Only the build layer (`build.py`) sees the whole `RunConfig`; each
+component receives its own section. Sections owned by a component live beside it (learner,
+rollout, cluster) and are assembled here.
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
                 return _coerce(value, arm, path)
             except ValueError as e:
                 errors.append(str(e))
+        if len(errors) == 1:  # `X | None`: the one real type's own message names it best
+            raise ValueError(errors[0])
         raise ValueError(f"{path}: {value!r} does not match {_type_name(tp)}")
     if origin is Literal:
         if value not in typing.get_args(tp):
@@ -238,8 +241,11 @@ class SamplingSection:
     n: int = 4
     """Samples per prompt (G_O for the Observer, G_S per caption for the Solver)."""
     temperature: float = 1.0
+    """Sampling temperature; must equal `learner.logprob_temperature` (the PPO ratio's)."""
     top_p: float = 1.0
+    """Nucleus sampling mass in (0, 1]."""
     max_new_tokens: int = 64
+    """Longest response in tokens (a longer one is cut, finish reason "length")."""
 
     def validate(self) -> None:
         if self.n < 1 or self.max_new_tokens < 1:
@@ -264,12 +270,18 @@ class RewardSection:
 
 @dataclass
 class AlgoSection:
+    """The algorithm and its loss. Fields left at None take the algorithm's preset
+    (`prco_mega.algorithms.REGISTRY`); a value given here overrides the preset. The resolved values
+    are printed when a run starts and written to its `config.json`."""
+
     name: Literal["prco", "prco_shared", "grpo", "dapo"] = "prco"
     """prco; prco_shared (Observer gets the outcome reward); grpo/dapo single-role baselines."""
     warmup_steps: int = 5
     """Caption-first warm-up: the Solver sees no image for the first N RL steps."""
-    clip_low: float = 0.2
-    clip_high: float = 0.2
+    clip_low: float | None = None
+    """PPO ratio lower clip, rho >= 1 - clip_low (preset: 0.2)."""
+    clip_high: float | None = None
+    """PPO ratio upper clip, rho <= 1 + clip_high (preset: 0.2; DAPO's clip-higher 0.28)."""
     dual_clip: float | None = None
     """Dual-clip constant c > 1 bounding the loss of negative-advantage tokens; None = off."""
     kl_coef: float = 0.0
@@ -277,23 +289,35 @@ class AlgoSection:
     > 0 builds a frozen copy of that checkpoint in the learner's layout (one more forward pass
     per step, and one more copy of the weights per rank)."""
     kl_kind: Literal["k1", "k2", "k3"] = "k3"
-    level: Literal["token", "sequence"] = "token"
-    """Loss aggregation; denominators are global per role."""
-    scale_by_std: bool = False
-    """Divide group advantages by their std (PRCO: no)."""
+    """KL estimator of the reference term (k1 = d, k2 = d^2/2, k3 = exp(-d) - 1 + d)."""
+    level: Literal["token", "sequence"] | None = None
+    """Loss aggregation, with global per-role denominators (preset: token; GRPO: sequence)."""
+    scale_by_std: bool | None = None
+    """Divide group advantages by their std (preset: PRCO no, GRPO and DAPO yes)."""
     tis_cap: float | None = None
     """Truncated importance-sampling cap for train/rollout mismatch; None = off."""
+    dynamic_sampling: bool | None = None
+    """Drop groups whose rewards are all equal and draw more prompts until `data.prompts_per_step`
+    informative groups are found (preset: DAPO yes, single-role only)."""
+    max_extra_draws: int | None = None
+    """Dynamic sampling: at most this many extra batches of prompts per step (preset: 4)."""
+    overlong_buffer: int | None = None
+    """DAPO's soft overlong penalty: the last N tokens before `solver.max_new_tokens` where the
+    penalty ramps from 0 to -1; 0 = off (preset: DAPO a fifth of max_new_tokens, else 0)."""
 
     def validate(self) -> None:
         if self.dual_clip is not None and self.dual_clip <= 1.0:
             raise ValueError(f"algo.dual_clip ({self.dual_clip}) must be > 1")
-        if self.clip_low < 0 or self.clip_high < 0 or self.kl_coef < 0:
-            raise ValueError(f"algo.clip_low ({self.clip_low}), clip_high ({self.clip_high}) and "
-                             f"kl_coef ({self.kl_coef}) must be >= 0")
+        for key in ("clip_low", "clip_high", "kl_coef", "max_extra_draws", "overlong_buffer"):
+            value = getattr(self, key)
+            if value is not None and value < 0:
+                raise ValueError(f"algo.{key} ({value}) must be >= 0")
 
 
 @dataclass
 class KernelsSection:
+    """Which loss-head implementation the learner runs."""
+
     impl: Literal["torch", "triton"] = "torch"
     """Loss-head implementation; "triton" raises where Triton cannot run (never a silent fallback)."""
 
@@ -363,28 +387,40 @@ class WarmStartSection:
 
 # Sections owned by their components; plain dataclasses, cheap to import.
 from prco_mega.learner.config import LearnerConfig  # noqa: E402
-from prco_mega.plan.inputs import ClusterSection  # noqa: E402
+from prco_mega.cluster import ClusterSection  # noqa: E402
 from prco_mega.rollout.config import EngineConfig  # noqa: E402
 
 
 @dataclass
 class RunConfig:
-    """A whole run. Only the controller sees all of it; each component gets its section."""
+    """A whole run. Only the build layer sees all of it; each component gets its section."""
 
     run: RunSection = field(default_factory=RunSection)
+    """Name, output directory, seed, RL steps, held-out evaluation size."""
     model: ModelSection = field(default_factory=ModelSection)
+    """The checkpoint RL starts from (or the tiny model built locally)."""
     data: DataSection = field(default_factory=DataSection)
+    """Where tasks come from and how many each step trains on."""
     roles: RolesSection = field(default_factory=RolesSection)
+    """Role prompt templates and the system prompt."""
     observer: SamplingSection = field(default_factory=SamplingSection)
     """Observer sampling: n = G_O captions per task."""
     solver: SamplingSection = field(default_factory=SamplingSection)
     """Solver sampling: n = G_S answers per caption (baselines: answers per task)."""
     reward: RewardSection = field(default_factory=RewardSection)
+    """Solver reward weighting and the leakage checker."""
     algo: AlgoSection = field(default_factory=AlgoSection)
+    """The algorithm (registry entry) and its loss; unset fields take the entry's preset."""
     kernels: KernelsSection = field(default_factory=KernelsSection)
+    """The learner's loss-head implementation."""
     warm_start: WarmStartSection = field(default_factory=WarmStartSection)
+    """Supervised steps on demonstrations before RL (the tiny model's stand-in for an instruct
+    model)."""
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    """Megatron learner: parallel layout, batching, optimizer, schedule, checkpoints
+    (`learner/config.py`)."""
     engine: EngineConfig = field(default_factory=EngineConfig)
+    """Rollout engine (vLLM) settings (`rollout/config.py`)."""
     cluster: ClusterSection | None = None
     """Cluster layout for `prco-mega launch` / `plan`; None for a single-machine run."""
 

@@ -7,29 +7,19 @@ It sits above `rewards` and `algo`, which import nothing of each other.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from statistics import fmean
 from typing import Protocol
 
 import torch
 
-from prco_mega.algo import dapo_keep_mask, group_advantages, grpo_advantages, select_solver_groups
+from prco_mega.algo import (dapo_keep_mask, group_advantages, grpo_advantages, overlong_penalty,
+                            select_solver_groups)
 from prco_mega.rewards.format import format_score
 from prco_mega.rewards.observer import (observer_utility_rewards, shared_outcome_observer_rewards,
                                         solver_reward)
 from prco_mega.rewards.verifier import verify
-from prco_mega.types import Role, Task, Trajectory
-
-
-@dataclass
-class TaskRollout:
-    """Everything sampled for one task in one step."""
-
-    task: Task
-    observer: list[Trajectory] = field(default_factory=list)
-    """[G_O] captions (empty for single-role baselines)."""
-    solver: list[list[Trajectory]] = field(default_factory=list)
-    """[G_O][G_S] answers per caption; single-role baselines: one list of G answers."""
+from prco_mega.types import Role, Task, TaskRollout, Trajectory
 
 
 @dataclass
@@ -140,27 +130,58 @@ class PRCOCredit:
 
 @dataclass
 class SingleRoleCredit:
-    """GRPO / DAPO on one "look and answer" trajectory per sample.
+    """GRPO / DAPO on one "look and answer" trajectory per sample (`TaskRollout.single`).
 
-    r = lam * V + (1 - lam) * F; GRPO: A = (r - mean) / (std + eps) per prompt group; DAPO adds
-    dynamic sampling: groups whose rewards are all equal carry no signal and are dropped.
+    r = lam * V + (1 - lam) * F, plus DAPO's soft overlong penalty when `overlong` is set
+    (`algo.overlong_penalty`); A = (r - mean) / (std + eps) per prompt group (`scale_by_std`), or
+    r - mean. `dynamic_sampling`: groups whose rewards are all equal carry no signal and are
+    dropped (DAPO); `max_groups` keeps only the first that many informative groups.
     """
 
     lam: float = 0.9
     dynamic_sampling: bool = False
     scale_by_std: bool = True
+    overlong: tuple[int, int] | None = None
+    """(max response tokens, buffer): the soft overlong penalty's L_max and L_cache; None = off."""
 
-    def __call__(self, rollouts: list[TaskRollout]) -> Scored:
+    def reward(self, rollouts: list[TaskRollout]) -> list[Trajectory]:
+        """Set every answer's reward (in place); returns the answers in order."""
         answers = []
         for r in rollouts:
-            for row in r.solver:
-                solver_rewards(row, r.task, self.lam)
-                answers += row
+            solver_rewards(r.single, r.task, self.lam)
+            answers += r.single
+        if self.overlong is not None and answers:
+            lengths = torch.tensor([len(a.response_ids) for a in answers])
+            for a, p in zip(answers, overlong_penalty(lengths, *self.overlong).tolist()):
+                a.meta["overlong_penalty"] = p
+                a.reward += p
+        return answers
+
+    def informative_groups(self, answers: list[Trajectory]) -> int:
+        """How many groups among `answers` (rewards set) have rewards that are not all equal."""
+        return len(_informative(answers))
+
+    def assign(self, answers: list[Trajectory], max_groups: int | None = None) -> Scored:
+        """Advantages of answers whose rewards are set; the trajectories that enter the loss."""
         if not answers:
             return Scored([], _common_metrics([], []))
         rewards = torch.tensor([a.reward for a in answers], dtype=torch.float64)
         groups = torch.tensor([a.group_id for a in answers])
         _set_advantages(answers, grpo_advantages(rewards, groups, scale_by_std=self.scale_by_std))
-        keep = dapo_keep_mask(rewards, groups).tolist() if self.dynamic_sampling else [True] * len(answers)
-        train = [a for a, k in zip(answers, keep) if k]
+        keep = _informative(answers) if self.dynamic_sampling else list(dict.fromkeys(
+            a.group_id for a in answers))
+        keep = set(keep[:max_groups] if max_groups is not None else keep)
+        train = [a for a in answers if a.group_id in keep]
         return Scored(train, _common_metrics(answers, train))
+
+    def __call__(self, rollouts: list[TaskRollout]) -> Scored:
+        return self.assign(self.reward(rollouts))
+
+
+def _informative(answers: list[Trajectory]) -> list[int]:
+    """Group ids (in order of first appearance) whose rewards are not all equal."""
+    if not answers:
+        return []
+    rewards = torch.tensor([a.reward for a in answers], dtype=torch.float64)
+    keep = dapo_keep_mask(rewards, torch.tensor([a.group_id for a in answers])).tolist()
+    return list(dict.fromkeys(a.group_id for a, k in zip(answers, keep) if k))

@@ -68,6 +68,19 @@ class Trajectory:
 
 
 @dataclass
+class TaskRollout:
+    """Everything sampled for one task in one step."""
+
+    task: Task
+    observer: list[Trajectory] = field(default_factory=list)
+    """[G_O] PRCO captions."""
+    solver: list[list[Trajectory]] = field(default_factory=list)
+    """[G_O][G_S] PRCO answers, one list per caption."""
+    single: list[Trajectory] = field(default_factory=list)
+    """[G] look-and-answer trajectories of the single-role baselines (GRPO, DAPO)."""
+
+
+@dataclass
 class TrainBatch:
     """Packed variable-length sequences (no padding) for one learner step.
 

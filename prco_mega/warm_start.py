@@ -1,11 +1,15 @@
-"""The tiny CPU model: a locally built Qwen2.5-VL-architecture checkpoint, and its supervised warm
-start on synthetic demonstrations (PRCO starts from an instruct model; the tiny one has none).
+"""The warm-start stage: its product is the Hugging Face checkpoint RL starts from
+(`prepare_model`). For the tiny CPU model that is a locally built Qwen2.5-VL-architecture
+checkpoint and its supervised warm start on synthetic demonstrations (PRCO starts from an instruct
+model; the tiny one has none); with `model.hf_path` and no warm-start steps, the checkpoint itself.
 
 Both results are cached under `model.cache_dir`, keyed by everything that determines them, and
 written to `<dir>.tmp` first and renamed when complete, so an interrupted build is never reused.
+The stage builds its own learner and tears it down before RL builds the run's.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -14,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from prco_mega import build, world
+from prco_mega.config import RunConfig
 from prco_mega.types import Task, Trajectory
 
 CACHE_VERSION = "5"  # bump when the recipe below changes
@@ -87,14 +93,94 @@ def demonstration_trajectories(tasks: list[Task], prompts: Any, tokenizer: Any, 
 
 def warm_start(policy: Any, stream: Any, prompts: Any, tokenizer: Any, section: Any, seed: int,
                log: Callable[[int, dict], None]) -> None:
-    """`section.steps` supervised steps (cross-entropy on responses, per-role global means)."""
+    """`section.steps` supervised steps (the policy's loss path is `loss_paths.Supervised`:
+    cross-entropy on responses, per-role global means)."""
     from prco_mega.data.demos import DemoNoise
-    from prco_mega.learner.train_step import LossSettings
 
-    settings = LossSettings(objective="sft")
     rng, noise = random.Random(seed), DemoNoise(section.drop, section.corrupt, section.bias,
                                                   section.misreads)
     for step in range(section.steps):
         trajs = demonstration_trajectories(stream.next_batch(), prompts, tokenizer, policy.encode,
                                            rng, noise)
-        log(step, policy.step(trajs, settings))
+        log(step, policy.step(trajs))
+
+
+# ----------------------------------------------------------------------------- the stage
+def base_model(cfg: RunConfig) -> Path:
+    """The Hugging Face checkpoint RL starts from (before any warm start)."""
+    if cfg.model.hf_path:
+        return Path(cfg.model.hf_path)
+    source = build.synthetic_source(cfg, seed_offset=30_011)
+    corpus_tasks = [source.task(i) for i in range(1500)]
+    out = None
+    if world.is_host():
+        out = tiny_checkpoint(cfg.model.cache_dir, corpus_tasks, build.prompt_set(cfg),
+                              cfg.model.tiny_seed, cfg.model.tiny_sizes)
+    world.barrier()
+    return Path(world.broadcast(str(out)))
+
+
+def warm_learner_config(cfg: RunConfig):
+    """The learner section for the supervised warm start: its own LR, a short linear warm-up,
+    then cosine decay to a tenth (a constant LR left the tiny model's loss bouncing on a plateau
+    where it copied names but not the values next to them), and one update per step (the RL
+    mini-batch count would shorten its schedule)."""
+    ws, lc = cfg.warm_start, cfg.learner
+    return dataclasses.replace(
+        lc, optim=dataclasses.replace(lc.optim, lr=ws.lr, min_lr=ws.lr / 10),
+        batching=dataclasses.replace(lc.batching, mini_batches=1),
+        schedule=dataclasses.replace(lc.schedule, warmup_steps=max(1, ws.steps // 10),
+                                     decay_steps=max(1, ws.steps), decay_style="cosine"))
+
+
+def prepare_model(cfg: RunConfig) -> Path:
+    """Base model, then (once, cached) its warm start; returns the checkpoint RL starts from."""
+    from prco_mega.learner.loss_paths import LossSettings
+
+    base = base_model(cfg)
+    ws = cfg.warm_start
+    if ws.steps == 0:
+        return base
+    # The key holds what the warm start reads: not the RL batch size (tuning RL keeps the cache).
+    data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "prompts_per_step"}
+    key = cache_key(str(base), dataclasses.asdict(ws), data, cfg.run.seed)
+    out = Path(cfg.model.cache_dir) / f"warm-{key}"
+    if (out / "COMPLETE").exists():
+        return out
+    policy = build.make_policy(cfg, base, objective="sft", settings=LossSettings(),
+                               learner=warm_learner_config(cfg))
+
+    def log(step: int, m: dict) -> None:
+        if world.is_host() and (step % 10 == 0 or step + 1 == ws.steps):
+            print(f"warm start {step + 1}/{ws.steps}: nll {m.get('loss', float('nan')):.3f} "
+                  f"lr {m.get('lr', 0):.2e}", flush=True)
+
+    warm_start(policy, build.task_stream(cfg, ws.tasks_per_step, seed_offset=20_011),
+               build.prompt_set(cfg), _tokenizer(base), ws, cfg.run.seed, log)
+    _publish(policy, base, out)
+    return out
+
+
+def _publish(policy: Any, base: Path, out: Path) -> None:
+    """Export the trained weights as `out` (written beside it, renamed when complete), then tear
+    the stage's learner down so that RL builds its own."""
+    from prco_mega.bridge.hf_io import export_megatron_to_hf
+    from prco_mega.learner.parallel import destroy_parallel
+
+    tmp = out.with_name(out.name + ".tmp")
+    export_megatron_to_hf(policy.chunks, tmp, policy.pg, policy.hf_config, copy_files_from=base)
+    world.barrier()
+    if world.is_host():
+        (tmp / "COMPLETE").write_text("ok\n")
+        tmp.rename(out)
+    world.barrier()
+    destroy_parallel()
+
+
+def _tokenizer(model_dir: Path):
+    from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)

@@ -5,8 +5,6 @@ import pytest
 import torch
 
 from prco_mega.algo import (
-    DAPO,
-    GRPO,
     broadcast_to_tokens,
     dapo_keep_mask,
     group_advantages,
@@ -128,8 +126,3 @@ def test_overlong_penalty_hand_case():
     assert torch.equal(overlong_penalty(lengths, max_length=16, cache_length=4), expected)
     with pytest.raises(ValueError, match="cache_length"):
         overlong_penalty(lengths, max_length=4, cache_length=8)
-
-
-def test_baseline_settings_are_the_published_ones():
-    assert (DAPO.clip_low, DAPO.clip_high, DAPO.level, DAPO.dynamic_sampling) == (0.2, 0.28, "token", True)
-    assert (GRPO.clip_low, GRPO.clip_high, GRPO.scale_by_std) == (0.2, 0.2, True)

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from prco_mega.rewards.format import format_score
-from prco_mega.scoring import PRCOCredit, SingleRoleCredit, TaskRollout
-from prco_mega.types import Role, Task, Trajectory
+from prco_mega.scoring import PRCOCredit, SingleRoleCredit
+from prco_mega.types import Role, Task, TaskRollout, Trajectory
 
 RIGHT, WRONG = "<think>count</think> \\boxed{3}", "<think>count</think> \\boxed{4}"
 
@@ -57,13 +57,41 @@ def test_grpo_and_dapo_baselines():
     task = Task(uid="t", question="q", answer="3")
     same = [_traj(Role.SINGLE, RIGHT, group=1) for _ in range(2)]
     mixed = [_traj(Role.SINGLE, RIGHT, group=0), _traj(Role.SINGLE, WRONG, group=0)]
-    rollouts = [TaskRollout(task, solver=[mixed]), TaskRollout(task, solver=[same])]
+    rollouts = [TaskRollout(task, single=mixed), TaskRollout(task, single=same)]
     grpo = SingleRoleCredit()(rollouts)
     # r = [1.0, 0.1]: mean 0.55, population std 0.45 -> A = +-0.45 / (0.45 + 1e-6)
     assert [t.advantage for t in grpo.train[:2]] == pytest.approx([1.0, -1.0], abs=1e-5)
     assert len(grpo.train) == 4
     dapo = SingleRoleCredit(dynamic_sampling=True)(rollouts)
     assert dapo.train == mixed  # the all-equal group carries no signal and is dropped
+
+
+def _single_group(group, texts, lengths):
+    return [Trajectory(role=Role.SINGLE, task_uid="t", group_id=group, prompt_ids=[1],
+                       response_ids=[2] * n, rollout_logprobs=[-1.0] * n, text=text)
+            for text, n in zip(texts, lengths)]
+
+
+def test_dapo_soft_overlong_penalty_enters_the_reward():
+    # L_max 16, L_cache 4: free up to 12 tokens, -(L - 12) / 4 up to 16, -1 beyond
+    task = Task(uid="t", question="q", answer="3")
+    answers = _single_group(0, [RIGHT] * 4, [10, 14, 16, 20])
+    credit = SingleRoleCredit(overlong=(16, 4), scale_by_std=False)
+    scored = credit([TaskRollout(task, single=answers)])
+    assert [a.reward for a in answers] == pytest.approx([1.0, 0.5, 0.0, 0.0])
+    assert [a.meta["overlong_penalty"] for a in answers] == pytest.approx([0.0, -0.5, -1.0, -1.0])
+    # centred on the penalised rewards: a correct but overlong answer is pushed down
+    assert [a.advantage for a in scored.train] == pytest.approx([0.625, 0.125, -0.375, -0.375])
+
+
+def test_dynamic_sampling_keeps_at_most_max_groups_informative_groups_in_order():
+    task = Task(uid="t", question="q", answer="3")
+    groups = [_single_group(g, [RIGHT, WRONG], [2, 2]) for g in range(3)]
+    flat = SingleRoleCredit(dynamic_sampling=True).reward(
+        [TaskRollout(task, single=g) for g in groups])
+    scored = SingleRoleCredit(dynamic_sampling=True).assign(flat, max_groups=2)
+    assert {t.group_id for t in scored.train} == {0, 1}
+    assert scored.metrics["train/trajectories"] == 4.0
 
 
 def test_caption_metrics_score_the_sampled_captions_against_the_scene():

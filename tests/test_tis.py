@@ -1,4 +1,4 @@
-"""Truncated importance sampling (`prco_mega.learner.loss_head.apply_tis`, `LossSettings.tis_cap`).
+"""Truncated importance sampling (`prco_mega.learner.loss_paths.apply_tis`, `LossSettings.tis_cap`).
 
 The batch's `old_logprobs` are the rollout engine's; TIS takes the learner's own log-probs before
 the step (`learner_old`) as the PPO old policy and weights each token's clipped loss by
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from prco_mega.algo.losses import prco_loss
-from prco_mega.learner.loss_head import apply_tis, prco_token_weights
+from prco_mega.learner.loss_head import role_token_weights
+from prco_mega.learner.loss_paths import apply_tis
 from prco_mega.types import Role, TrainBatch
 
 CAP = 2.0
@@ -107,7 +108,7 @@ def test_per_token_weights_match_prco_loss_aggregation():
     mask = torch.tensor([0, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0, 1, 1, 1], dtype=torch.float32)
     values = torch.randn(14, generator=g)
     for level, den in (("token", {0: 11.0, 1: 7.0}), ("sequence", {0: 5.0, 1: 3.0, 2: 0.0})):
-        w = prco_token_weights(mask, roles, den, level, cu)
+        w = sum(role_token_weights(mask, roles, den, level, cu).values())
         # prco_loss with old = lp and A = -values: pg_t = values_t (ratio 1, never clipped)
         want, _ = prco_loss(torch.zeros(14), torch.zeros(14), -values, mask, roles, den,
                             clip_low=0.2, clip_high=0.2, level=level, cu_seqlens=cu)

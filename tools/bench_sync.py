@@ -7,7 +7,7 @@ measured in the same process, and prints a table. Each (model, engine) case runs
 process with a one-rank learner (TP=1, gloo world of 1):
 
 - `inprocess`: `VllmEngine` in the learner's process (works with a world of 1);
-- `process`: `bridge.engine_host.EngineProcess`, the engine in a child process, as a torchrun
+- `process`: `rollout.engine_host.EngineProcess`, the engine in a child process, as a torchrun
   rank hosts it (tensors cross through shared memory).
 
     python tools/bench_sync.py [--models tiny,synthetic] [--engines inprocess,process]
@@ -86,7 +86,7 @@ def run_case(model: str, engine_kind: str, work: Path, repeats: int, bucket_byte
     if engine_kind == "inprocess":
         from prco_mega.rollout import VllmEngine as Engine
     else:
-        from prco_mega.bridge.engine_host import EngineProcess as Engine
+        from prco_mega.rollout.engine_host import EngineProcess as Engine
     cfg = load_hf_config(ckpt)
     pg = init_parallel(tp=1, hf_config=cfg)
     engine = Engine(ckpt, config)

@@ -2,10 +2,10 @@
 
     .venv/bin/python tools/compare_baselines.py [configs/tiny_cpu.yaml] [key=value ...]
 
-Runs `prco-mega train` three times (algo.name = prco, grpo, prco_shared; each its own run
-directory) and prints, for each, the held-out Solver accuracy (with the image) and caption
+Runs `prco-mega train` four times (algo.name = prco, grpo, dapo, prco_shared; each its own run
+directory, each algorithm with its own preset) and prints, for each, the held-out Solver accuracy (with the image) and caption
 perception accuracy (greedy, and of captions sampled as the rollout samples them) before (warm
-start, shared by all three) and after RL.
+start, shared by all four) and after RL.
 """
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-ALGORITHMS = ("prco", "grpo", "prco_shared")
+ALGORITHMS = ("prco", "grpo", "dapo", "prco_shared")
 
 
 def run(config: str, algo: str, overrides: list[str]) -> Path:
-    from prco_mega.config import load_config, to_dict
+    from prco_mega.build import resolved_algo, resolved_config
+    from prco_mega.config import load_config
 
     name = f"{load_config(config, overrides).run.name}-{algo}"
     args = [sys.executable, "-m", "prco_mega.cli", "train", config, *overrides,
@@ -29,7 +30,7 @@ def run(config: str, algo: str, overrides: list[str]) -> Path:
         # A finished run is reused only if it ran this exact config: a table must never mix in
         # results of an older config (another task family, warm start or budget).
         saved = json.loads((out / "config.json").read_text())
-        if saved != json.loads(json.dumps(to_dict(cfg))):
+        if saved != json.loads(json.dumps(resolved_config(cfg, resolved_algo(cfg)))):
             raise SystemExit(f"{out} holds a finished run of a different config; remove it or "
                              "pick another run.name")
         return out

@@ -27,24 +27,25 @@ def main(argv: list[str]) -> int:
     if bad:
         parser.error(f"expected key=value overrides after the config, got {bad}")
 
-    from prco_mega import components as C
-    from prco_mega.assemble import prepare_model, start_engine
+    from prco_mega import build, world
     from prco_mega.config import load_config
     from prco_mega.eval.report import format_table
     from prco_mega.eval.synthetic import observer_signal, reward_by_perception
     from prco_mega.rollout.two_stage import settings_from_section
 
     cfg = load_config(config, overrides)
-    C.init_world()
-    engine = start_engine(cfg, prepare_model(cfg))
-    tasks = C.eval_tasks(cfg)[: args.tasks]
+    from prco_mega.warm_start import prepare_model
+
+    world.init_world()
+    engine = build.start_engine(cfg, prepare_model(cfg))
+    tasks = build.eval_tasks(cfg)[: args.tasks]
 
     def sample(section):  # the rollout's settings, without log-probs (nothing trains)
         return dataclasses.replace(settings_from_section(section, seed=cfg.run.seed),
                                    logprobs=False)
 
     for with_image in (False, True):
-        pairs = observer_signal(engine, C.prompt_set(cfg), tasks, captions=sample(cfg.observer),
+        pairs = observer_signal(engine, build.prompt_set(cfg), tasks, captions=sample(cfg.observer),
                                 answers=sample(cfg.solver), with_image=with_image)
         rows = [{**r, "share": f"{100 * r['share']:.1f}%"} for r in reward_by_perception(pairs)]
         print(f"\nSolver {'with' if with_image else 'without'} the image: {len(tasks)} tasks, "

@@ -1,14 +1,7 @@
 """PRCO's algorithm core as pure tensor functions: advantages, Solver-group selection, losses,
 and the GRPO/DAPO baselines. The Triton loss kernels are checked against these."""
 from prco_mega.algo.advantages import broadcast_to_tokens, group_advantages, segment_ids
-from prco_mega.algo.baselines import (
-    DAPO,
-    GRPO,
-    BaselineLossSettings,
-    dapo_keep_mask,
-    grpo_advantages,
-    overlong_penalty,
-)
+from prco_mega.algo.baselines import dapo_keep_mask, grpo_advantages, overlong_penalty
 from prco_mega.algo.losses import (
     aggregate,
     kl_penalty,
@@ -24,9 +17,6 @@ from prco_mega.algo.selection import (
 )
 
 __all__ = [
-    "DAPO",
-    "GRPO",
-    "BaselineLossSettings",
     "aggregate",
     "broadcast_to_tokens",
     "dapo_keep_mask",

@@ -1,45 +1,14 @@
 """GRPO and DAPO on one outcome reward per trajectory (role SINGLE): the ablation baselines.
 
 Both use `prco_loss` with the single role; what differs is the advantage, the filtering of groups
-and the clip/aggregation settings collected in `BaselineLossSettings`.
+and the clip/aggregation settings (their presets are the entries of `prco_mega.algorithms`).
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from prco_mega.algo.advantages import group_advantages, segment_ids
-
-
-@dataclass(frozen=True)
-class BaselineLossSettings:
-    """Loss settings that define a baseline (pass them to `prco_loss`)."""
-
-    clip_low: float
-    """PPO ratio lower clip: rho >= 1 - clip_low."""
-    clip_high: float
-    """PPO ratio upper clip: rho <= 1 + clip_high."""
-    level: str
-    """Loss aggregation: "token" (every token weighs the same) or "sequence"."""
-    scale_by_std: bool
-    """Divide group-centred rewards by the group's std."""
-    dynamic_sampling: bool
-    """Drop groups whose rewards are all equal (`dapo_keep_mask`) and refill the batch."""
-
-
-GRPO = BaselineLossSettings(
-    clip_low=0.2, clip_high=0.2, level="sequence", scale_by_std=True, dynamic_sampling=False
-)
-"""GRPO as published: symmetric clip, mean over tokens within a sequence, then over sequences."""
-
-DAPO = BaselineLossSettings(
-    clip_low=0.2, clip_high=0.28, level="token", scale_by_std=True, dynamic_sampling=True
-)
-"""DAPO: "clip-higher" (a larger upper clip keeps low-probability tokens explorable), token-level
-aggregation (long answers are not down-weighted per token), dynamic sampling. Its overlong reward
-shaping is `overlong_penalty`."""
 
 
 def grpo_advantages(

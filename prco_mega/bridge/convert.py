@@ -149,14 +149,14 @@ def _refuse_interrupted(path: Path) -> None:
 def mapped_hf_tensors(chunks, hf_config) -> dict[str, tuple[int, ...]]:
     """{hub name: full shape} of every HF tensor the mapping reads for this rank's chunks: the
     mapping applied to meta tensors of the TP shard shapes (no data)."""
-    from prco_mega.bridge.hf_io import _unwrap, layer_offset, mapping_args, megatron_params
+    from prco_mega.bridge.hf_io import unwrap, layer_offset, mapping_args, megatron_params
     from prco_mega.bridge.mapping import megatron_shards_to_hf, tp_split_dim
 
     args = mapping_args(hf_config)
     out = {}
     for chunk in chunks:
-        tp = _unwrap(chunk).tp_group.size()
-        offset = layer_offset(_unwrap(chunk))
+        tp = unwrap(chunk).tp_group.size()
+        offset = layer_offset(unwrap(chunk))
         for name, p in megatron_params(chunk):
             n = tp if tp_split_dim(name, args["model_type"]) is not None else 1
             shards = [torch.empty(p.shape, device="meta")] * n
@@ -392,7 +392,7 @@ def _write_hf_shards(chunks, out: Path, pg, hf_config, shard_bytes: int) -> dict
     written {hub name: shape} on every rank."""
     import torch.distributed as dist
 
-    from prco_mega.bridge.hf_io import _unwrap, layer_offset, mapping_args, megatron_params
+    from prco_mega.bridge.hf_io import unwrap, layer_offset, mapping_args, megatron_params
     from prco_mega.bridge.mapping import megatron_shards_to_hf, tp_split_dim
 
     args = mapping_args(hf_config)
@@ -400,7 +400,7 @@ def _write_hf_shards(chunks, out: Path, pg, hf_config, shard_bytes: int) -> dict
     writer = _ShardWriter(out, pg.pp.rank(), shard_bytes)
     shapes: dict[str, tuple] = {}
     for chunk in chunks:
-        offset = layer_offset(_unwrap(chunk))
+        offset = layer_offset(unwrap(chunk))
         for name, p in megatron_params(chunk):
             shards = _gather_on_tp0(p, tp_split_dim(name, args["model_type"]), pg.tp)
             if is_writer:

@@ -35,12 +35,12 @@ class HFCheckpointReader:
         hf_dir = Path(hf_dir)
         index = hf_dir / INDEX_NAME
         if index.exists():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            files = _indexed_files(index)
         elif (hf_dir / WEIGHTS_NAME).exists():
             files = [WEIGHTS_NAME]
         else:
             raise ValueError(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {hf_dir}")
-        self._handles = {f: safe_open(str(hf_dir / f), framework="pt") for f in files}
+        self._handles = {f: _open_safetensors(hf_dir / f, safe_open) for f in files}
         self._where: dict[str, tuple[str, str]] = {}
         for f, handle in self._handles.items():
             for stored in handle.keys():
@@ -55,6 +55,29 @@ class HFCheckpointReader:
             raise KeyError(f"tensor {name!r} not in the checkpoint")
         f, stored = self._where[name]
         return self._handles[f].get_slice(stored)
+
+
+def _indexed_files(index: Path) -> list[str]:
+    """The weight files an index names; a damaged index is refused by name."""
+    try:
+        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{index} is not a safetensors index (a JSON object with a "
+                         f"'weight_map' mapping): {err!r}") from err
+
+
+def _open_safetensors(path: Path, safe_open):
+    """A lazy handle on one weight file. safetensors checks the header and that the file covers
+    every tensor it lists, so a truncated or corrupt file is refused here by name."""
+    from safetensors import SafetensorError
+
+    if not path.is_file():
+        raise ValueError(f"weight file {path} does not exist")
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"weight file {path} is truncated or not a safetensors file: "
+                         f"{err}") from err
 
 
 def load_hf_config(hf_dir: str | Path):
@@ -82,15 +105,17 @@ def layer_offset(chunk) -> int:
     return layers[0].layer_number - 1 if len(layers) else 0
 
 
-def _unwrap(model):
-    from prco_mega.learner.model import _unwrap as unwrap
 
-    return unwrap(model)
+def unwrap(chunk):
+    """The model inside a chunk's wrappers (`learner.model.unwrap`, imported with Megatron)."""
+    from prco_mega.learner.model import unwrap as unwrap_model
+
+    return unwrap_model(chunk)
 
 
 def megatron_params(chunk):
     """(name, parameter) of a chunk, without Transformer Engine's `_extra_state` entries."""
-    return [(n, p) for n, p in _unwrap(chunk).named_parameters() if "_extra_state" not in n]
+    return [(n, p) for n, p in unwrap(chunk).named_parameters() if "_extra_state" not in n]
 
 
 @torch.no_grad()
@@ -102,7 +127,7 @@ def load_hf_into_megatron(chunks, hf_dir: str | Path, pg_collection, hf_config=N
     tp_rank, tp_size = pg_collection.tp.rank(), pg_collection.tp.size()
     count = 0
     for chunk in chunks:
-        offset = layer_offset(_unwrap(chunk))
+        offset = layer_offset(unwrap(chunk))
         for name, param in megatron_params(chunk):
             shard = hf_to_megatron_shard(name, reader, tp_rank=tp_rank, tp_size=tp_size,
                                          layer_offset=offset, **args)
@@ -128,7 +153,7 @@ def megatron_to_hf_tensors(chunks, pg_collection, hf_config) -> dict[str, torch.
     args = mapping_args(hf_config)
     out: dict[str, torch.Tensor] = {}
     for chunk in chunks:
-        offset = layer_offset(_unwrap(chunk))
+        offset = layer_offset(unwrap(chunk))
         for name, param in megatron_params(chunk):
             shards = _gather_tp(param, tp_split_dim(name, args["model_type"]), pg_collection.tp)
             out.update(megatron_shards_to_hf(name, shards, layer_offset=offset, **args))

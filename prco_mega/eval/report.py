@@ -105,6 +105,7 @@ STEP_FIELDS: list[tuple[str, list[tuple[str, str]]]] = [
     ("len", [("O", "observer/caption_len"), ("S", "solver/response_len")]),
     ("mismatch", [("|d|", "mismatch/mean_abs"), ("kl", "mismatch/kl_k3")]),
     ("kl-ref", [("O", "observer/kl"), ("S", "solver/kl")]),
+    ("dyn-sampling", [("draws", "sampling/draws"), ("groups", "sampling/groups_trained")]),
 ]
 """What the per-step line shows, in order: (section, [(label, metric key)])."""
 

@@ -77,20 +77,12 @@ def prune_checkpoints(root: str | Path, keep_last: int) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- state pieces
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The model inside DDP / Float16Module wrappers (their parameter names are the model's)."""
-    from megatron.core.distributed import DistributedDataParallel
-    from megatron.core.transformer.module import Float16Module
-
-    while isinstance(module, (DistributedDataParallel, Float16Module)):
-        module = module.module
-    return module
-
-
 def model_sharded_state_dict(model_chunks: Sequence[torch.nn.Module]) -> dict:
     """Megatron sharded state dict of all chunks; tensors are keyed by global names, so the
     chunk grouping (VPP) does not matter for resharding."""
-    return {f"chunk{i}": _unwrap(c).sharded_state_dict() for i, c in enumerate(model_chunks)}
+    from prco_mega.learner.model import unwrap
+
+    return {f"chunk{i}": unwrap(c).sharded_state_dict() for i, c in enumerate(model_chunks)}
 
 
 def rng_state() -> dict[str, Any]:
@@ -270,6 +262,8 @@ def load_checkpoint(
     Returns `{"step", "data_state", "rng_restored", "saved_layout"}`. Raises ValueError for a
     directory without the completion marker (an interrupted or foreign save).
     """
+    from prco_mega.learner.model import unwrap
+
     path = Path(path)
     if not is_complete(path):
         raise ValueError(f"checkpoint {str(path)!r} is incomplete: no {COMPLETE_MARKER!r} marker "
@@ -287,7 +281,7 @@ def load_checkpoint(
                                                           metadata=_OPTIM_METADATA)
     loaded = dist_checkpointing.load(state, str(path))
     for i, chunk in enumerate(model_chunks):
-        _unwrap(chunk).load_state_dict(loaded["model"][f"chunk{i}"])
+        unwrap(chunk).load_state_dict(loaded["model"][f"chunk{i}"])
     if optimizer is not None:
         with _torch_adam_step_kept(optimizer):
             optimizer.load_state_dict(loaded["optimizer"])

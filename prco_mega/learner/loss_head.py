@@ -1,60 +1,36 @@
-"""The learner's loss paths, chosen by `LossSettings.impl`, and truncated importance sampling.
+"""The fused loss path (`FusedPPO`): the last pipeline stage skips the output layer and hands its
+final-norm hidden states and this rank's vocab shard of the output weight to
+`prco_kernels.fused_logprob_loss_head`, which computes log-probs, the PPO-clip + KL loss and the
+LM-head gradients one token chunk at a time with the TP group passed explicitly: no `[T, V]`
+tensor exists. Never a silent fallback: where Triton cannot run, `check_impl` raises.
 
-- `impl="torch"` (reference, any device): the model's output layer makes vocab-parallel logits
-  `[1, T, V/tp]`, `train_step.token_logprobs` reads the log-probs, `prco_mega.algo.prco_loss`
-  makes the loss; autograd does the rest.
-- `impl="triton"` (GPU, or CPU under TRITON_INTERPRET=1): the last pipeline stage skips the output
-  layer (`model.forward(..., return_hidden=True)`) and hands its final-norm hidden states and this
-  rank's vocab shard of the output weight to `prco_kernels.fused_logprob_loss_head`, which
-  computes log-probs, the PPO-clip + KL loss and the LM-head gradients one token chunk at a time
-  with the TP group passed explicitly: no `[T, V]` tensor exists. Never a silent fallback: where
-  Triton cannot run it raises `RuntimeError`.
-
-Both paths compute the same loss (`prco_loss`'s per-role global denominators, token or sequence
-level) and the same gradients. The fused path carries the aggregation in per-token weights:
+It computes `prco_loss`'s loss (per-role global denominators, token or sequence level) and
+gradients; the aggregation is carried in per-token weights
 
     token level:     w_t = mask_t / D_role(t)
     sequence level:  w_t = mask_t / (max(1, sum_{s in seq(t), role(s) = role(t)} mask_s) * D_role(t))
 
-(0 for tokens of a role without a positive denominator), so `sum_t w_t (pg_t + kl_coef kl_t)`
-equals `prco_loss`. Hidden row t predicts token t+1, so per-token inputs are shifted by one row;
-the first token of a sequence has no log-prob and, by `TrainBatch`'s contract, loss mask 0.
-
-Truncated importance sampling (`apply_tis`, `LossSettings.tis_cap`): our `old_logprobs` are the
-rollout engine's. With the learner's own log-probs of the same tokens before the step,
-`learner_old` (one `compute_logprobs` pass), the per-token loss becomes
-
-    w_t * L_clip(logprob_t - learner_old_t, A_t),   w_t = min(exp(learner_old_t - old_t), cap)
-
-(the PPO ratio against the learner's old policy, the rollout/learner mismatch corrected by the
-capped, gradient-free weight w; KL terms are not weighted). Since w > 0 and the clipped surrogate
-is positively homogeneous in A, `w * L_clip(A) = L_clip(w * A)` exactly, so TIS is a batch
-rewrite (old log-probs <- learner_old, advantages <- w * advantages) that both paths share.
+(0 for tokens of a role without a positive denominator). The PPO kernel runs once per role on
+each token chunk (the role's weights), so its own partial sums are the metrics: per role
+`pg_loss`, `kl`, `clipped_tokens` and `tokens` (token counts; `clip_frac` = clipped / tokens
+after the step's reduction). Hidden row t predicts token t+1, so per-token inputs are shifted by
+one row; the first token of a sequence has no log-prob and, by `TrainBatch`'s contract, loss
+mask 0. With `from_forward`, the chunk's own log-probs give the mismatch statistics and the TIS
+weights (see `loss_paths`).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from prco_mega.types import TrainBatch
+from prco_mega.learner.forward import qwen_vl_forward
+from prco_mega.learner.mismatch import mismatch_sums
+from prco_mega.types import Role, TrainBatch
 
 IMPLS = ("torch", "triton")
-
-
-@dataclass(frozen=True)
-class LossHeadInput:
-    """What the last pipeline stage hands the fused loss head instead of logits."""
-
-    hidden: Tensor
-    """[S, B, H] final-norm hidden states (sequence-parallel shards already gathered)."""
-    weight: Tensor
-    """[V/tp, H] this rank's vocab shard of the output layer (or tied embedding) weight."""
-    tp_group: Any
-    """The tensor-parallel process group the vocab is split over."""
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -72,47 +48,30 @@ def check_impl(impl: str, device: torch.device | str) -> None:
                 "set kernels.impl='torch' to use the reference loss")
 
 
-def qwen_vl_hidden_forward(model: torch.nn.Module, batch: TrainBatch):
-    """`ModelForward` for impl="triton": like `train_step.qwen_vl_forward`, but the last pipeline
-    stage returns a `LossHeadInput` (no output-layer GEMM); other stages return the hidden states
-    Megatron sends on."""
-    from prco_mega.learner.model import _unwrap
-    from prco_mega.learner.train_step import qwen_vl_forward
-
-    out = qwen_vl_forward(model, batch, return_hidden=True)
-    if isinstance(out, Tensor):  # not the last stage
-        return out
-    hidden, weight = out
-    return LossHeadInput(hidden, weight, _unwrap(model).tp_group)
-
-
 # ----------------------------------------------------------------------------- weights
-def prco_token_weights(loss_mask: Tensor, role_ids: Tensor, role_denominators: dict,
-                       level: str, cu_seqlens: Tensor) -> Tensor:
-    """Per-token aggregation weights w [T] with `sum_t w_t x_t = sum_r agg_r(x)` (module doc).
+def role_token_weights(loss_mask: Tensor, role_ids: Tensor, role_denominators: dict,
+                       level: str, cu_seqlens: Tensor) -> dict[int, Tensor]:
+    """Per-role aggregation weights w_r [T] (module doc), from the kernels' own weight builders
+    on each role's mask: `sum_r sum_t w_r[t] x_t = sum_r agg_r(x)`. Roles without a positive
+    denominator get none.
 
     loss_mask, role_ids  # [T]
     cu_seqlens           # [N+1]
-    returns              # [T] float32
     """
+    from prco_kernels.ppo_loss import sequence_level_weights, token_level_weights
+
     if level not in ("token", "sequence"):
         raise ValueError(f"aggregation level {level!r} is not one of ('token', 'sequence')")
-    mask = loss_mask.float()
-    lengths_N = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    seq_T = torch.repeat_interleave(torch.arange(lengths_N.numel(), device=mask.device), lengths_N,
-                                    output_size=mask.numel())
-    w = torch.zeros_like(mask)
+    out = {}
     for role, denominator in role_denominators.items():
         if denominator < 0:
             raise ValueError(f"role {role} has a negative loss denominator ({denominator})")
         if denominator == 0:
             continue
-        m = mask * (role_ids == int(role)).to(mask.dtype)
-        if level == "sequence":
-            counts_N = torch.zeros(lengths_N.numel(), device=mask.device).index_add(0, seq_T, m)
-            m = m / counts_N.clamp(min=1.0)[seq_T]
-        w = w + m / float(denominator)
-    return w
+        mask = loss_mask.float() * (role_ids == int(role)).float()
+        out[int(role)] = (token_level_weights(mask, denominator) if level == "token" else
+                          sequence_level_weights(mask, cu_seqlens, denominator))
+    return out
 
 
 def _next_row(x_T: Tensor) -> Tensor:
@@ -120,74 +79,127 @@ def _next_row(x_T: Tensor) -> Tensor:
     return torch.cat([x_T[1:], x_T.new_zeros(1)])
 
 
-# ----------------------------------------------------------------------------- fused loss
+# ----------------------------------------------------------------------------- fused path
+@dataclass(frozen=True)
+class LossHeadInput:
+    """What the last pipeline stage hands the fused loss head instead of logits."""
+
+    hidden: Tensor
+    """[S, B, H] final-norm hidden states (sequence-parallel shards already gathered)."""
+    weight: Tensor
+    """[V/tp, H] this rank's vocab shard of the output layer (or tied embedding) weight."""
+    tp_group: Any
+    """The tensor-parallel process group the vocab is split over."""
+
+
+class _RoleChunks:
+    """The fused head's per-chunk loss (`prco_kernels` LossFn): one PPO kernel call per role on
+    the chunk's rows, summing their losses and gradients and keeping the kernel's partial sums.
+    With `from_forward` the chunk's log-probs (the pre-update policy's) replace the old
+    log-probs, scaled by the TIS weights when a cap is set, and feed the mismatch statistics.
+    Every [T] input is already shifted to rows (`_next_row`)."""
+
+    def __init__(self, batch: TrainBatch, settings: Any, from_forward: bool):
+        den = {int(r): float(d) for r, d in batch.role_denominators.items()}
+        weights = role_token_weights(batch.loss_mask, batch.role_ids, den, settings.level,
+                                     batch.cu_seqlens)
+        self.weights = {r: _next_row(w) for r, w in weights.items()}
+        self.old, self.adv = _next_row(batch.old_logprobs.float()), _next_row(batch.advantages.float())
+        self.mask, self.roles = _next_row(batch.loss_mask.float()), _next_row(batch.role_ids.long())
+        self.ref = None if batch.ref_logprobs is None else _next_row(batch.ref_logprobs.float())
+        self.settings, self.from_forward, self.den = settings, from_forward, den
+        self.totals = {r: torch.zeros(4, device=self.old.device) for r in self.weights}
+        self.learner_old = torch.zeros_like(self.old)
+
+    def __call__(self, lp: Tensor, ent: Tensor, a: int, b: int):
+        from prco_kernels.ppo_loss import ppo_kl_loss_and_grad
+
+        s = self.settings
+        old, adv = self.old[a:b], self.adv[a:b]
+        if self.from_forward:
+            self.learner_old[a:b] = lp.detach()
+            if s.tis_cap is not None:
+                w = torch.exp(lp.detach() - old).clamp(max=s.tis_cap)
+                adv = torch.where(self.mask[a:b] != 0, adv * w, adv)
+            old = lp.detach()
+        loss, grad = lp.new_zeros(()), torch.zeros_like(lp, dtype=torch.float32)
+        for role, w in self.weights.items():
+            loss_r, grad_r, totals = ppo_kl_loss_and_grad(
+                lp, old, adv, w[a:b], ref_logprobs=None if self.ref is None else self.ref[a:b],
+                clip_low=s.clip_low, clip_high=s.clip_high, dual_clip=s.dual_clip,
+                kl_coef=s.kl_coef, kl_type=s.kl_kind, return_totals=True)
+            loss, grad = loss + loss_r, grad + grad_r
+            self.totals[role] += totals
+        return loss, grad, None
+
+    def metrics(self) -> dict[str, Tensor]:
+        """The kernel's partial sums per role (and the mismatch statistics, `from_forward`)."""
+        out = {"pg_loss": self.old.new_zeros(()), "kl_loss": self.old.new_zeros(())}
+        for role, t in self.totals.items():
+            name = Role(role).name.lower()
+            out |= {f"{name}/pg_loss": t[0], f"{name}/clipped_tokens": t[2],
+                    f"{name}/tokens": t[3]}
+            out["pg_loss"] = out["pg_loss"] + t[0]
+            if self.ref is not None:
+                out[f"{name}/kl"] = t[1]
+                out["kl_loss"] = out["kl_loss"] + self.settings.kl_coef * t[1]
+        if self.from_forward:
+            out |= mismatch_sums(self.learner_old, self.old, self.mask, self.roles, self.den)
+        return out
+
+
+@dataclass(frozen=True)
+class FusedPPO:
+    """The PPO-clip + KL loss through the fused Triton loss head (module doc)."""
+
+    settings: Any
+    """`loss_paths.LossSettings`."""
+    from_forward: bool = True
+    reads_rollout: ClassVar[bool] = True
+
+    def forward(self, model: torch.nn.Module, batch: TrainBatch) -> Any:
+        """Last stage: a `LossHeadInput` (no output-layer GEMM); other stages: the hidden
+        states Megatron sends on."""
+        from prco_mega.learner.model import unwrap
+
+        out = qwen_vl_forward(model, batch, return_hidden=True)
+        if isinstance(out, Tensor):  # not the last stage
+            return out
+        hidden, weight = out
+        return LossHeadInput(hidden, weight, unwrap(model).tp_group)
+
+    def loss(self, batch: TrainBatch, output: Any):
+        if not isinstance(output, LossHeadInput):
+            raise TypeError("the fused loss path needs LossHeadInput on the last stage, got "
+                            f"{type(output).__name__}")
+        loss, _, metrics = fused_prco_loss(output.hidden.reshape(batch.num_tokens, -1),
+                                           output.weight, batch, self.settings, output.tp_group,
+                                           from_forward=self.from_forward)
+        num_tokens = (batch.loss_mask != 0).sum().to(torch.int)
+        return loss, num_tokens, {**metrics, "loss": loss.detach(),
+                                  "loss_tokens": num_tokens.to(loss.dtype)}
+
+
 def fused_prco_loss(hidden: Tensor, weight: Tensor, batch: TrainBatch, settings: Any,
-                    tp_group: Any = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+                    tp_group: Any = None, *, from_forward: bool = False
+                    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """`prco_loss` of one micro-batch from hidden states through the fused Triton loss head.
 
     hidden  # [T, H] final-norm hidden states, row t predicts batch.tokens[t+1]
     weight  # [V/tp, H] this rank's vocab shard (rank r holds ids [r V/tp, (r+1) V/tp))
     returns (loss [] differentiable in hidden and weight, logprobs [T] detached and aligned
-    with `batch.old_logprobs` (0 at sequence starts), metrics as `prco_loss` names them)
+    with `batch.old_logprobs` (0 at sequence starts), the kernel's metrics per role)
     """
     import prco_kernels
 
-    from prco_mega.algo.losses import prco_loss
-
-    check_impl(settings.impl, hidden.device)
+    check_impl("triton", hidden.device)
     if settings.kl_coef != 0.0 and batch.ref_logprobs is None:
         raise ValueError(f"kl_coef ({settings.kl_coef}) != 0 needs ref_logprobs")
-    den = {int(r): float(d) for r, d in batch.role_denominators.items()}
-    w_T = prco_token_weights(batch.loss_mask, batch.role_ids, den, settings.level,
-                             batch.cu_seqlens)
-    ref = None if batch.ref_logprobs is None else _next_row(batch.ref_logprobs.float())
-    loss_fn = prco_kernels.ppo_kl_loss_fn(
-        _next_row(batch.old_logprobs.float()), _next_row(batch.advantages.float()), _next_row(w_T),
-        ref_logprobs=ref, impl=settings.impl, clip_low=settings.clip_low,
-        clip_high=settings.clip_high, dual_clip=settings.dual_clip, kl_coef=settings.kl_coef,
-        kl_type=settings.kl_kind)
+    per_chunk = _RoleChunks(batch, settings, from_forward)
     loss, lp_rows, _ = prco_kernels.fused_logprob_loss_head(
-        hidden, weight, torch.roll(batch.tokens, -1), loss_fn, temperature=settings.temperature,
-        process_group=tp_group, impl=settings.impl)
+        hidden, weight, torch.roll(batch.tokens, -1), per_chunk, temperature=settings.temperature,
+        process_group=tp_group, impl="triton")
     starts = torch.zeros_like(batch.tokens, dtype=torch.bool)
     starts[batch.cu_seqlens[:-1].long()] = True
     lp_T = torch.cat([lp_rows.new_zeros(1), lp_rows[:-1]]).masked_fill(starts, 0.0)
-    with torch.no_grad():  # metrics: elementwise [T] work on the kernel's log-probs
-        _, metrics = prco_loss(
-            lp_T, batch.old_logprobs, batch.advantages, batch.loss_mask, batch.role_ids, den,
-            clip_low=settings.clip_low, clip_high=settings.clip_high, dual_clip=settings.dual_clip,
-            ref_logprobs=batch.ref_logprobs, kl_coef=settings.kl_coef, kl_kind=settings.kl_kind,
-            level=settings.level, cu_seqlens=batch.cu_seqlens)
-    return loss, lp_T, metrics
-
-
-def fused_prco_loss_func(batch: TrainBatch, settings: Any, output: Any):
-    """Megatron loss function of the impl="triton" path: `(loss share, loss-token count,
-    metrics)` exactly as `train_step.prco_loss_func` returns them."""
-    if not isinstance(output, LossHeadInput):
-        raise TypeError("impl='triton' needs a model forward that returns LossHeadInput on the "
-                         f"last stage (qwen_vl_hidden_forward), got {type(output).__name__}")
-    hidden_TH = output.hidden.reshape(batch.num_tokens, -1)
-    loss, _, metrics = fused_prco_loss(hidden_TH, output.weight, batch, settings, output.tp_group)
-    num_tokens = (batch.loss_mask != 0).sum().to(torch.int)
-    metrics = {**metrics, "loss": loss.detach(), "loss_tokens": num_tokens.to(loss.dtype)}
-    return loss, num_tokens, metrics
-
-
-# ----------------------------------------------------------------------------- TIS
-def apply_tis(batch: TrainBatch, learner_old_logprobs: Tensor, cap: float) -> TrainBatch:
-    """The micro-batch rewritten for truncated importance sampling (module doc):
-    `old_logprobs <- learner_old_logprobs`, `advantages <- w * advantages` on loss tokens, with
-    `w = min(exp(learner_old_logprobs - batch.old_logprobs), cap)` (no gradient).
-
-    learner_old_logprobs  # [T] the learner's log-probs of batch.tokens before the step
-    """
-    from prco_mega.algo.losses import truncated_is_weights
-
-    if learner_old_logprobs.shape != batch.old_logprobs.shape:
-        raise ValueError(f"learner_old_logprobs shape {tuple(learner_old_logprobs.shape)} != "
-                         f"old_logprobs shape {tuple(batch.old_logprobs.shape)}")
-    learner_old = learner_old_logprobs.to(batch.old_logprobs).detach()
-    w_T = truncated_is_weights(learner_old, batch.old_logprobs, cap)
-    w_T = torch.where(batch.loss_mask != 0, w_T, torch.ones_like(w_T))  # prompt tokens untouched
-    return dataclasses.replace(batch, old_logprobs=learner_old, advantages=batch.advantages * w_T)
+    return loss, lp_T, per_chunk.metrics()

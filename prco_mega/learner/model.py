@@ -327,7 +327,7 @@ def forward(model, tokens: torch.Tensor, position_ids: torch.Tensor,
             *, packed_seq_params=None, attention_mask: torch.Tensor | None = None,
             labels: torch.Tensor | None = None, return_hidden: bool = False):
     """Run one chunk (possibly DDP-wrapped); packed THD becomes a block mask without TE."""
-    inner = _unwrap(model)
+    inner = unwrap(model)
     if packed_seq_params is not None and not inner.use_te:
         if tokens.shape[0] != 1:
             raise ValueError(f"packed sequences need tokens [1, T], got {tuple(tokens.shape)}")
@@ -339,7 +339,8 @@ def forward(model, tokens: torch.Tensor, position_ids: torch.Tensor,
                  return_hidden=return_hidden)
 
 
-def _unwrap(model):
+def unwrap(model):
+    """The model inside DDP / Float16Module wrappers (their parameter names are the model's)."""
     while not isinstance(model, Qwen25VLModel) and hasattr(model, "module"):
         model = model.module
     return model

@@ -1,51 +1,57 @@
-"""The learner as the controller sees it: trajectories in, metrics out; save, load, sync.
+"""The learner as the loop sees it: trajectories in, metrics out; save, load.
 
 `MegatronPolicy` owns the Megatron model chunks, optimizer and LR schedule of this rank and hides
-the packing, the schedules and the process groups behind four calls. Every rank of the world builds
-one and makes the same calls in the same order (the calls are collective).
+the packing, the schedules and the process groups behind a few calls. Every rank of the world
+builds one and makes the same calls in the same order (the calls are collective). Reading and
+writing Hugging Face checkpoints and the engine sync belong to the bridge: the build layer hands
+the policy a `load_weights(chunks, pg)` function, and the loop syncs `policy.chunks` itself.
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from prco_mega.learner.config import LearnerConfig
+from prco_mega.learner.loss_paths import LossPath
 from prco_mega.learner.train_step import NonFiniteLoss  # noqa: F401  (raised by step)
 from prco_mega.types import Trajectory
 
+LoadWeights = Callable[[list, Any], Any]
+"""`load_weights(chunks, pg)`: set the freshly built chunks' weights (e.g. from a Hugging Face
+checkpoint, `bridge.hf_io.load_hf_into_megatron`)."""
+
 
 class MegatronPolicy:
-    """Megatron-Core Qwen2.5-VL learner loaded from a Hugging Face checkpoint directory."""
+    """Megatron-Core Qwen2.5-VL learner built for `hf_config`, its weights set by `load_weights`."""
 
-    def __init__(self, hf_dir: str | Path, cfg: LearnerConfig, loss_settings: Any, *,
-                 freeze_vision: bool = False, reference: bool = False):
-        from prco_mega.bridge.hf_io import load_hf_config, load_hf_into_megatron
+    def __init__(self, hf_dir: str | Path, hf_config: Any, cfg: LearnerConfig, path: LossPath,
+                 load_weights: LoadWeights, *, freeze_vision: bool = False,
+                 reference: bool = False):
         from prco_mega.learner.model import build_model
         from prco_mega.learner.optim import build_optimizer
         from prco_mega.learner.parallel import init_parallel
         from prco_mega.learner.vision_inputs import VisionInputs
 
         par = cfg.parallel
-        self.hf_dir, self.cfg, self.loss_settings = Path(hf_dir), cfg, loss_settings
-        self.hf_config = load_hf_config(hf_dir)
+        self.hf_dir, self.hf_config, self.cfg, self.path = Path(hf_dir), hf_config, cfg, path
         self.pg = init_parallel(par.tensor_parallel, par.pipeline_parallel,
-                                par.virtual_pipeline_parallel, seed=cfg.seed,
-                                hf_config=self.hf_config)
-        chunks = build_model(self.hf_config, self.pg, freeze_vision=freeze_vision,
+                                par.virtual_pipeline_parallel, seed=cfg.seed, hf_config=hf_config)
+        chunks = build_model(hf_config, self.pg, freeze_vision=freeze_vision,
                              vpp=par.virtual_pipeline_parallel)
         # Weights first: the optimizer's fp32 master copies are taken from them.
-        load_hf_into_megatron(chunks, hf_dir, self.pg, self.hf_config)
+        load_weights(chunks, self.pg)
         self.chunks, self.optimizer, self.scheduler = build_optimizer(chunks, cfg, pg=self.pg)
         # The KL anchor is the checkpoint RL starts from, in the learner's own layout: a second
         # set of chunks, forward only (no optimizer state, no gradients). It is never saved: a
-        # resumed run rebuilds it from `hf_dir`, so it stays the starting point, not a checkpoint.
-        self.reference = _frozen_chunks(hf_dir, self.hf_config, self.pg, par) if reference else None
-        self.encode = VisionInputs(hf_dir, self.hf_config)
-        self.pad_token_id = int(self.hf_config.text_config.pad_token_id or 0)
+        # resumed run rebuilds it with `load_weights`, so it stays the starting point.
+        self.reference = (_frozen_chunks(hf_config, self.pg, par, load_weights) if reference
+                          else None)
+        self.encode = VisionInputs(hf_dir, hf_config)
+        self.pad_token_id = int(hf_config.text_config.pad_token_id or 0)
 
     # ------------------------------------------------------------------ batches
     def micro_batches(self, trajectories: Sequence[Trajectory]):
@@ -55,72 +61,74 @@ class MegatronPolicy:
         b = self.cfg.batching
         return plan_and_pack(trajectories, token_budget=b.micro_batch_tokens,
                              dp_size=self.pg.dp.size(), dp_rank=self.pg.dp.rank(),
-                             level=self.loss_settings.level, encode=self.encode,
+                             level=self.path.settings.level, encode=self.encode,
                              pad_to_multiple=b.pad_to_multiple, pad_token_id=self.pad_token_id)
 
-    def logprobs(self, batches) -> list[torch.Tensor]:
-        """[T_i] learner log-probs of each packed micro-batch's tokens (no gradients)."""
+    def logprobs(self, batches, chunks=None) -> list[torch.Tensor]:
+        """[T_i] log-probs of each packed micro-batch's tokens under `chunks` (default: the
+        policy's), no gradients."""
         from prco_mega.learner.train_step import compute_logprobs
 
-        for chunk in self.chunks:
+        chunks = self.chunks if chunks is None else chunks
+        for chunk in chunks:
             chunk.eval()
-        return compute_logprobs(self.chunks, batches, pg=self.pg,
-                                temperature=self.loss_settings.temperature)
+        return compute_logprobs(chunks, batches, pg=self.pg,
+                                temperature=self.path.settings.temperature)
 
     def with_reference(self, batches: Sequence[Any]) -> list[Any]:
         """`batches` with `ref_logprobs` [T_i] filled in by the reference chunks."""
-        from prco_mega.learner.train_step import compute_logprobs
-
         if self.reference is None:
             raise ValueError("a KL term (kl_coef != 0) needs the policy built with reference=True")
-        ref = compute_logprobs(self.reference, batches, pg=self.pg,
-                               temperature=self.loss_settings.temperature)
+        ref = self.logprobs(batches, self.reference)
         return [dataclasses.replace(b, ref_logprobs=r) for b, r in zip(batches, ref, strict=True)]
 
-    def mismatch(self, trajectories: Sequence[Trajectory]) -> dict[str, float]:
-        """Train/rollout mismatch of the step's trajectories: learner log-probs (current weights,
-        which produced the rollout) against the engine's, per role (mean/max |diff|, k3 KL)."""
-        from prco_mega.bridge.mismatch import logprob_mismatch
-
-        if not trajectories:
-            return {}
-        batches = self.micro_batches(trajectories)
-        learner = self.logprobs(batches)
-        cat = lambda name: torch.cat([getattr(b, name) for b in batches])  # noqa: E731
-        stats = logprob_mismatch(torch.cat(learner), cat("old_logprobs"), cat("loss_mask"),
-                                 cat("role_ids"))
-        return _reduce_mismatch(stats, self.pg.dp)
-
     # ------------------------------------------------------------------ training
-    def step(self, trajectories: Sequence[Trajectory], settings: Any = None) -> dict[str, float]:
+    def step(self, trajectories: Sequence[Trajectory]) -> dict[str, float]:
         """The RL step's optimizer updates: one per mini-batch (`batching.mini_batches`). Raises
         `NonFiniteLoss` (naming the roles) instead of applying a NaN/inf update; the updates of
-        the mini-batches before it stay applied. Metrics are means over the mini-batches."""
-        from prco_mega.learner.train_step import compute_logprobs, train_step
+        the mini-batches before it stay applied. Metrics are means over the mini-batches, with
+        the train/rollout mismatch of the step's log-probs before the first update.
+
+        The learner's pre-update log-probs (mismatch metric, TIS weights) come from the training
+        forward itself when the step is one mini-batch; with several, one pass before the first
+        update serves both (the later mini-batches' forwards see updated weights)."""
+        from prco_mega.learner.mismatch import finish_mismatch
+        from prco_mega.learner.train_step import train_step
 
         if not trajectories:
             raise ValueError("a learner step needs at least one trajectory")
-        settings = settings or self.loss_settings
         packed = [self.micro_batches(part)
                   for part in deal(trajectories, self.cfg.batching.mini_batches)]
-        if settings.kl_coef != 0.0:
+        if self.path.settings.kl_coef != 0.0:
             packed = [self.with_reference(batches) for batches in packed]
-        # TIS weighs tokens by the learner's log-probs before the step: take them all before the
-        # first update changes the weights (one mini-batch: train_step takes them itself).
-        before = None
-        if settings.tis_cap is not None and len(packed) > 1:
-            for chunk in self.chunks:
-                chunk.eval()
-            before = [compute_logprobs(self.chunks, b, pg=self.pg,
-                                       temperature=settings.temperature) for b in packed]
+        path, before = self.path, {}
+        if self.path.reads_rollout and len(packed) > 1:
+            packed, before = self._pre_step_pass(packed)
+            path = dataclasses.replace(path, from_forward=False)
         for chunk in self.chunks:
             chunk.train()
-        updates = [train_step(self.chunks, self.optimizer, self.scheduler, batches, settings,
-                              pg=self.pg, check_finite=True,
-                              learner_old_logprobs=None if before is None else before[i])
-                   for i, batches in enumerate(packed)]
+        updates = [train_step(self.chunks, self.optimizer, self.scheduler, batches, path,
+                              pg=self.pg, check_finite=True) for batches in packed]
         self.encode.clear()
-        return mean_metrics(updates)
+        return clip_fractions(finish_mismatch({**mean_metrics(updates), **before}))
+
+    def _pre_step_pass(self, packed: list[list[Any]]) -> tuple[list[list[Any]], dict[str, float]]:
+        """One no-gradient pass over every mini-batch before the first update: the mismatch
+        statistics (reduced over data parallelism) and, with a TIS cap, the rewritten batches."""
+        from prco_mega.learner.loss_paths import apply_tis
+        from prco_mega.learner.mismatch import mismatch_sums
+        from prco_mega.learner.train_step import reduce_metrics
+
+        flat = [b for batches in packed for b in batches]
+        learner = self.logprobs(flat)
+        store = [mismatch_sums(lp, b.old_logprobs, b.loss_mask, b.role_ids,
+                               [int(r) for r in b.role_denominators]) for lp, b in zip(learner, flat)]
+        stats = reduce_metrics(store, pp_group=_NoPipeline(), dp_group=self.pg.dp)
+        cap = self.path.settings.tis_cap
+        if cap is not None:
+            it = iter(learner)
+            packed = [[apply_tis(b, next(it), cap) for b in batches] for batches in packed]
+        return packed, stats
 
     # ------------------------------------------------------------------ state
     def save(self, root: str | Path, step: int, data_state: dict | None = None) -> Path:
@@ -134,55 +142,30 @@ class MegatronPolicy:
 
         return load_checkpoint(path, self.chunks, self.optimizer, self.scheduler, pg=self.pg)
 
-    def export_hf(self, out_dir: str | Path) -> Path:
-        """Write the current weights as a Hugging Face checkpoint (config, tokenizer copied)."""
-        from prco_mega.bridge.hf_io import export_megatron_to_hf
 
-        export_megatron_to_hf(self.chunks, out_dir, self.pg, self.hf_config,
-                              copy_files_from=self.hf_dir)
-        return Path(out_dir)
-
-    def sync_to(self, engine) -> Any:
-        """Stream the weights into the rollout engine (collective; engine on rank 0 only)."""
-        from prco_mega.bridge.sync import sync_weights
-
-        return sync_weights(self.chunks, self.pg, self.hf_config, engine)
-
-
-def _frozen_chunks(hf_dir: Path, hf_config: Any, pg: Any, par: Any) -> list[torch.nn.Module]:
-    """Eval-mode chunks of `hf_dir` in this rank's layout, with no parameter requiring grad.
-    Their random init (overwritten at once) runs under a forked CPU generator, so building the
-    reference draws no numbers from the stream the rest of the run uses."""
-    from prco_mega.bridge.hf_io import load_hf_into_megatron
+def _frozen_chunks(hf_config: Any, pg: Any, par: Any, load_weights: LoadWeights
+                   ) -> list[torch.nn.Module]:
+    """Eval-mode chunks of the starting weights in this rank's layout, with no parameter
+    requiring grad. Their random init (overwritten at once) runs under a forked CPU generator, so
+    building the reference draws no numbers from the stream the rest of the run uses."""
     from prco_mega.learner.model import build_model
 
     with torch.random.fork_rng(devices=[]):
         chunks = build_model(hf_config, pg, vpp=par.virtual_pipeline_parallel)
-    load_hf_into_megatron(chunks, hf_dir, pg, hf_config)
+    load_weights(chunks, pg)
     for chunk in chunks:
         chunk.requires_grad_(False).eval()
     return chunks
 
 
-def _reduce_mismatch(stats: dict[str, torch.Tensor], dp_group) -> dict[str, float]:
-    """Combine per-rank mismatch stats over data parallelism (token-weighted means, max of max)."""
-    import torch.distributed as dist
+class _NoPipeline:
+    """A one-stage stand-in for `reduce_metrics`: every rank already holds its own log-probs."""
 
-    if dp_group.size() > 1:
-        for key, value in stats.items():
-            if key.endswith("max_abs"):
-                dist.all_reduce(value, op=dist.ReduceOp.MAX, group=dp_group)
-            elif not key.endswith("tokens"):
-                tokens = stats[key.rsplit("/", 1)[0] + "/tokens"]
-                value.mul_(tokens)
-                dist.all_reduce(value, group=dp_group)
-        for key, value in stats.items():
-            if key.endswith("tokens"):
-                dist.all_reduce(value, group=dp_group)
-        for key, value in stats.items():
-            if not key.endswith(("max_abs", "tokens")):
-                value.div_(stats[key.rsplit("/", 1)[0] + "/tokens"].clamp_min(1))
-    return {k: float(v) for k, v in stats.items()}
+    def size(self) -> int:
+        return 1
+
+    def rank(self) -> int:
+        return 0
 
 
 def deal(items: Sequence[Any], parts: int) -> list[list[Any]]:
@@ -193,6 +176,17 @@ def deal(items: Sequence[Any], parts: int) -> list[list[Any]]:
         raise ValueError(f"mini-batches ({parts}) must be >= 1")
     k = min(parts, len(items))
     return [list(items[i::k]) for i in range(k)]
+
+
+def clip_fractions(metrics: dict[str, float]) -> dict[str, float]:
+    """`metrics` with `<role>/clip_frac` = clipped / weighted tokens wherever a loss path reports
+    those counts (the fused path's kernel sums) instead of the fraction itself."""
+    out = dict(metrics)
+    for key, clipped in metrics.items():
+        prefix = key.removesuffix("/clipped_tokens")
+        if prefix != key and metrics.get(f"{prefix}/tokens", 0) > 0:
+            out[f"{prefix}/clip_frac"] = clipped / metrics[f"{prefix}/tokens"]
+    return out
 
 
 def mean_metrics(updates: Sequence[dict[str, float]]) -> dict[str, float]:

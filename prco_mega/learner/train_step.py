@@ -16,16 +16,17 @@ before DDP wraps the model) sets these.
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from prco_mega.learner.forward import qwen_vl_forward, to_device, token_logprobs
+from prco_mega.learner.loss_paths import LossPath
 from prco_mega.types import TrainBatch
+from prco_mega.world import device
 
 ModelForward = Callable[[torch.nn.Module, TrainBatch], Tensor]
 """`model_forward(model_chunk, batch)`: the chunk's output for a packed micro-batch: on the last
@@ -33,145 +34,10 @@ pipeline stage vocab-parallel logits `[1, T, V/tp]`, elsewhere the hidden states
 on."""
 
 
-@dataclass(frozen=True)
-class LossSettings:
-    """What `prco_loss` needs besides the batch (build it from the run's algo section)."""
-
-    clip_low: float = 0.2
-    """PPO ratio lower clip: rho >= 1 - clip_low."""
-    clip_high: float = 0.2
-    """PPO ratio upper clip: rho <= 1 + clip_high."""
-    dual_clip: float | None = None
-    """Dual-clip constant c > 1 for negative advantages; None = off."""
-    kl_coef: float = 0.0
-    """KL-to-reference coefficient; > 0 needs `ref_logprobs` in every batch."""
-    kl_kind: str = "k3"
-    """KL estimator: k1, k2 or k3."""
-    level: str = "token"
-    """Aggregation: "token" or "sequence" (denominators must match it)."""
-    temperature: float = 1.0
-    """Logits are divided by this before log-softmax (match the rollout's log-prob definition)."""
-    impl: str = "torch"
-    """Loss head: "torch" (logits + `prco_loss`) or "triton" (fused kernels, `loss_head.py`;
-    raises where Triton cannot run)."""
-    tis_cap: float | None = None
-    """Truncated importance-sampling cap (`loss_head.apply_tis`); None = off."""
-    objective: str = "ppo"
-    """"ppo": the PRCO/GRPO clipped surrogate; "sft": negative log-likelihood of the response
-    tokens (the tiny model's warm start), same per-role global denominators."""
-
-    def __post_init__(self):
-        if self.impl not in ("torch", "triton"):
-            raise ValueError(f"impl must be 'torch' or 'triton', got {self.impl!r}")
-        if self.objective not in ("ppo", "sft"):
-            raise ValueError(f"objective must be 'ppo' or 'sft', got {self.objective!r}")
-        if self.objective == "sft" and (self.impl != "torch" or self.tis_cap is not None):
-            raise ValueError(f"objective 'sft' runs with impl 'torch' and no TIS (got impl "
-                             f"{self.impl!r}, tis_cap {self.tis_cap})")
-        if self.tis_cap is not None and self.tis_cap <= 0:
-            raise ValueError(f"tis_cap ({self.tis_cap}) must be > 0 or None")
-
-    @classmethod
-    def from_algo(cls, algo: Any, temperature: float = 1.0, impl: str = "torch") -> LossSettings:
-        """From the run config's `AlgoSection` (or anything with the same attribute names) and
-        `kernels.impl`."""
-        return cls(algo.clip_low, algo.clip_high, algo.dual_clip, algo.kl_coef, algo.kl_kind,
-                   algo.level, temperature, impl=impl, tis_cap=getattr(algo, "tis_cap", None))
-
-
-# ----------------------------------------------------------------------------- model input
-def qwen_vl_forward(model: torch.nn.Module, batch: TrainBatch, return_hidden: bool = False):
-    """`ModelForward` for `prco_mega.learner.model` chunks (Qwen2.5-VL, possibly DDP-wrapped):
-    packed tokens as one row `[1, T]`, mrope positions `[3, 1, T]`, THD packing by `cu_seqlens`
-    (the model turns it into a block-diagonal causal mask where Transformer Engine is absent).
-    `return_hidden`: see `model.forward` (the fused loss head's input)."""
-    from megatron.core.packed_seq_params import PackedSeqParams
-
-    from prco_mega.learner.model import forward
-
-    if batch.position_ids is None or batch.position_ids.dim() != 2:
-        raise ValueError("qwen_vl_forward needs batch.position_ids [3, T] (mrope positions)")
-    cu = batch.cu_seqlens.to(torch.int32)
-    longest = int((cu[1:] - cu[:-1]).max())
-    packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
-                             max_seqlen_q=longest, max_seqlen_kv=longest)
-    return forward(model, batch.tokens[None, :], batch.position_ids[:, None, :],
-                   batch.pixel_values, batch.image_grid_thw, packed_seq_params=packed,
-                   return_hidden=return_hidden)
-
-
-# ----------------------------------------------------------------------------- log-probs
-def token_logprobs(logits: Tensor, tokens: Tensor, cu_seqlens: Tensor,
-                   temperature: float = 1.0) -> Tensor:
-    """Log-prob of every packed token under the model, from vocab-parallel logits.
-
-    `logprobs[t] = log softmax(logits[t-1] / temperature)[tokens[t]]` (over the FULL vocabulary:
-    Megatron's vocab-parallel cross-entropy reduces over the TP group), and 0 at the first token
-    of each sequence (nothing predicts it). Aligned with `TrainBatch.old_logprobs`.
-
-    logits      # [1, T, V/tp] (or [T, V/tp])
-    tokens      # [T] int64
-    cu_seqlens  # [N+1]
-    returns     # [T] float32
-    """
-    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
-
-    logits_TV = logits.reshape(tokens.numel(), -1)
-    # A fresh fp32 tensor: the Megatron op overwrites its input in place.
-    scaled = logits_TV.float() / temperature if temperature != 1.0 else logits_TV.float().clone()
-    next_T = torch.roll(tokens, -1)
-    next_lp_T = -vocab_parallel_cross_entropy(scaled[:, None, :], next_T[:, None])[:, 0]
-    lp_T = torch.cat([next_lp_T.new_zeros(1), next_lp_T[:-1]])
-    starts = torch.zeros_like(tokens, dtype=torch.bool)
-    starts[cu_seqlens[:-1].long()] = True
-    return torch.where(starts, torch.zeros_like(lp_T), lp_T)
-
-
-# ----------------------------------------------------------------------------- loss
-def prco_loss_func(batch: TrainBatch, settings: LossSettings, output: Tensor):
-    """Megatron loss function for one micro-batch: `(loss share, loss-token count, metrics)`.
-
-    The share uses the step's global per-role denominators (see the module doc), so the schedule
-    must run with `calculate_per_token_loss=True` (see `prepare_model_config`).
-    """
-    from prco_mega.algo.losses import nll_loss, prco_loss
-
-    logprobs = token_logprobs(output, batch.tokens, batch.cu_seqlens, settings.temperature)
-    denominators = {int(r): float(d) for r, d in batch.role_denominators.items()}
-    if settings.objective == "sft":
-        loss, metrics = nll_loss(logprobs, batch.loss_mask, batch.role_ids, denominators,
-                                 level=settings.level, cu_seqlens=batch.cu_seqlens)
-        num_tokens = (batch.loss_mask != 0).sum().to(torch.int)
-        return loss, num_tokens, {**metrics, "loss": loss.detach(),
-                                  "loss_tokens": num_tokens.to(loss.dtype)}
-    loss, metrics = prco_loss(
-        logprobs, batch.old_logprobs, batch.advantages, batch.loss_mask, batch.role_ids,
-        denominators,
-        clip_low=settings.clip_low, clip_high=settings.clip_high, dual_clip=settings.dual_clip,
-        ref_logprobs=batch.ref_logprobs, kl_coef=settings.kl_coef, kl_kind=settings.kl_kind,
-        level=settings.level, cu_seqlens=batch.cu_seqlens,
-    )
-    num_tokens = (batch.loss_mask != 0).sum().to(torch.int)
-    metrics = {**metrics, "loss": loss.detach(), "loss_tokens": num_tokens.to(loss.dtype)}
-    return loss, num_tokens, metrics
-
-
+# ----------------------------------------------------------------------------- forward steps
 def _logprobs_func(temperature: float, batch: TrainBatch, output: Tensor,
                    non_loss_data: bool = True):
     return token_logprobs(output, batch.tokens, batch.cu_seqlens, temperature).detach()
-
-
-def to_device(batch: TrainBatch, device: torch.device | str) -> TrainBatch:
-    """The batch with every tensor on `device` (a no-op on CPU)."""
-    moved = {f.name: getattr(batch, f.name).to(device, non_blocking=True)
-             for f in dataclasses.fields(batch) if isinstance(getattr(batch, f.name), Tensor)}
-    return dataclasses.replace(batch, **moved)
-
-
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 def make_forward_step(model_forward: ModelForward, loss_func: Callable) -> Callable:
@@ -179,7 +45,7 @@ def make_forward_step(model_forward: ModelForward, loss_func: Callable) -> Calla
     `loss_func(batch, output)` is bound to the micro-batch it is called for."""
 
     def forward_step(data_iterator: Iterator[TrainBatch], model: torch.nn.Module):
-        batch = to_device(next(data_iterator), _device())
+        batch = to_device(next(data_iterator), device())
         return model_forward(model, batch), partial(loss_func, batch)
 
     return forward_step
@@ -271,19 +137,27 @@ def _last_stage_rank(pp_group) -> int:
 
 def reduce_metrics(store: list[dict[str, Tensor]], *, pp_group, dp_group) -> dict[str, float]:
     """Step metrics on every rank: sum of the micro-batch metrics (they are shares with global
-    denominators) over micro-batches and data-parallel ranks, sent from the last pipeline stage.
-    The one host sync of the step."""
+    denominators) over micro-batches and data-parallel ranks, sent from the last pipeline stage;
+    keys ending in `max_abs` take the max instead. The one host sync of the step."""
     import torch.distributed as dist
 
     keys = [sorted(store[0])] if _is_last_stage(pp_group) else [None]
     if pp_group.size() > 1:
         dist.broadcast_object_list(keys, src=_last_stage_rank(pp_group), group=pp_group)
     keys = keys[0]
+    is_max = torch.tensor([k.endswith("max_abs") for k in keys], device=device())
     if _is_last_stage(pp_group):
-        values = torch.stack([sum(m[k].float() for m in store) for k in keys])
+        values = torch.stack([
+            torch.stack([m[k].float() for m in store]).max() if k.endswith("max_abs") else
+            sum(m[k].float() for m in store) for k in keys])
     else:
-        values = torch.zeros(len(keys), device=_device())
+        values = torch.zeros(len(keys), device=device())
+    if is_max.any():  # max_abs >= 0, so a zero stands in for "not reduced yet" on both sides
+        peaks = torch.where(is_max, values, 0.0)
+        dist.all_reduce(peaks, op=dist.ReduceOp.MAX, group=dp_group)
     dist.all_reduce(values, group=dp_group)
+    if is_max.any():
+        values = torch.where(is_max, peaks, values)
     if pp_group.size() > 1:
         dist.broadcast(values, src=_last_stage_rank(pp_group), group=pp_group)
     return dict(zip(keys, values.tolist()))
@@ -294,46 +168,26 @@ def train_step(
     optimizer: Any,
     scheduler: Any,
     micro_batches: Sequence[TrainBatch],
-    settings: LossSettings,
+    path: LossPath,
     *,
     pg: Any,
-    model_forward: ModelForward | None = None,
-    learner_old_logprobs: Sequence[Tensor] | None = None,
     check_finite: bool = False,
 ) -> dict[str, float]:
     """One optimizer step on this rank's micro-batches (all carrying the step's global
-    denominators). Returns the step metrics (identical on every rank): `loss`, `pg_loss`,
-    per-role metrics, `grad_norm`, `lr`, `update_successful`.
-
-    `settings.impl` picks the loss head (`loss_head.py`); `model_forward=None` takes the matching
-    Qwen2.5-VL forward. With `settings.tis_cap`, truncated importance sampling
-    (`loss_head.apply_tis`) uses `learner_old_logprobs` ([T_i] per micro-batch, the learner's
-    log-probs before this step), computed here by one `compute_logprobs` pass when not given.
+    denominators) through the loss path `path` (`loss_paths.make_loss_path`). Returns the step
+    metrics (identical on every rank): `loss`, `pg_loss`, per-role metrics, `grad_norm`, `lr`,
+    `update_successful`, and whatever additive statistics the path reports (reduced, not
+    finished: see `mismatch.finish_mismatch`).
 
     `check_finite`: raise `NonFiniteLoss` (naming the roles) before the optimizer would apply a
     NaN/inf loss's gradients; the weights stay as they were.
 
     pg  # Megatron ProcessGroupCollection (uses .pp and .dp)
     """
-    from prco_mega.learner import loss_head
-
-    loss_head.check_impl(settings.impl, _device())
-    if model_forward is None:
-        model_forward = qwen_vl_forward if settings.impl == "torch" else \
-            loss_head.qwen_vl_hidden_forward
-    if settings.tis_cap is not None:
-        if learner_old_logprobs is None:
-            learner_old_logprobs = compute_logprobs(
-                model_chunks, micro_batches, pg=pg, temperature=settings.temperature,
-                model_forward=model_forward if settings.impl == "torch" else qwen_vl_forward)
-        micro_batches = [loss_head.apply_tis(b, lp.to(b.old_logprobs.device), settings.tis_cap)
-                         for b, lp in zip(micro_batches, learner_old_logprobs, strict=True)]
-    elif learner_old_logprobs is not None:
-        raise ValueError("learner_old_logprobs given but settings.tis_cap is None (TIS off)")
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    forward_step = make_forward_step(model_forward, partial(_loss_with, settings))
+    forward_step = make_forward_step(path.forward, lambda batch, output: path.loss(batch, output))
     store = run_schedule(model_chunks, micro_batches, forward_step, forward_only=False)
     metrics = reduce_metrics(store, pp_group=pg.pp, dp_group=pg.dp)
     if check_finite:
@@ -361,14 +215,6 @@ def raise_if_not_finite(metrics: dict[str, float]) -> None:
         raise NonFiniteLoss("non-finite loss: " + ", ".join(f"{k}={v}" for k, v in sorted(bad.items())))
 
 
-def _loss_with(settings: LossSettings, batch: TrainBatch, output: Any):
-    if settings.impl == "triton":
-        from prco_mega.learner.loss_head import fused_prco_loss_func
-
-        return fused_prco_loss_func(batch, settings, output)
-    return prco_loss_func(batch, settings, output)
-
-
 def compute_logprobs(
     model_chunks: Sequence[torch.nn.Module],
     micro_batches: Sequence[TrainBatch],
@@ -393,7 +239,7 @@ def compute_logprobs(
     if pg.pp.size() == 1:
         return store
     out = [lp.contiguous() for lp in store] if _is_last_stage(pg.pp) else [
-        torch.empty(b.num_tokens, device=_device()) for b in micro_batches]
+        torch.empty(b.num_tokens, device=device()) for b in micro_batches]
     for lp in out:
         dist.broadcast(lp, src=_last_stage_rank(pg.pp), group=pg.pp)
     return out

@@ -1,115 +1,23 @@
 """Typed inputs of the memory planner and the launchers.
 
-`ClusterSection` is the `cluster:` section of a run config (machines, placement, launch settings,
-memory assumptions). `PlanInputs` is the flat set of numbers the memory formulas need; it is built
+`ClusterSection` (`prco_mega.cluster`) is the `cluster:` section of a run config (machines, placement,
+launch settings, memory assumptions). `PlanInputs` is the flat set of numbers the memory formulas need; it is built
 from a whole config mapping by `plan_inputs_from_config`, which reads the `learner:` section through
 the learner's own typed config, the `engine:` section through the rollout engine's typed config,
 `kernels.impl` and `cluster:`; the layout is checked by the learner's own `validate_layout`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
+from prco_mega.config import AlgoSection, KernelsSection, from_dict
+from prco_mega.learner.config import LearnerConfig
+from prco_mega.cluster import ClusterSection, MemoryAssumptions, SlurmSection  # noqa: F401
 from prco_mega.plan.models import ModelDims, model_dims
+from prco_mega.rollout.config import EngineConfig
 
 GiB = 2**30
-
-
-@dataclass
-class SlurmSection:
-    partition: str | None = None
-    """`#SBATCH --partition`; None = the cluster's default."""
-    account: str | None = None
-    """`#SBATCH --account`; None = the user's default."""
-    time: str = "24:00:00"
-    """Wall-clock limit (`#SBATCH --time`, [D-]HH:MM:SS)."""
-    cpus_per_task: int = 96
-    """CPUs of the one task per node (torchrun and all its ranks, data loaders, vLLM workers)."""
-    log_dir: str = "logs"
-    """Directory of `%x-%j.out/.err` (relative to the submit directory; created before sbatch)."""
-    exclusive: bool = True
-    """Ask for whole nodes: colocated vLLM and the learner want every GPU's memory."""
-    setup: list[str] = field(default_factory=list)
-    """Shell lines run on the batch host before srun (module load, venv activation)."""
-    extra_sbatch: list[str] = field(default_factory=list)
-    """Further `#SBATCH` options verbatim, e.g. `--qos=high`."""
-
-    def validate(self) -> None:
-        if self.cpus_per_task < 1:
-            raise ValueError(f"cluster.slurm.cpus_per_task ({self.cpus_per_task}) must be >= 1")
-
-
-@dataclass
-class MemoryAssumptions:
-    recompute: Literal["none", "selective", "full"] = "full"
-    """Activation recomputation planned for the decoder (and the ViT when it trains)."""
-    flash_attention: bool = True
-    """Fused attention (flash / cuDNN): no [heads, s, s] score tensors are kept."""
-    grad_dtype: Literal["fp32", "bf16"] = "fp32"
-    """Gradient buffer dtype (Megatron accumulates and reduces bf16 models' grads in fp32)."""
-    vision_frozen: bool = False
-    """The ViT gets no gradients (no optimizer state, no saved activations)."""
-    image_tokens_per_micro_batch: int = 4096
-    """Language-model image tokens in one micro-batch (ViT patches = 4x this with 2x2 merging)."""
-    loss_chunk_tokens: int | None = None
-    """Token chunk of the fused loss head; None = T / ceil(V_local / H) (logit chunk <= [T, H])."""
-    reserved_gib: float = 4.0
-    """Per-GPU memory outside tensors: CUDA context, NCCL buffers, allocator fragmentation."""
-    rollout_overhead_gib: float = 2.0
-    """vLLM memory besides weights and KV cache (profiled activations, CUDA graphs, sampler)."""
-
-    def validate(self) -> None:
-        if self.image_tokens_per_micro_batch < 0 or self.reserved_gib < 0:
-            raise ValueError(f"cluster.memory: image_tokens_per_micro_batch "
-                             f"({self.image_tokens_per_micro_batch}) and reserved_gib "
-                             f"({self.reserved_gib}) must be >= 0")
-
-
-@dataclass
-class ClusterSection:
-    model: str = "qwen2.5-vl-7b"
-    """Architecture to plan for: a preset in prco_mega.plan.models or a path to a config.json."""
-    nodes: int = 1
-    """Learner nodes; the learner's world size is nodes * gpus_per_node."""
-    gpus_per_node: int = 8
-    """GPUs per node (torchrun --nproc_per_node)."""
-    gpu_memory_gib: float = 79.6
-    """Memory of one GPU as the driver reports it (H100 SXM 80GB: 81559 MiB = 79.6 GiB)."""
-    data_parallel: int | None = None
-    """Expected DP degree; when set, world size must equal TP * PP * DP (guards edits)."""
-    rollout_placement: Literal["colocated", "separate"] = "colocated"
-    """vLLM engines on the learner's GPUs (sleeping during training) or on their own nodes."""
-    rollout_nodes: int = 0
-    """Extra nodes for the engines when rollout_placement is separate (0 when colocated)."""
-    master_port: int = 29500
-    """Rendezvous port on the first node."""
-    rdzv_backend: Literal["c10d", "static"] = "c10d"
-    """torchrun rendezvous: c10d (ranks by arrival, restart-safe) or static (--node_rank fixed)."""
-    nccl_socket_ifname: str | None = None
-    """NCCL_SOCKET_IFNAME (bootstrap/TCP interface, e.g. `ens`, `^lo,docker`); None = unset."""
-    nccl_ib_hca: str | None = None
-    """NCCL_IB_HCA (InfiniBand adapters, e.g. `mlx5`); None = NCCL's auto-detection."""
-    env: dict[str, str] = field(default_factory=dict)
-    """Further environment variables exported on every node (override the defaults)."""
-    slurm: SlurmSection = field(default_factory=SlurmSection)
-    """sbatch settings."""
-    memory: MemoryAssumptions = field(default_factory=MemoryAssumptions)
-    """What the memory planner assumes about the run."""
-
-    def validate(self) -> None:
-        if self.nodes < 1 or self.gpus_per_node < 1 or self.gpu_memory_gib <= 0:
-            raise ValueError(f"cluster.nodes ({self.nodes}), gpus_per_node ({self.gpus_per_node}) "
-                             f"and gpu_memory_gib ({self.gpu_memory_gib}) must be positive")
-        if (self.rollout_placement == "separate") != (self.rollout_nodes > 0):
-            raise ValueError(f"cluster.rollout_nodes ({self.rollout_nodes}) must be > 0 exactly "
-                             f"when rollout_placement is 'separate' (got "
-                             f"{self.rollout_placement!r})")
-
-    @property
-    def world_size(self) -> int:
-        """Learner ranks."""
-        return self.nodes * self.gpus_per_node
 
 
 @dataclass
@@ -186,11 +94,6 @@ def data_parallel_size(world: int, tp: int, pp: int, expected_dp: int | None = N
 
 
 def _sections(data: dict):
-    # prco_mega.config assembles the run config from ClusterSection: import it here, not above.
-    from prco_mega.config import AlgoSection, KernelsSection, from_dict
-    from prco_mega.learner.config import LearnerConfig
-    from prco_mega.rollout.config import EngineConfig
-
     return (from_dict(ClusterSection, data.get("cluster"), "cluster"),
             from_dict(LearnerConfig, data.get("learner"), "learner"),
             from_dict(EngineConfig, data.get("engine"), "engine"),

@@ -43,11 +43,6 @@ def install_megatron_cpu_compat() -> bool:
     return True
 
 
-def is_installed() -> bool:
-    """True once `install_megatron_cpu_compat()` has activated the shims in this process."""
-    return _INSTALLED
-
-
 class _NullStream:
     """Stands in for `torch.cuda.Stream`: CPU work is already ordered, so every wait is a no-op."""
 

@@ -105,10 +105,17 @@ class RolloutEngine(abc.ABC):
         """Sample `sampling.n` responses per request; result[i][j] is sample j of request i."""
 
     @abc.abstractmethod
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> PushStats:
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], *,
+                       checked_finite: bool = False) -> PushStats:
         """Load Hugging Face-named tensors (any subset of the checkpoint, each fused engine layer
         complete) in place; non-finite tensors are refused with ValueError before they reach the
-        engine. Resets the caches derived from the old weights."""
+        engine, unless the caller has refused them already (`checked_finite`, the weight sync's
+        pre-check of every shard). Resets the caches derived from the old weights."""
+
+    @abc.abstractmethod
+    def weight_groups(self) -> dict[str, list[str]]:
+        """Engine layer -> the checkpoint tensor names that must share one `update_weights` call
+        (q/k/v weights and biases of a fused QKV layer; gate and up): the sync's bucketing unit."""
 
     @abc.abstractmethod
     def reset_caches(self, zero_kv: bool = False) -> None:

@@ -2,8 +2,9 @@
 
 Same engine, prompts and trajectory fields as the two-stage rollout, without roles: each task's
 single prompt (image + question) is sampled `sampling.n` times in one engine call for the batch,
-and the samples form the task's advantage group. Result: `TaskRollout(task, observer=[],
-solver=[[G answers]])`, which `scoring.SingleRoleCredit` scores.
+and the samples form the task's advantage group. Result: `TaskRollout(task, single=[G answers])`,
+which `scoring.SingleRoleCredit` scores. `draw` numbers the extra batches of DAPO's dynamic
+sampling within a step, so each draws with its own seeds.
 """
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ import itertools
 from prco_mega.roles.prompts import PromptSet
 from prco_mega.rollout.engine import RolloutEngine, SamplingSettings
 from prco_mega.rollout.two_stage import require_logprobs, sample_groups
-from prco_mega.scoring import TaskRollout
-from prco_mega.types import Role, Task
+from prco_mega.types import Role, Task, TaskRollout
 
 
 class SingleRoleRollout:
@@ -26,8 +26,9 @@ class SingleRoleRollout:
         self.sampling = sampling
         self._groups = itertools.count()
 
-    def __call__(self, tasks: list[Task], step: int, policy_version: int) -> list[TaskRollout]:
+    def __call__(self, tasks: list[Task], step: int, policy_version: int,
+                 draw: int = 0) -> list[TaskRollout]:
         prompts = [self.prompts.single(t) for t in tasks]
         answers = sample_groups(self.engine, tasks, prompts, self.sampling, Role.SINGLE,
-                                self._groups, step, policy_version)
-        return [TaskRollout(task=t, observer=[], solver=[a]) for t, a in zip(tasks, answers)]
+                                self._groups, step, policy_version, draw=draw)
+        return [TaskRollout(task=t, single=a) for t, a in zip(tasks, answers)]

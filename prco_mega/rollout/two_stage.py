@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from prco_mega.roles.prompts import Prompt, PromptSet
 from prco_mega.rollout.engine import Generation, GenerationRequest, RolloutEngine, SamplingSettings
-from prco_mega.scoring import TaskRollout
-from prco_mega.types import Role, Task, Trajectory
+from prco_mega.types import Role, Task, TaskRollout, Trajectory
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -31,6 +30,8 @@ if TYPE_CHECKING:
 _CONTROL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]+\|>")
 _STEP_SEED_STRIDE = 1 << 20
 """Seed distance between steps: room for 1M samples per step before seeds repeat."""
+_DRAW_SEED_STRIDE = 1 << 16
+"""Seed distance between the extra draws of one step (dynamic sampling): 16 draws of 64k."""
 
 
 def strip_control_tokens(text: str) -> str:
@@ -57,12 +58,16 @@ def solver_caption(text: str, eos_token: str | None = None) -> str:
     return strip_control_tokens(text).strip()
 
 
-def step_settings(settings: SamplingSettings, step: int) -> SamplingSettings:
+def step_settings(settings: SamplingSettings, step: int, draw: int = 0) -> SamplingSettings:
     """Per-step sampling settings: a fixed base seed would replay the same samples every step,
-    so the seed moves by `_STEP_SEED_STRIDE` per step (None stays None: engine RNG)."""
+    so the seed moves by `_STEP_SEED_STRIDE` per step and `_DRAW_SEED_STRIDE` per extra draw
+    within the step (None stays None: engine RNG)."""
     if settings.seed is None:
         return settings
-    return dataclasses.replace(settings, seed=settings.seed + step * _STEP_SEED_STRIDE)
+    if not 0 <= draw < _STEP_SEED_STRIDE // _DRAW_SEED_STRIDE:
+        raise ValueError(f"draw ({draw}) must be in [0, {_STEP_SEED_STRIDE // _DRAW_SEED_STRIDE})")
+    return dataclasses.replace(settings, seed=settings.seed + step * _STEP_SEED_STRIDE
+                               + draw * _DRAW_SEED_STRIDE)
 
 
 def settings_from_section(section: SamplingSection, seed: int | None = None) -> SamplingSettings:
@@ -100,10 +105,11 @@ def require_logprobs(**settings: SamplingSettings) -> None:
 
 def sample_groups(engine: RolloutEngine, tasks: Sequence[Task], prompts: Sequence[Prompt],
                   settings: SamplingSettings, role: Role, groups: Iterator[int], step: int,
-                  policy_version: int) -> list[list[Trajectory]]:
+                  policy_version: int, draw: int = 0) -> list[list[Trajectory]]:
     """One engine call for all prompts; the `settings.n` samples of prompt i form one advantage
     group (next id from `groups`) of task i."""
-    samples = engine.generate([request_of(p) for p in prompts], step_settings(settings, step))
+    samples = engine.generate([request_of(p) for p in prompts],
+                              step_settings(settings, step, draw))
     out = []
     for task, prompt, gens in zip(tasks, prompts, samples, strict=True):
         group = next(groups)

@@ -227,11 +227,12 @@ class VllmEngine(RolloutEngine):
         )
 
     # ------------------------------------------------------------------ weights
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> PushStats:
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], *,
+                       checked_finite: bool = False) -> PushStats:
         t0 = time.perf_counter()
         tensors = list(named_tensors)
         try:
-            self._validate_push(tensors)
+            self._validate_push(tensors, checked_finite)
             self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": tensors})
         except BaseException:
             # vLLM may have run part of the reload; NaN written into KV blocks would survive a
@@ -242,8 +243,9 @@ class VllmEngine(RolloutEngine):
         nbytes = sum(t.numel() * t.element_size() for _, t in tensors)
         return PushStats(len(tensors), nbytes, time.perf_counter() - t0)
 
-    def _validate_push(self, tensors: list[tuple[str, torch.Tensor]]) -> None:
-        """Refuse unknown names, wrong shapes, non-finite values and incomplete fused layers."""
+    def _validate_push(self, tensors: list[tuple[str, torch.Tensor]], checked_finite: bool) -> None:
+        """Refuse unknown names, wrong shapes, non-finite values (unless the caller checked them)
+        and incomplete fused layers."""
         import torch
 
         names = [n for n, _ in tensors]
@@ -255,7 +257,7 @@ class VllmEngine(RolloutEngine):
             if tuple(t.shape) != self.shapes[name]:
                 raise ValueError(f"weight push: {name} has shape {tuple(t.shape)}, the engine "
                                  f"expects {self.shapes[name]}")
-            if not bool(torch.isfinite(t).all()):
+            if not checked_finite and not bool(torch.isfinite(t).all()):
                 bad = int((~torch.isfinite(t)).sum())
                 raise ValueError(f"weight push refused: {name} has {bad} non-finite values "
                                  f"(of {t.numel()}); the engine keeps its previous weights")
@@ -267,7 +269,6 @@ class VllmEngine(RolloutEngine):
                                  f"{missing}; push all of {self.groups[key]} together")
 
     def weight_groups(self) -> dict[str, list[str]]:
-        """Engine layer -> checkpoint tensor names that must share a push (for bucketing)."""
         return {k: list(v) for k, v in self.groups.items()}
 
     # ------------------------------------------------------------------ caches and memory

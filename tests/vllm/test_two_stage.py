@@ -120,10 +120,10 @@ def test_single_role_rollout_is_one_group_per_task(engine, prompts, tasks):
     rollout = SingleRoleRollout(engine, prompts,
                                 SamplingSettings(n=3, temperature=1.0, max_new_tokens=5, seed=3))
     out = rollout(tasks, step=0, policy_version=2)
-    assert [r.observer for r in out] == [[], []]
+    assert [(r.observer, r.solver) for r in out] == [([], []), ([], [])]
     groups = []
     for r in out:
-        (answers,) = r.solver
+        answers = r.single
         assert len(answers) == 3 and {a.role for a in answers} == {Role.SINGLE}
         assert {a.policy_version for a in answers} == {2}
         groups.append({a.group_id for a in answers})

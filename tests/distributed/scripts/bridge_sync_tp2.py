@@ -1,7 +1,7 @@
 """2 ranks: Megatron learner at TP=2 -> `bridge.sync` -> vLLM engine hosted by rank 0.
 
 The learner loads the tiny HF checkpoint and is then perturbed (every parameter moves); rank 0's
-engine (a child process: `bridge.engine_host.EngineProcess`) starts on the ORIGINAL checkpoint.
+engine (a child process: `rollout.engine_host.EngineProcess`) starts on the ORIGINAL checkpoint.
 After the sync, rank 0 records vLLM's greedy tokens and log-probs for an image+text prompt, the
 tokens of Hugging Face transformers' greedy generation with the learner's weights (exported with
 `hf_io`), and the learner's own TP=2 log-probs of vLLM's sequence (`compute_logprobs`). Then a NaN in one TP
@@ -139,14 +139,14 @@ def main() -> None:
     from transformers import AutoProcessor
 
     from prco_mega.bridge.hf_io import export_megatron_to_hf, load_hf_config, load_hf_into_megatron
-    from prco_mega.bridge.mismatch import logprob_mismatch
+    from prco_mega.learner.mismatch import logprob_mismatch
     from prco_mega.bridge.sync import sync_weights
     from prco_mega.learner.model import build_model
     from prco_mega.learner.parallel import init_parallel
 
     ckpt, res, engine = work / "tiny", {}, None
     if rank == 0:
-        from prco_mega.bridge.engine_host import EngineProcess
+        from prco_mega.rollout.engine_host import EngineProcess
         from prco_mega.data.tokenizer import demo_corpus, make_tiny_checkpoint
         from prco_mega.rollout import EngineConfig
 

@@ -20,7 +20,8 @@ from prco_mega.learner.checkpoint import (
     COMPLETE_MARKER, latest_checkpoint, load_checkpoint, save_checkpoint)
 from prco_mega.learner.packing import plan_and_pack
 from prco_mega.learner.parallel import destroy_parallel
-from prco_mega.learner.train_step import LossSettings, train_step
+from prco_mega.learner.loss_paths import LossSettings, TorchPPO
+from prco_mega.learner.train_step import train_step
 
 SETTINGS = LossSettings(clip_low=0.2, clip_high=0.28)
 
@@ -28,7 +29,7 @@ SETTINGS = LossSettings(clip_low=0.2, clip_high=0.28)
 def step(pg, chunks, opt, sched, seed: int) -> dict:
     mbs = plan_and_pack(common.trajectories(seed=seed), token_budget=48, dp_size=pg.dp.size(),
                         dp_rank=pg.dp.rank(), encode=common.encode)
-    return train_step(chunks, opt, sched, mbs, SETTINGS, pg=pg, model_forward=common.qwen_forward())
+    return train_step(chunks, opt, sched, mbs, TorchPPO(SETTINGS, from_forward=False), pg=pg)
 
 
 def teardown(*objs) -> None:

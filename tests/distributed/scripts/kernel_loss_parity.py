@@ -20,12 +20,11 @@ import torch
 import torch.distributed as dist
 import train_step_common as common
 
-from prco_mega.learner.loss_head import apply_tis
+from prco_mega.learner.loss_head import FusedPPO
+from prco_mega.learner.loss_paths import LossSettings, TorchPPO, apply_tis
 from prco_mega.learner.packing import plan_and_pack
 from prco_mega.learner.parallel import destroy_parallel
 from prco_mega.learner.train_step import (
-    LossSettings,
-    _loss_with,
     compute_logprobs,
     make_forward_step,
     reduce_metrics,
@@ -44,11 +43,11 @@ LAYOUTS = {"tp1": {"tp": 1}, "tp2": {"tp": 2}, "pp2": {"pp": 2}}
 TIS_CAP = 1.5
 
 
-def grads_and_loss(chunks, mbs, settings, forward, pg):
+def grads_and_loss(chunks, mbs, path, pg):
     """Gradients of one step's loss (no optimizer step; DP-reduced) and the step's metrics."""
     for c in chunks:
         c.zero_grad_buffer()
-    step = make_forward_step(forward, lambda b, out: _loss_with(settings, b, out))
+    step = make_forward_step(path.forward, path.loss)
     store = run_schedule(chunks, mbs, step, forward_only=False)
     grads = {n: p.main_grad.detach().clone() for c in chunks for n, p in c.named_parameters()}
     # shares with global denominators: the step's sum, sent from the last pipeline stage
@@ -68,11 +67,8 @@ def variant_batches(mbs, name):
 
 
 def compare(chunks, mbs, settings, pg) -> dict:
-    from prco_mega.learner.loss_head import qwen_vl_hidden_forward
-
-    g_torch, m_torch = grads_and_loss(chunks, mbs, settings, common.qwen_forward(), pg)
-    g_triton, m_triton = grads_and_loss(chunks, mbs, dataclasses.replace(settings, impl="triton"),
-                                        qwen_vl_hidden_forward, pg)
+    g_torch, m_torch = grads_and_loss(chunks, mbs, TorchPPO(settings, from_forward=False), pg)
+    g_triton, m_triton = grads_and_loss(chunks, mbs, FusedPPO(settings, from_forward=False), pg)
     diff = torch.tensor([max((g_torch[k] - g_triton[k]).abs().max().item() for k in g_torch),
                          max(g.abs().max().item() for g in g_torch.values())])
     dist.all_reduce(diff, op=dist.ReduceOp.MAX)
@@ -83,10 +79,11 @@ def compare(chunks, mbs, settings, pg) -> dict:
 
 
 def tis_train_step(chunks, opt, sched, mbs, pg) -> dict:
-    """train_step with impl="triton" and TIS: at the step's start the learner's old log-probs are
-    today's, so every ratio is 1 and each role's loss is -sum_t w_t A_t mask_t / D_role with
-    w = min(exp(learner_old - rollout), cap): computed here from `compute_logprobs` (torch)."""
-    settings = LossSettings(clip_low=0.2, clip_high=0.2, impl="triton", tis_cap=TIS_CAP)
+    """train_step on the fused path with TIS taken from its own forward (`from_forward`): the
+    learner's old log-probs are the step's, so every ratio is 1 and each role's loss is
+    -sum_t w_t A_t mask_t / D_role with w = min(exp(learner_old - rollout), cap): computed here
+    from `compute_logprobs` (torch). The same forward's mismatch statistics are returned too."""
+    path = FusedPPO(LossSettings(clip_low=0.2, clip_high=0.2, tis_cap=TIS_CAP))
     lps = compute_logprobs(chunks, mbs, pg=pg, model_forward=common.qwen_forward())
     want, raw_max = 0.0, 0.0
     for b, lp in zip(mbs, lps):
@@ -99,10 +96,18 @@ def tis_train_step(chunks, opt, sched, mbs, pg) -> dict:
     want_t, raw_t = torch.tensor([want]), torch.tensor([raw_max])
     dist.all_reduce(want_t, group=pg.dp)
     dist.all_reduce(raw_t, op=dist.ReduceOp.MAX)
-    metrics = train_step(chunks, opt, sched, mbs, settings, pg=pg)
-    clip = sum(v for k, v in metrics.items() if k.endswith("/clip_frac"))
-    return {"loss": metrics["loss"], "want": want_t.item(), "clip_frac": clip,
-            "max_raw_weight": raw_t.item(), "update_successful": metrics["update_successful"]}
+    from prco_mega.learner.mismatch import finish_mismatch
+
+    mismatch = sum(float(((lp - b.old_logprobs).abs() * (b.loss_mask != 0)).sum())
+                   for b, lp in zip(mbs, lps))
+    mismatch_t = torch.tensor([mismatch])
+    dist.all_reduce(mismatch_t, group=pg.dp)
+    metrics = finish_mismatch(train_step(chunks, opt, sched, mbs, path, pg=pg))
+    clipped = sum(v for k, v in metrics.items() if k.endswith("/clipped_tokens"))
+    return {"loss": metrics["loss"], "want": want_t.item(), "clipped_tokens": clipped,
+            "max_raw_weight": raw_t.item(), "update_successful": metrics["update_successful"],
+            "mismatch_abs_sum": mismatch_t.item(),
+            "mismatch_mean_abs": metrics["mismatch/mean_abs"] * metrics["mismatch/tokens"]}
 
 
 def run_layout(name: str) -> dict:

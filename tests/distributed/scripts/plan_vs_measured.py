@@ -105,16 +105,16 @@ def trajectories():
 
 
 def run_layout(hf_dir: Path, tp: int) -> dict:
+    from prco_mega.build import policy_from_hf
     from prco_mega.learner.config import LearnerConfig
+    from prco_mega.learner.loss_paths import LossSettings, TorchPPO
     from prco_mega.learner.parallel import destroy_parallel
-    from prco_mega.learner.policy import MegatronPolicy
-    from prco_mega.learner.train_step import LossSettings
 
     cfg = LearnerConfig(precision="fp32")
     cfg.parallel.tensor_parallel = tp
     cfg.batching.micro_batch_tokens = 64
     cfg.validate()
-    policy = MegatronPolicy(hf_dir, cfg, LossSettings())
+    policy = policy_from_hf(hf_dir, cfg, TorchPPO(LossSettings()))
     policy.step(trajectories())
     out = {"rank": dist.get_rank(), "tp": tp, "dp": policy.pg.dp.size(),
            "tp_rank": policy.pg.tp.rank(), "dp_rank": policy.pg.dp.rank(),

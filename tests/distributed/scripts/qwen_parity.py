@@ -135,18 +135,26 @@ def hf_grads(hf, batch) -> dict:
     return {hf_legacy_name(n): p.grad.detach().cpu() for n, p in hf.named_parameters()}
 
 
+def vocab_parallel_logprobs_of(logits, target, tp_group):
+    """log p(target) [...] from this rank's vocab shard of `logits` [..., V/tp] (Megatron's
+    vocab-parallel cross-entropy over the TP group, differentiable; it writes into its input, so
+    it gets an fp32 copy)."""
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    return -vocab_parallel_cross_entropy(logits.float().clone(), target)
+
+
 def megatron_grad_diff(chunks, pg, hf_cfg, batch, ref_grads) -> float:
     """Max over parameters of max|grad - grad_HF| / max|grad_HF| (TP shards gathered)."""
     from prco_mega.bridge.hf_io import _gather_tp, layer_offset, mapping_args, megatron_params
     from prco_mega.bridge.mapping import megatron_shards_to_hf, tp_split_dim
-    from prco_mega.learner.logprobs import vocab_parallel_logprobs
     from prco_mega.learner.mrope import mrope_position_ids
 
     ids, mask = padded(batch, pad_id=hf_cfg.text_config.pad_token_id)
     pos = mrope_position_ids(ids, batch["grid_thw"], hf_cfg.image_token_id,
                              hf_cfg.vision_config.spatial_merge_size, attention_mask=mask)
     logits = run_pipeline(chunks, pg, ids, pos, batch)
-    lp = vocab_parallel_logprobs(logits[:, :-1], ids[:, 1:].to(DEV), pg.tp)
+    lp = vocab_parallel_logprobs_of(logits[:, :-1], ids[:, 1:].to(DEV), pg.tp)
     (lp * mask[:, 1:].to(DEV)).sum().backward()
     args, worst = mapping_args(hf_cfg), 0.0
     for chunk in chunks:
@@ -163,7 +171,6 @@ def megatron_diffs(chunks, pg, hf_cfg, batch, ref, multiple: int = 1) -> dict:
     """Max |logp - logp_HF| for the padded batch and for the packed batch (last stage; else None)."""
     from megatron.core.packed_seq_params import PackedSeqParams
 
-    from prco_mega.learner.logprobs import vocab_parallel_logprobs
     from prco_mega.learner.mrope import mrope_position_ids, packed_mrope_position_ids
 
     image_id, merge = hf_cfg.image_token_id, hf_cfg.vision_config.spatial_merge_size
@@ -172,7 +179,7 @@ def megatron_diffs(chunks, pg, hf_cfg, batch, ref, multiple: int = 1) -> dict:
     logits = run_pipeline(chunks, pg, ids, pos, batch)
     diffs = {}
     if logits is not None:
-        lp = vocab_parallel_logprobs(logits[:, :-1], ids[:, 1:].to(DEV), pg.tp).cpu()
+        lp = vocab_parallel_logprobs_of(logits[:, :-1], ids[:, 1:].to(DEV), pg.tp).cpu()
         diffs["padded"] = max(float((lp[b, :len(r) - 1] - ref[b]).abs().max())
                               for b, r in enumerate(batch["rows"]))
     flat = torch.tensor([t for r in batch["rows"] for t in r])[None]
@@ -186,7 +193,7 @@ def megatron_diffs(chunks, pg, hf_cfg, batch, ref, multiple: int = 1) -> dict:
                              max_seqlen_q=int(lens.max()), max_seqlen_kv=int(lens.max()))
     logits = run_pipeline(chunks, pg, flat, packed_pos, batch, packed_seq_params=params)
     if logits is not None:
-        lp = vocab_parallel_logprobs(logits[0, :-1], flat[0, 1:].to(DEV), pg.tp).cpu()
+        lp = vocab_parallel_logprobs_of(logits[0, :-1], flat[0, 1:].to(DEV), pg.tp).cpu()
         diffs["packed"] = max(float((lp[a:b - 1] - ref[n]).abs().max())
                               for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())))
     return diffs

@@ -42,10 +42,10 @@ def k3(policy_lp: torch.Tensor, ref_lp: torch.Tensor) -> float:
 
 
 def main() -> None:
+    from prco_mega.build import policy_from_hf
     from prco_mega.learner.config import LearnerConfig
+    from prco_mega.learner.loss_paths import LossSettings, TorchPPO
     from prco_mega.learner.parallel import destroy_parallel
-    from prco_mega.learner.policy import MegatronPolicy
-    from prco_mega.learner.train_step import LossSettings
 
     out, hf_dir = start()
     cfg = LearnerConfig(precision="fp32")
@@ -53,7 +53,7 @@ def main() -> None:
     cfg.batching.micro_batch_tokens = 64
     cfg.optim.lr = 1e-3
     cfg.validate()
-    policy = MegatronPolicy(hf_dir, cfg, LossSettings(), reference=True)
+    policy = policy_from_hf(hf_dir, cfg, TorchPPO(LossSettings()), reference=True)
     trajs = trajectories(advantage=1.0)
     ref0 = response_logprobs(policy, policy.reference, trajs)
     pol0 = response_logprobs(policy, policy.chunks, trajs)
@@ -62,7 +62,8 @@ def main() -> None:
     ref1 = response_logprobs(policy, policy.reference, trajs)
     pol1 = response_logprobs(policy, policy.chunks, trajs)
     kl_only = trajectories(advantage=0.0)
-    metrics = policy.step(kl_only, dataclasses.replace(policy.loss_settings, kl_coef=1.0))
+    policy.path = TorchPPO(dataclasses.replace(policy.path.settings, kl_coef=1.0))
+    metrics = policy.step(kl_only)
     pol2 = response_logprobs(policy, policy.chunks, trajs)
     result = {
         "start_max_abs": float((pol0 - ref0).abs().max()),
@@ -74,9 +75,9 @@ def main() -> None:
     }
     del policy
     destroy_parallel()
-    plain = MegatronPolicy(hf_dir, cfg, LossSettings())
+    plain = policy_from_hf(hf_dir, cfg, TorchPPO(LossSettings(kl_coef=1.0)))
     try:
-        plain.step(kl_only, dataclasses.replace(plain.loss_settings, kl_coef=1.0))
+        plain.step(kl_only)
         result["missing_reference_error"] = None
     except ValueError as e:
         result["missing_reference_error"] = str(e)

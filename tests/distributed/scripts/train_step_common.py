@@ -133,6 +133,6 @@ def max_weight_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> t
 
 
 def qwen_forward():
-    from prco_mega.learner.train_step import qwen_vl_forward
+    from prco_mega.learner.forward import qwen_vl_forward
 
     return qwen_vl_forward

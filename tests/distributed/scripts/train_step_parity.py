@@ -15,7 +15,8 @@ import torch.distributed as dist
 import train_step_common as common
 from prco_mega.learner.packing import plan_and_pack
 from prco_mega.learner.parallel import destroy_parallel
-from prco_mega.learner.train_step import LossSettings, compute_logprobs, train_step
+from prco_mega.learner.loss_paths import LossSettings, TorchPPO
+from prco_mega.learner.train_step import compute_logprobs, train_step
 
 SETTINGS = LossSettings(clip_low=0.2, clip_high=0.28)
 LAYOUTS = {"tp2": dict(tp=2), "pp2": dict(pp=2), "pp2_vpp2": dict(pp=2, vpp=2), "dp2": dict(),
@@ -34,8 +35,7 @@ def run_layout(name: str, ref: dict) -> dict:
     if len(mbs) == len(ref["logprobs"]):  # the reference's micro-batches: compare log-probs
         lps = compute_logprobs(chunks, mbs, pg=pg, model_forward=common.qwen_forward())
         out["logprob_diff"] = max((a - b).abs().max().item() for a, b in zip(lps, ref["logprobs"]))
-    metrics = train_step(chunks, opt, sched, mbs, SETTINGS, pg=pg,
-                         model_forward=common.qwen_forward())
+    metrics = train_step(chunks, opt, sched, mbs, TorchPPO(SETTINGS, from_forward=False), pg=pg)
     out["loss"], out["loss_diff"] = metrics["loss"], abs(metrics["loss"] - ref["loss"])
     out["grad_norm_diff"] = abs(metrics["grad_norm"] - ref["grad_norm"])
     out["weight_diff"], out["worst_param"] = common.max_weight_diff(common.full_weights(chunks),

@@ -16,17 +16,18 @@ import torch
 import train_step_common as common
 from prco_mega.algo.losses import prco_loss
 from prco_mega.learner.packing import pack_trajectories, plan_and_pack, step_denominators
-from prco_mega.learner.train_step import (
-    LossSettings, compute_logprobs, make_forward_step, prco_loss_func, run_schedule, train_step)
+from prco_mega.learner.loss_paths import LossSettings, TorchPPO
+from prco_mega.learner.train_step import compute_logprobs, make_forward_step, run_schedule, train_step
 
 SETTINGS = LossSettings(clip_low=0.2, clip_high=0.28)
+PATH = TorchPPO(SETTINGS, from_forward=False)
 
 
 def grads_and_loss(chunks, mbs):
     """Accumulated gradients of one step (no optimizer step) and the step loss."""
     for c in chunks:
         c.zero_grad_buffer()
-    step = make_forward_step(common.qwen_forward(), lambda b, out: prco_loss_func(b, SETTINGS, out))
+    step = make_forward_step(common.qwen_forward(), PATH.loss)
     store = run_schedule(chunks, mbs, step, forward_only=False)
     grads = {n: p.main_grad.detach().clone() for c in chunks for n, p in c.named_parameters()}
     return grads, sum(float(m["loss"]) for m in store)
@@ -37,7 +38,7 @@ def recompute_checks(chunks, mbs, den, pg) -> dict:
     role's pg loss is -sum(A * mask) / D_role."""
     lps = compute_logprobs(chunks, mbs, pg=pg, model_forward=common.qwen_forward())
     fresh = [dataclasses.replace(b, old_logprobs=lp) for b, lp in zip(mbs, lps)]
-    step = make_forward_step(common.qwen_forward(), lambda b, out: prco_loss_func(b, SETTINGS, out))
+    step = make_forward_step(common.qwen_forward(), PATH.loss)
     store = run_schedule(chunks, fresh, step, forward_only=True)
     out = {}
     for role, d in den.items():
@@ -67,8 +68,7 @@ def main(ref_path: str, out_path: str) -> None:
     g_one, loss_one = grads_and_loss(chunks, [whole])
     g_many, loss_many = grads_and_loss(chunks, mbs)
     recompute, lps = recompute_checks(chunks, mbs, den, pg)
-    metrics = train_step(chunks, opt, sched, mbs, SETTINGS, pg=pg,
-                         model_forward=common.qwen_forward())
+    metrics = train_step(chunks, opt, sched, mbs, PATH, pg=pg)
     torch.save({"loss": metrics["loss"], "grad_norm": metrics["grad_norm"], "logprobs": lps,
                 "weights": common.full_weights(chunks)}, ref_path)
     result = {

@@ -1,10 +1,10 @@
-"""Train/rollout mismatch report (`bridge.mismatch`) against hand-computed values."""
+"""Train/rollout mismatch report (`learner.mismatch`) against hand-computed values."""
 import math
 
 import pytest
 import torch
 
-from prco_mega.bridge.mismatch import logprob_mismatch, mismatch_kl_k3
+from prco_mega.learner.mismatch import logprob_mismatch, mismatch_kl_k3
 from prco_mega.types import Role
 
 # token:         0 (prompt)  1 (obs)  2 (solver) 3 (solver) 4 (masked, NaN learner)
@@ -51,3 +51,22 @@ def test_misaligned_inputs_are_refused():
         logprob_mismatch(LEARNER, ROLLOUT[:4], MASK, ROLES)
     with pytest.raises(ValueError, match=r"loss_mask has shape \(4,\)"):
         logprob_mismatch(LEARNER, ROLLOUT, MASK[:4], ROLES)
+
+
+def test_sums_over_micro_batches_finish_to_the_whole_steps_means():
+    """What the learner does: additive statistics per micro-batch (the same keys in each, no host
+    sync), summed (max for max_abs), then finished, equal the statistics of the whole step."""
+    from prco_mega.learner.mismatch import finish_mismatch, mismatch_sums
+
+    g = torch.Generator().manual_seed(3)
+    learner, rollout = -torch.rand(40, generator=g), -torch.rand(40, generator=g)
+    mask = (torch.rand(40, generator=g) > 0.3).float()
+    roles = (torch.rand(40, generator=g) > 0.5).to(torch.int8)
+    parts = [mismatch_sums(learner[a:b], rollout[a:b], mask[a:b], roles[a:b], [0, 1])
+             for a, b in ((0, 7), (7, 25), (25, 40))]
+    reduced = {k: float(max(p[k] for p in parts) if k.endswith("max_abs") else sum(p[k] for p in parts))
+               for k in parts[0]}
+    whole = logprob_mismatch(learner, rollout, mask, roles)
+    assert finish_mismatch(reduced).keys() == whole.keys()
+    for key, value in finish_mismatch(reduced).items():
+        assert value == pytest.approx(whole[key], rel=1e-6), key

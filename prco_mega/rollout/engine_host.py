@@ -135,9 +135,9 @@ class EngineProcess(RolloutEngine):
     def generate(self, requests, sampling):
         return self.call("generate", list(requests), sampling)
 
-    def update_weights(self, named_tensors: Iterable) -> PushStats:
+    def update_weights(self, named_tensors: Iterable, *, checked_finite: bool = False) -> PushStats:
         meta, flat = _pack(list(named_tensors))
-        return self.call("update_weights_packed", meta, flat)
+        return self.call("update_weights_packed", meta, flat, checked_finite=checked_finite)
 
     def reset_caches(self, zero_kv: bool = False) -> None:
         self.call("reset_caches", zero_kv)

@@ -1,0 +1,230 @@
+"""The build layer: a `RunConfig` in, the run's parts out.
+
+Everything the loop (`controller`) calls is made here from the config sections, once: the data
+stream, the prompts, the learner with its loss path, the rollout engine, the algorithm's sampler
+(`algorithms.REGISTRY`), the evaluation. Heavy parts (vLLM, Megatron) are imported at this edge
+when a run starts. Nothing here imports the controller.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from prco_mega import algorithms
+from prco_mega.config import RunConfig
+from prco_mega.roles import PromptSet
+from prco_mega.types import Role
+from prco_mega.world import is_host
+
+if TYPE_CHECKING:
+    from prco_mega.data.stream import TaskStream
+    from prco_mega.eval.report import MetricsLogger
+    from prco_mega.learner.loss_paths import LossSettings
+    from prco_mega.learner.policy import MegatronPolicy
+    from prco_mega.rollout.engine import RolloutEngine
+    from prco_mega.scoring import LeakageFn
+
+
+@dataclass
+class RunDirs:
+    root: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+
+@dataclass
+class Run:
+    """The parts of a built run. `engine`, `stream` and `sample` exist on the host rank only."""
+
+    cfg: RunConfig
+    algo: algorithms.AlgoSettings
+    """The algorithm's resolved preset (config values over the registry's)."""
+    dirs: RunDirs
+    policy: MegatronPolicy
+    engine: RolloutEngine | None
+    stream: TaskStream | None
+    sample: algorithms.Sampler | None
+    logger: MetricsLogger
+
+
+# ----------------------------------------------------------------------------- data and prompts
+def prompt_set(cfg: RunConfig) -> PromptSet:
+    r = cfg.roles
+    return PromptSet(r.system_prompt, {Role.OBSERVER: r.observer_template,
+                                        Role.SOLVER: r.solver_template,
+                                        Role.SINGLE: r.single_template})
+
+
+def synthetic_source(cfg: RunConfig, seed_offset: int = 0):
+    from prco_mega.data.synthetic import SyntheticConfig, SyntheticTaskSource
+
+    d = cfg.data
+    kwargs = {"family_weights": d.families} if d.families else {}
+    return SyntheticTaskSource(SyntheticConfig(image_size=d.image_size, difficulty=d.difficulty,
+                                               seed=cfg.run.seed + seed_offset, **kwargs))
+
+
+def task_stream(cfg: RunConfig, batch_size: int, seed_offset: int = 0) -> TaskStream:
+    """The training stream: synthetic tasks by index, or a seeded walk over a local data file."""
+    from prco_mega.data.stream import TaskStream, list_stream
+
+    if cfg.data.source == "synthetic":
+        return TaskStream(synthetic_source(cfg, seed_offset).task, batch_size, seed=cfg.run.seed)
+    from prco_mega.data.reader import ReaderConfig, read_tasks
+
+    tasks, stats = read_tasks(cfg.data.path, ReaderConfig(on_error=cfg.data.on_error,
+                                                          image_backend=cfg.data.image_backend))
+    print(f"data: {len(tasks)} tasks from {cfg.data.path} ({stats})")
+    return list_stream(tasks, batch_size, cfg.run.seed)
+
+
+def eval_tasks(cfg: RunConfig) -> list:
+    """Held-out synthetic tasks: another seed than training's, the same families and difficulty."""
+    source = synthetic_source(cfg, seed_offset=10_007)
+    return [source.task(i) for i in range(cfg.run.eval_tasks)]
+
+
+def leakage_checker(cfg: RunConfig, engine: Any) -> LeakageFn:
+    from prco_mega.rewards.leakage import RuleLeakageChecker
+
+    if cfg.reward.leakage == "rule":
+        return RuleLeakageChecker()
+    if cfg.reward.leakage == "none":
+        return lambda questions, captions, answers: [0] * len(captions)
+    from prco_mega.rollout.judge import engine_judge
+
+    return engine_judge(engine)
+
+
+# ----------------------------------------------------------------------------- learner
+def resolved_algo(cfg: RunConfig) -> algorithms.AlgoSettings:
+    return algorithms.resolve(cfg.algo, cfg.solver.max_new_tokens)
+
+
+def loss_settings(cfg: RunConfig, algo: algorithms.AlgoSettings) -> LossSettings:
+    from prco_mega.learner.loss_paths import LossSettings
+
+    a = cfg.algo
+    return LossSettings(clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=a.dual_clip,
+                        kl_coef=a.kl_coef, kl_kind=a.kl_kind, level=algo.level,
+                        temperature=cfg.learner.logprob_temperature, tis_cap=a.tis_cap)
+
+
+def hf_weights(hf_dir: Path, hf_config: Any) -> Callable[[list, Any], Any]:
+    """`load_weights(chunks, pg)` for the policy: the Hugging Face checkpoint through the bridge."""
+    from prco_mega.bridge.hf_io import load_hf_into_megatron
+
+    return lambda chunks, pg: load_hf_into_megatron(chunks, hf_dir, pg, hf_config)
+
+
+def make_policy(cfg: RunConfig, model_dir: Path, *, objective: str, settings: LossSettings,
+                learner: Any = None) -> MegatronPolicy:
+    """The Megatron learner on `model_dir` with the loss path of `objective` ("ppo" or "sft"),
+    chosen once here (`kernels.impl` for PPO; supervised steps run the torch path)."""
+    from prco_mega.learner.loss_paths import make_loss_path
+    from prco_mega.world import device
+
+    impl = cfg.kernels.impl if objective == "ppo" else "torch"
+    path = make_loss_path(objective, impl, settings, device())
+    return policy_from_hf(model_dir, learner or cfg.learner, path,
+                          freeze_vision=cfg.model.freeze_vision,
+                          reference=objective == "ppo" and cfg.algo.kl_coef != 0)
+
+
+def policy_from_hf(model_dir: Path, learner: Any, path: Any, **kwargs: Any) -> MegatronPolicy:
+    """A `MegatronPolicy` with the loss path `path`, its weights read from the Hugging Face
+    checkpoint `model_dir` (kwargs: `freeze_vision`, `reference`)."""
+    from prco_mega.bridge.hf_io import load_hf_config
+    from prco_mega.learner.policy import MegatronPolicy
+
+    hf_config = load_hf_config(model_dir)
+    return MegatronPolicy(model_dir, hf_config, learner, path, hf_weights(model_dir, hf_config),
+                          **kwargs)
+
+
+# ----------------------------------------------------------------------------- engine and run
+def start_engine(cfg: RunConfig, model_dir: Path) -> RolloutEngine | None:
+    """The rollout engine on rank 0: in-process in a world of one, else in a child process
+    (vLLM's in-process engine adopts an existing multi-rank default group and hangs)."""
+    import torch.distributed as dist
+
+    if not is_host():
+        return None
+    threads = torch.get_num_threads()
+    if dist.get_world_size() == 1:
+        from prco_mega.rollout.vllm_engine import VllmEngine
+
+        engine = VllmEngine(model_dir, cfg.engine)
+    else:
+        from prco_mega.rollout.engine_host import EngineProcess
+
+        engine = EngineProcess(model_dir, cfg.engine)
+    torch.set_num_threads(threads)  # vLLM's CPU engine pins the whole process to one thread
+    return engine
+
+
+def build_run(cfg: RunConfig, dirs: RunDirs, model_dir: Path, logger: MetricsLogger) -> Run:
+    algo = resolved_algo(cfg)
+    policy = make_policy(cfg, model_dir, objective="ppo", settings=loss_settings(cfg, algo))
+    engine = start_engine(cfg, model_dir)
+    stream = sample = None
+    if is_host():
+        stream = task_stream(cfg, cfg.data.prompts_per_step)
+        sample = algorithms.build_sampler(cfg, algo, engine, prompt_set(cfg),
+                                          leakage_checker(cfg, engine), torch.Generator())
+    return Run(cfg, algo, dirs, policy, engine, stream, sample, logger)
+
+
+def resolved_config(cfg: RunConfig, algo: algorithms.AlgoSettings) -> dict:
+    """The run's config as written to `config.json`: every section, and the algorithm's resolved
+    preset under `algo_resolved`."""
+    from prco_mega.config import to_dict
+
+    return {**to_dict(cfg), "algo_resolved": dataclasses.asdict(algo)}
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate_policy(run: Run, path: Path, *, cache: bool) -> dict | None:
+    """Greedy Observer -> Solver (with the image) on held-out tasks, plus the perception of
+    captions sampled at the rollout's settings; rank 0 only; JSON on disk."""
+    from prco_mega.eval.synthetic import evaluate
+    from prco_mega.rollout.two_stage import settings_from_section
+
+    if not is_host():
+        return None
+    if cache and path.exists():
+        return json.loads(path.read_text())
+    cfg = run.cfg
+    # Captions sampled as the rollout samples them (no log-probs: nothing trains on them).
+    sampled = dataclasses.replace(settings_from_section(cfg.observer, seed=cfg.run.seed),
+                                  logprobs=False)
+    result = evaluate(run.engine, prompt_set(cfg), eval_tasks(cfg),
+                      observer_max_tokens=cfg.observer.max_new_tokens,
+                      solver_max_tokens=cfg.solver.max_new_tokens,
+                      mode=algorithms.REGISTRY[cfg.algo.name].eval_mode, sampled_captions=sampled)
+    summary = result.summary()
+    path.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def write_report(root: Path, cfg: RunConfig, before: dict, after: dict) -> str:
+    from prco_mega.eval.report import comparison_table
+
+    table = comparison_table(before, after)
+    text = (f"# {cfg.run.name}: {cfg.algo.name}, {cfg.run.steps} steps, "
+            f"{cfg.run.eval_tasks} held-out tasks\n\n{table}\n")
+    (root / "report.md").write_text(text)
+    print(text)
+    return text
