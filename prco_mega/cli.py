@@ -16,9 +16,22 @@ def _data_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_check(args: argparse.Namespace) -> int:
+    from prco_mega.config import load_config
+    from prco_mega.data.validate import check_data
+
+    print(check_data(load_config(args.config, args.overrides).data).line())
+    return 0
+
+
 def _add_data(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="data set tools")
     dsub = data.add_subparsers(dest="data_cmd", required=True)
+    check = dsub.add_parser("check", help="read and validate a config's data as `train` does "
+                            "before it starts; prints the row counts")
+    check.add_argument("config")
+    check.add_argument("overrides", nargs="*", help="key.path=value")
+    check.set_defaults(func=_data_check)
     prev = dsub.add_parser("preview", help="write synthetic tasks as PNGs + tasks.jsonl")
     prev.add_argument("--n", type=int, default=16)
     prev.add_argument("--out", required=True)
@@ -29,10 +42,17 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import os
+
     from prco_mega.config import load_config
-    from prco_mega.controller import main as run_main
+    from prco_mega.data.validate import check_data
 
     cfg = load_config(args.config, args.overrides)  # refused here, before anything starts
+    data = check_data(cfg.data)  # so is bad data: before the world, learner and engines
+    if os.environ.get("RANK", "0") == "0":
+        print(data.line(), flush=True)
+    from prco_mega.controller import main as run_main
+
     run_main(cfg, resume_run=args.resume)
     return 0
 

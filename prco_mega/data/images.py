@@ -111,7 +111,8 @@ def _open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as err:  # over twice PIL's limit: refused in open
-        raise ImageTooLarge(f"image {name} is too large: {err}") from err
+        raise ImageTooLarge(f"image {name} is too large: {err} (limit {max_pixels}, "
+                            "data.max_image_pixels)") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"image {name} cannot be decoded: {err}") from err
     width, height = image.size
