@@ -20,7 +20,7 @@ from prco_mega import algorithms
 from prco_mega.config import RunConfig
 from prco_mega.roles import PromptSet
 from prco_mega.types import Role
-from prco_mega.world import is_host
+from prco_mega.world import broadcast, is_host, rank
 
 if TYPE_CHECKING:
     from prco_mega.data.stream import TaskStream
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from prco_mega.learner.loss_paths import LossSettings
     from prco_mega.learner.policy import MegatronPolicy
     from prco_mega.rollout.engine import RolloutEngine
+    from prco_mega.rollout.placement import Shard
     from prco_mega.scoring import LeakageFn
 
 
@@ -46,17 +47,21 @@ class RunDirs:
 
 @dataclass
 class Run:
-    """The parts of a built run. `engine`, `stream` and `sample` exist on the host rank only."""
+    """The parts of a built run, on every rank: each rank hosts one rank of a rollout engine,
+    walks the same task stream and samples its engine's block of each step (`shard`)."""
 
     cfg: RunConfig
     algo: algorithms.AlgoSettings
     """The algorithm's resolved preset (config values over the registry's)."""
     dirs: RunDirs
     policy: MegatronPolicy
-    engine: RolloutEngine | None
-    stream: TaskStream | None
-    sample: algorithms.Sampler | None
+    engine: RolloutEngine
+    shard: Shard
+    """This rank's engine among all engines: its block of a step, and gathering over engines."""
+    stream: TaskStream
+    sample: algorithms.Sampler
     logger: MetricsLogger
+    """Writes on the host rank (rank 0) only."""
 
 
 # ----------------------------------------------------------------------------- data and prompts
@@ -82,10 +87,10 @@ def task_stream(cfg: RunConfig, batch_size: int, seed_offset: int = 0) -> TaskSt
 
     if cfg.data.source == "synthetic":
         return TaskStream(synthetic_source(cfg, seed_offset).task, batch_size, seed=cfg.run.seed)
-    from prco_mega.data.reader import ReaderConfig, read_tasks
+    from prco_mega.data.reader import read_tasks
+    from prco_mega.data.validate import reader_config
 
-    tasks, stats = read_tasks(cfg.data.path, ReaderConfig(on_error=cfg.data.on_error,
-                                                          image_backend=cfg.data.image_backend))
+    tasks, stats = read_tasks(cfg.data.path, reader_config(cfg.data))
     print(f"data: {len(tasks)} tasks from {cfg.data.path} ({stats})")
     return list_stream(tasks, batch_size, cfg.run.seed)
 
@@ -155,36 +160,37 @@ def policy_from_hf(model_dir: Path, learner: Any, path: Any, **kwargs: Any) -> M
 
 
 # ----------------------------------------------------------------------------- engine and run
-def start_engine(cfg: RunConfig, model_dir: Path) -> RolloutEngine | None:
-    """The rollout engine on rank 0: in-process in a world of one, else in a child process
-    (vLLM's in-process engine adopts an existing multi-rank default group and hangs)."""
+def shard_of(cfg: RunConfig) -> Shard:
+    """This rank's place among the engines (colocated: every rank hosts one engine rank)."""
     import torch.distributed as dist
 
-    if not is_host():
-        return None
+    from prco_mega.rollout.placement import Shard, engine_placement
+
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return Shard(engine_placement(world, rank(), cfg.engine.tensor_parallel_size))
+
+
+def start_engine(cfg: RunConfig, model_dir: Path) -> RolloutEngine:
+    """This rank's rollout engine. Every rank builds its engine at the same moment (vLLM's
+    start-up is collective over the world); in a torchrun world vLLM runs one worker per rank
+    (`external_launcher`), engines of `engine.tensor_parallel_size` consecutive ranks."""
+    from prco_mega.rollout.vllm_engine import VllmEngine
+
     threads = torch.get_num_threads()
-    if dist.get_world_size() == 1:
-        from prco_mega.rollout.vllm_engine import VllmEngine
-
-        engine = VllmEngine(model_dir, cfg.engine)
-    else:
-        from prco_mega.rollout.engine_host import EngineProcess
-
-        engine = EngineProcess(model_dir, cfg.engine)
+    engine = VllmEngine(model_dir, cfg.engine)
     torch.set_num_threads(threads)  # vLLM's CPU engine pins the whole process to one thread
     return engine
 
 
 def build_run(cfg: RunConfig, dirs: RunDirs, model_dir: Path, logger: MetricsLogger) -> Run:
     algo = resolved_algo(cfg)
+    shard = shard_of(cfg)
     policy = make_policy(cfg, model_dir, objective="ppo", settings=loss_settings(cfg, algo))
     engine = start_engine(cfg, model_dir)
-    stream = sample = None
-    if is_host():
-        stream = task_stream(cfg, cfg.data.prompts_per_step)
-        sample = algorithms.build_sampler(cfg, algo, engine, prompt_set(cfg),
-                                          leakage_checker(cfg, engine), torch.Generator())
-    return Run(cfg, algo, dirs, policy, engine, stream, sample, logger)
+    stream = task_stream(cfg, cfg.data.prompts_per_step)
+    sample = algorithms.build_sampler(cfg, algo, engine, prompt_set(cfg),
+                                      leakage_checker(cfg, engine), torch.Generator(), shard)
+    return Run(cfg, algo, dirs, policy, engine, shard, stream, sample, logger)
 
 
 def resolved_config(cfg: RunConfig, algo: algorithms.AlgoSettings) -> dict:
@@ -198,23 +204,29 @@ def resolved_config(cfg: RunConfig, algo: algorithms.AlgoSettings) -> dict:
 # ----------------------------------------------------------------------------- evaluation
 def evaluate_policy(run: Run, path: Path, *, cache: bool) -> dict | None:
     """Greedy Observer -> Solver (with the image) on held-out tasks, plus the perception of
-    captions sampled at the rollout's settings; rank 0 only; JSON on disk."""
-    from prco_mega.eval.synthetic import evaluate
+    captions sampled at the rollout's settings. Every engine evaluates its block of the tasks;
+    the host gathers the records, writes the JSON and returns the summary (None elsewhere)."""
+    from prco_mega.eval.synthetic import EvalResult, evaluate
     from prco_mega.rollout.two_stage import settings_from_section
 
-    if not is_host():
-        return None
-    if cache and path.exists():
-        return json.loads(path.read_text())
+    cached = broadcast(cache and is_host() and path.exists())
+    if cached:
+        return json.loads(path.read_text()) if is_host() else None
     cfg = run.cfg
+    tasks = eval_tasks(cfg)
     # Captions sampled as the rollout samples them (no log-probs: nothing trains on them).
     sampled = dataclasses.replace(settings_from_section(cfg.observer, seed=cfg.run.seed),
                                   logprobs=False)
-    result = evaluate(run.engine, prompt_set(cfg), eval_tasks(cfg),
-                      observer_max_tokens=cfg.observer.max_new_tokens,
-                      solver_max_tokens=cfg.solver.max_new_tokens,
-                      mode=algorithms.REGISTRY[cfg.algo.name].eval_mode, sampled_captions=sampled)
-    summary = result.summary()
+    block = run.shard.block(len(tasks))
+    mode = algorithms.REGISTRY[cfg.algo.name].eval_mode
+    mine = evaluate(run.engine, prompt_set(cfg), tasks[block.start:block.stop],
+                    observer_max_tokens=cfg.observer.max_new_tokens,
+                    solver_max_tokens=cfg.solver.max_new_tokens, mode=mode,
+                    sampled_captions=sampled, offset=block.start).records if len(block) else []
+    records = [r for part in run.shard.gather(mine) for r in part]
+    if not is_host():
+        return None
+    summary = EvalResult(mode, records).summary()
     path.write_text(json.dumps(summary, indent=1))
     return summary
 

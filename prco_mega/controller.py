@@ -1,9 +1,11 @@
 """The RL loop: sample, learn, sync. Reads like single-process code; every rank runs it.
 
-Rank 0 hosts the rollout engine, the data stream and the logs; the trajectories it scores are
-broadcast to the other ranks, which then take the learner step and the weight sync with it. The
-parts come from the build layer (`build.build_run`); the checkpoint RL starts from comes from the
-warm-start stage (`warm_start.prepare_model`).
+Every rank hosts one rank of a rollout engine and samples its engine's block of the step; the
+engines' metrics are combined, each trajectory goes once to the data-parallel replica that trains
+it, and every rank receives the weights its engine loads. Colocated engines sleep while the
+learner trains and wake for the sync (weights first, then the KV cache). Rank 0 writes the logs.
+The parts come from the build layer (`build.build_run`); the checkpoint RL starts from comes from
+the warm-start stage (`warm_start.prepare_model`).
 """
 from __future__ import annotations
 
@@ -13,36 +15,47 @@ from pathlib import Path
 
 from prco_mega import build
 from prco_mega.config import RunConfig
+from prco_mega.scoring import combine_metrics
 from prco_mega.timing import PhaseTimer
 from prco_mega.world import broadcast, init_world, is_host
 
 
 def sync(run: build.Run):
-    """Learner -> bridge -> engine: the policy's weights into the rollout engine (collective)."""
+    """Learner -> bridge -> engine: the weights this rank's engine loads (collective). The engine
+    wakes its weights first and its KV cache after the push (vLLM's order)."""
     from prco_mega.bridge.sync import sync_weights
 
     p = run.policy
-    return sync_weights(p.chunks, p.pg, p.hf_config, run.engine)
+    run.engine.wake_up(["weights"])
+    stats = sync_weights(p.chunks, p.pg, p.hf_config, run.engine)
+    run.engine.wake_up(["kv_cache"])
+    return stats
 
 
 def rl_step(run: build.Run, step: int) -> dict[str, float]:
-    """One PRCO (or baseline) step; returns its metrics."""
+    """One PRCO (or baseline) step; returns its metrics (the same on every rank)."""
     timer = PhaseTimer()
-    scored = run.sample(run.stream, step, timer) if is_host() else None
-    scored = broadcast(scored)
-    if not scored.train:  # e.g. dynamic sampling found no informative group within its bound
-        return {"step": step, **scored.metrics, **timer.metrics(), "update_successful": 0.0}
+    scored = run.sample(run.stream, step, timer)
+    # a TP engine's ranks drew the same samples: its leader's part is the engine's
+    part = scored.train if run.shard.placement.is_engine_leader else []
+    engines = run.shard.gather((scored.metrics, scored.weights, len(part),
+                                min((t.policy_version for t in part), default=step)))
+    metrics = {"step": step, **combine_metrics([(m, w) for m, w, _, _ in engines])}
+    if not sum(n for _, _, n, _ in engines):  # e.g. dynamic sampling found nothing informative
+        return {**metrics, **timer.metrics(), "update_successful": 0.0}
+    run.engine.sleep(run.cfg.engine.sleep_level)
     with timer("learn"):
-        learned = run.policy.step(scored.train)
+        learned = run.policy.step(part, part_of_step=True)
     with timer("sync"):
         synced = sync(run)
-    lag = step - min(t.policy_version for t in scored.train)
-    return {"step": step, **scored.metrics, **learned, **timer.metrics(),
-            "train/policy_lag": float(lag), "sync/bytes": synced.bytes,
-            "sync/seconds": synced.seconds}
+    lag = step - min(v for _, _, _, v in engines)
+    return {**metrics, **learned, **timer.metrics(), "train/policy_lag": float(lag),
+            "sync/bytes": synced.bytes, "sync/seconds": synced.seconds,
+            "sync/received_bytes": synced.received_bytes}
 
 
 def save(run: build.Run, step: int) -> Path:
+    # every rank walks the same stream; rank 0's position is everyone's
     state = {"stream": run.stream.state_dict() if is_host() else None}
     return run.policy.save(run.dirs.checkpoints, step, data_state=broadcast(state))
 
@@ -55,8 +68,8 @@ def resume(run: build.Run) -> int:
     if path is None:
         return 0
     state = run.policy.load(path)
+    run.stream.load_state_dict(state["data_state"]["stream"])
     if is_host():
-        run.stream.load_state_dict(state["data_state"]["stream"])
         run.logger.truncate_after(state["step"] - 1)
     sync(run)
     print(f"resumed from {path} at step {state['step']}")

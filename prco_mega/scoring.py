@@ -7,7 +7,7 @@ It sits above `rewards` and `algo`, which import nothing of each other.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import fmean
 from typing import Protocol
 
@@ -27,6 +27,25 @@ class Scored:
     train: list[Trajectory]
     """Trajectories that enter the loss, with `reward` and `advantage` set."""
     metrics: dict[str, float]
+    weights: dict[str, float] = field(default_factory=dict)
+    """How many items each mean in `metrics` averages (answers, captions); a metric without a
+    weight is a count. `combine_metrics` merges the engines' shares of a step with them."""
+
+
+def combine_metrics(parts: list[tuple[dict[str, float], dict[str, float]]]) -> dict[str, float]:
+    """One step's metrics from its engines' `(metrics, weights)`: weighted means of the means,
+    sums of the counts (a world of one returns its metrics unchanged)."""
+    if len(parts) == 1:
+        return dict(parts[0][0])
+    out: dict[str, float] = {}
+    for key in dict.fromkeys(k for metrics, _ in parts for k in metrics):
+        have = [(m[key], w.get(key)) for m, w in parts if key in m]
+        if any(w is not None for _, w in have):
+            total = sum(w or 0.0 for _, w in have)
+            out[key] = sum(v * (w or 0.0) for v, w in have) / total if total else 0.0
+        else:
+            out[key] = sum(v for v, _ in have)
+    return out
 
 
 class LeakageFn(Protocol):
@@ -63,6 +82,17 @@ def _centre(trajs: list[Trajectory], scale_by_std: bool) -> None:
     _set_advantages(trajs, group_advantages(rewards, groups, roles, scale_by_std=scale_by_std))
 
 
+_ANSWER_MEANS = ("solver/accuracy", "solver/reward", "solver/response_len")
+_CAPTION_MEANS = ("observer/reward", "observer/leak_rate", "observer/caption_len")
+_PERCEPTION_MEANS = ("observer/perception_acc", "observer/misread_kept_answer_rate")
+
+
+def _weights(answers: int, captions: int = 0, perceived: int = 0) -> dict[str, float]:
+    return {**dict.fromkeys(_ANSWER_MEANS, float(answers)),
+            **dict.fromkeys(_CAPTION_MEANS, float(captions)),
+            **dict.fromkeys(_PERCEPTION_MEANS, float(perceived))}
+
+
 def _caption_metrics(rollouts: list[TaskRollout]) -> dict[str, float]:
     """Perception of the sampled captions, and the share whose misreads keep the answer (which
     the utility reward cannot see); empty without scene facts."""
@@ -84,6 +114,23 @@ def _common_metrics(answers: list[Trajectory], train: list[Trajectory]) -> dict[
     }
 
 
+def _skip_to_block(generator: torch.Generator, rollouts: list[TaskRollout]) -> None:
+    """Advance the step's generator past the Solver-group draws of the tasks before this block.
+
+    `select_solver_groups` draws exactly K numbers per task whatever the rewards, so task i of the
+    step uses draws [i K, (i + 1) K) of the step's stream: an engine that scores the block starting
+    at task i0 skips i0 K draws and picks what one engine scoring the whole step would pick."""
+    if not rollouts:
+        return
+    first, per_task = rollouts[0].index, len(rollouts[0].observer)
+    if [r.index for r in rollouts] != list(range(first, first + len(rollouts))) or any(
+            len(r.observer) != per_task for r in rollouts):
+        raise ValueError("PRCO credit takes a contiguous block of the step's tasks with the same "
+                         "number of captions each (`placement.deal`)")
+    if first:
+        torch.rand(first * per_task, generator=generator)  # the dtype the draws use
+
+
 @dataclass
 class PRCOCredit:
     """PRCO: Observer utility reward (shared=False) or the outcome-reward ablation (shared=True).
@@ -101,6 +148,7 @@ class PRCOCredit:
     scale_by_std: bool = False
 
     def __call__(self, rollouts: list[TaskRollout]) -> Scored:
+        _skip_to_block(self.generator, rollouts)
         captions = [c for r in rollouts for c in r.observer]
         leaks = self.leakage([r.task.question for r in rollouts for _ in r.observer],
                              [c.text for c in captions],
@@ -125,7 +173,9 @@ class PRCOCredit:
         metrics["observer/leak_rate"] = fmean(leaks) if leaks else 0.0
         metrics["observer/caption_len"] = fmean(len(c.response_ids) for c in captions) if captions else 0.0
         metrics["solver/groups_selected"] = float(sum(t.role is Role.SOLVER for t in train))
-        return Scored(train, {**metrics, **_caption_metrics(rollouts)})
+        perceived = sum(len(r.observer) for r in rollouts if r.task.facts)
+        return Scored(train, {**metrics, **_caption_metrics(rollouts)},
+                      _weights(len(answers), len(captions), perceived))
 
 
 @dataclass
@@ -135,7 +185,7 @@ class SingleRoleCredit:
     r = lam * V + (1 - lam) * F, plus DAPO's soft overlong penalty when `overlong` is set
     (`algo.overlong_penalty`); A = (r - mean) / (std + eps) per prompt group (`scale_by_std`), or
     r - mean. `dynamic_sampling`: groups whose rewards are all equal carry no signal and are
-    dropped (DAPO); `max_groups` keeps only the first that many informative groups.
+    dropped (DAPO), and `assign` may keep a subset of the informative ones (the batch's quota).
     """
 
     lam: float = 0.9
@@ -157,22 +207,23 @@ class SingleRoleCredit:
                 a.reward += p
         return answers
 
-    def informative_groups(self, answers: list[Trajectory]) -> int:
-        """How many groups among `answers` (rewards set) have rewards that are not all equal."""
-        return len(_informative(answers))
+    def informative_groups(self, answers: list[Trajectory]) -> list[int]:
+        """Group ids among `answers` (rewards set) whose rewards are not all equal."""
+        return _informative(answers)
 
-    def assign(self, answers: list[Trajectory], max_groups: int | None = None) -> Scored:
-        """Advantages of answers whose rewards are set; the trajectories that enter the loss."""
+    def assign(self, answers: list[Trajectory], keep_groups: set[int] | None = None) -> Scored:
+        """Advantages of answers whose rewards are set; the trajectories that enter the loss
+        (with dynamic sampling: the informative groups, only those in `keep_groups` if given)."""
         if not answers:
-            return Scored([], _common_metrics([], []))
+            return Scored([], _common_metrics([], []), _weights(0))
         rewards = torch.tensor([a.reward for a in answers], dtype=torch.float64)
         groups = torch.tensor([a.group_id for a in answers])
         _set_advantages(answers, grpo_advantages(rewards, groups, scale_by_std=self.scale_by_std))
         keep = _informative(answers) if self.dynamic_sampling else list(dict.fromkeys(
             a.group_id for a in answers))
-        keep = set(keep[:max_groups] if max_groups is not None else keep)
+        keep = set(keep) if keep_groups is None else set(keep) & keep_groups
         train = [a for a in answers if a.group_id in keep]
-        return Scored(train, _common_metrics(answers, train))
+        return Scored(train, _common_metrics(answers, train), _weights(len(answers)))
 
     def __call__(self, rollouts: list[TaskRollout]) -> Scored:
         return self.assign(self.reward(rollouts))

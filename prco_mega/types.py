@@ -78,6 +78,11 @@ class TaskRollout:
     """[G_O][G_S] PRCO answers, one list per caption."""
     single: list[Trajectory] = field(default_factory=list)
     """[G] look-and-answer trajectories of the single-role baselines (GRPO, DAPO)."""
+    index: int = 0
+    """The task's position in the step's batch, whichever engine sampled it: seeds, group ids
+    and the Solver-group draw are keyed by it."""
+    draw: int = 0
+    """Which batch of the step it came from (dynamic sampling's extra draws count up)."""
 
 
 @dataclass

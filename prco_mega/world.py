@@ -44,6 +44,13 @@ def is_host() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+def rank() -> int:
+    """This process's rank in the world (0 outside a distributed world)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
 def barrier() -> None:
     """Wait for every rank (no-op outside a distributed world)."""
     import torch.distributed as dist
@@ -71,3 +78,45 @@ def device():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
+
+def exchange(outbox: list[Any], group: Any = None) -> list[Any]:
+    """All-to-all of Python objects: `outbox[d]` goes to rank d of `group` (the world by default);
+    returns `inbox[s]`, what rank s sent here. Each object is pickled once and crosses the network
+    once, to its destination only (sizes first, then one `all_to_all_single` of bytes); in a world
+    of one it is returned as is."""
+    import pickle
+
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return list(outbox)
+    size = dist.get_world_size(group)
+    if len(outbox) != size:
+        raise ValueError(f"exchange needs one object per rank ({size}), got {len(outbox)}")
+    blobs = [pickle.dumps(o, protocol=pickle.HIGHEST_PROTOCOL) for o in outbox]
+    send_sizes = torch.tensor([len(b) for b in blobs], dtype=torch.int64)
+    recv_sizes = torch.empty(size, dtype=torch.int64)
+    dist.all_to_all_single(recv_sizes, send_sizes, group=group)
+    send = torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8) if sum(map(len, blobs)) \
+        else torch.empty(0, dtype=torch.uint8)
+    recv = torch.empty(int(recv_sizes.sum()), dtype=torch.uint8)
+    dist.all_to_all_single(recv, send, output_split_sizes=recv_sizes.tolist(),
+                           input_split_sizes=send_sizes.tolist(), group=group)
+    out, offset = [], 0
+    for n in recv_sizes.tolist():
+        out.append(pickle.loads(recv[offset:offset + n].numpy().tobytes()))
+        offset += n
+    return out
+
+
+def all_gather(obj: Any, group: Any = None) -> list[Any]:
+    """`obj` of every rank of `group`, in rank order (small metadata only: it is pickled to every
+    rank)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return [obj]
+    out = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
+    return out

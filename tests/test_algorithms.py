@@ -10,6 +10,8 @@ from prco_mega.algo.losses import prco_loss
 from prco_mega.config import RunConfig, from_dict
 from prco_mega.data.stream import TaskStream
 from prco_mega.scoring import SingleRoleCredit
+from prco_mega.rollout.placement import single_engine
+from prco_mega.rollout.two_stage import group_id
 from prco_mega.timing import PhaseTimer
 from prco_mega.types import Role, Task, TaskRollout, Trajectory
 
@@ -67,16 +69,17 @@ class _ScriptedRollout:
     def __init__(self, uniform: set[int]):
         self.uniform, self.draws, self.groups = uniform, [], 0
 
-    def __call__(self, tasks, step, policy_version, draw=0):
+    def __call__(self, tasks, step, policy_version, offset=0, draw=0):
         self.draws.append(draw)
         out = []
-        for task in tasks:
+        for i, task in enumerate(tasks):
             texts = [RIGHT, RIGHT] if int(task.uid) in self.uniform else [RIGHT, WRONG]
+            group = group_id(step, draw, False, offset + i)
             out.append(TaskRollout(task, single=[
-                Trajectory(role=Role.SINGLE, task_uid=task.uid, group_id=self.groups,
+                Trajectory(role=Role.SINGLE, task_uid=task.uid, group_id=group,
                            prompt_ids=[1], response_ids=[2], rollout_logprobs=[-1.0], text=t,
-                           policy_version=policy_version) for t in texts]))
-            self.groups += 1
+                           policy_version=policy_version) for t in texts], index=offset + i,
+                draw=draw))
         return out
 
 
@@ -87,7 +90,7 @@ def _stream(batch: int) -> TaskStream:
 def test_refill_draws_more_prompts_until_the_batch_is_full():
     rollout = _ScriptedRollout(uniform=set(range(0, 6)))  # the first 6 tasks carry no signal
     sample = algorithms.DynamicSampling(rollout, SingleRoleCredit(dynamic_sampling=True),
-                                        target=4, max_extra_draws=4)
+                                        target=4, max_extra_draws=4, shard=single_engine())
     stream = _stream(4)
     scored = sample(stream, step=3, timer=PhaseTimer())
     # draws: tasks 0-3 (none informative), 4-7 (6, 7), 8-11 (8, 9 fill the batch)
@@ -102,7 +105,7 @@ def test_refill_draws_more_prompts_until_the_batch_is_full():
 def test_refill_stops_at_its_bound_with_a_short_batch():
     rollout = _ScriptedRollout(uniform=set(range(100)))  # nothing ever has signal
     sample = algorithms.DynamicSampling(rollout, SingleRoleCredit(dynamic_sampling=True),
-                                        target=4, max_extra_draws=2)
+                                        target=4, max_extra_draws=2, shard=single_engine())
     scored = sample(_stream(4), step=0, timer=PhaseTimer())
     assert rollout.draws == [0, 1, 2]  # the first draw and two extra
     assert scored.train == [] and scored.metrics["sampling/groups_trained"] == 0.0

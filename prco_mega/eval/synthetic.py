@@ -188,11 +188,12 @@ def _record(task: Task, caption_gen: Generation, caption: str,
 
 def evaluate(engine: RolloutEngine, prompts: PromptSet, tasks: list[Task], *,
              observer_max_tokens: int, solver_max_tokens: int, mode: str = "prco",
-             sampled_captions: SamplingSettings | None = None) -> EvalResult:
+             sampled_captions: SamplingSettings | None = None, offset: int = 0) -> EvalResult:
     """Greedy evaluation of the engine's current policy on `tasks` (held out: the caller picks
     them from another seed than training's). Two engine calls: captions, then answers; with
     `sampled_captions` a third scores `n` captions per task sampled at those settings (what RL
-    trains on, where greedy shows only the mode)."""
+    trains on, where greedy shows only the mode), task i seeded as the held-out set's task
+    `offset + i`, so any split of the set over engines samples the same captions."""
     if mode not in MODES:
         raise ValueError(f"evaluation mode {mode!r} must be one of {MODES}")
     if not tasks:
@@ -208,7 +209,8 @@ def evaluate(engine: RolloutEngine, prompts: PromptSet, tasks: list[Task], *,
     records = [_record(t, cg, c, ag)
                for t, cg, c, ag in zip(tasks, caption_gens, captions, answer_gens, strict=True)]
     if sampled_captions is not None:
-        sets = engine.generate([request_of(prompts.observer(t)) for t in tasks], sampled_captions)
+        sets = engine.generate([request_of(prompts.observer(t), offset + i)
+                                for i, t in enumerate(tasks)], sampled_captions)
         for record, task, gens in zip(records, tasks, sets, strict=True):
             if task.facts:
                 texts = [solver_caption(g.text, eos) for g in gens]

@@ -266,6 +266,77 @@ def _assemble(cols, lens, inputs, trajectories, role_denominators) -> TrainBatch
     )
 
 
+@dataclass(frozen=True)
+class SequenceShape:
+    """What planning needs of a trajectory, without its tokens or images (ranks exchange these
+    before the trajectories themselves move)."""
+
+    role: int
+    tokens: int
+    """Prompt (image pads expanded) + response tokens."""
+    response: int
+    """Response tokens (the loss tokens)."""
+
+
+def shape_of(traj: Trajectory) -> SequenceShape:
+    return SequenceShape(int(traj.role), len(traj.prompt_ids) + len(traj.response_ids),
+                         len(traj.response_ids))
+
+
+def shape_denominators(shapes: Sequence[SequenceShape], level: str = "token") -> dict[int, float]:
+    """`step_denominators` from shapes."""
+    if level not in ("token", "sequence"):
+        raise ValueError(f"aggregation level {level!r} is not one of ['token', 'sequence']")
+    out: dict[int, float] = {}
+    for s in shapes:
+        out[s.role] = out.get(s.role, 0.0) + (float(s.response) if level == "token"
+                                              else float(s.response > 0))
+    return out
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Who trains what in one step: per mini-batch, its global per-role denominators and
+    `micro[dp_rank][micro_batch]` = the step-wide ids of the trajectories packed there."""
+
+    mini_batches: tuple[tuple[dict[int, float], list[list[list[int]]]], ...]
+
+    def owner(self) -> dict[int, int]:
+        """Trajectory id -> the data-parallel rank that trains it."""
+        return {i: dp for _, micro in self.mini_batches for dp, mbs in enumerate(micro)
+                for mb in mbs for i in mb}
+
+
+def plan_step(shapes: Sequence[SequenceShape], *, mini_batches: int, token_budget: int,
+              dp_size: int, level: str = "token") -> StepPlan:
+    """The step's plan from its trajectories' shapes (ids = positions in `shapes`): dealt
+    round-robin into mini-batches (a task's trajectories are listed together, so every
+    mini-batch gets a share of each task and role), each planned with `plan_micro_batches`
+    under its own global denominators. Every rank computes the same plan from the same shapes."""
+    if mini_batches < 1:
+        raise ValueError(f"mini-batches ({mini_batches}) must be >= 1")
+    k = min(mini_batches, len(shapes))
+    parts = [list(range(len(shapes)))[i::k] for i in range(k)]
+    out = []
+    for ids in parts:
+        part = [shapes[i] for i in ids]
+        micro = plan_micro_batches([s.tokens for s in part], token_budget, dp_size)
+        out.append((shape_denominators(part, level),
+                    [[[ids[j] for j in mb] for mb in rank] for rank in micro]))
+    return StepPlan(tuple(out))
+
+
+def pack_plan(trajectories: dict[int, Trajectory], plan: StepPlan, dp_rank: int, *,
+              encode: Callable[[Trajectory], SequenceInputs] | None = None,
+              pad_to_multiple: int = 1, pad_token_id: int = 0) -> list[list[TrainBatch]]:
+    """This data-parallel rank's packed micro-batches of each mini-batch of `plan`;
+    `trajectories` holds (at least) the ones it trains, by step-wide id."""
+    return [[pack_trajectories([trajectories[i] for i in mb], denominators, encode=encode,
+                               pad_to_multiple=pad_to_multiple, pad_token_id=pad_token_id)
+             for mb in micro[dp_rank]]
+            for denominators, micro in plan.mini_batches]
+
+
 def plan_and_pack(
     trajectories: Sequence[Trajectory],
     *,

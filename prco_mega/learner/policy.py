@@ -18,7 +18,9 @@ import torch
 from prco_mega.learner.config import LearnerConfig
 from prco_mega.learner.loss_paths import LossPath
 from prco_mega.learner.train_step import NonFiniteLoss  # noqa: F401  (raised by step)
+from prco_mega.learner.packing import pack_plan, shape_of
 from prco_mega.types import Trajectory
+from prco_mega.world import rank as dist_rank
 
 LoadWeights = Callable[[list, Any], Any]
 """`load_weights(chunks, pg)`: set the freshly built chunks' weights (e.g. from a Hugging Face
@@ -83,11 +85,17 @@ class MegatronPolicy:
         return [dataclasses.replace(b, ref_logprobs=r) for b, r in zip(batches, ref, strict=True)]
 
     # ------------------------------------------------------------------ training
-    def step(self, trajectories: Sequence[Trajectory]) -> dict[str, float]:
+    def step(self, trajectories: Sequence[Trajectory], *, part_of_step: bool = False
+             ) -> dict[str, float]:
         """The RL step's optimizer updates: one per mini-batch (`batching.mini_batches`). Raises
         `NonFiniteLoss` (naming the roles) instead of applying a NaN/inf update; the updates of
         the mini-batches before it stay applied. Metrics are means over the mini-batches, with
         the train/rollout mismatch of the step's log-probs before the first update.
+
+        Every rank passes the whole step (`part_of_step=False`), or its own part of it (the
+        trajectories its engine scored; [] on the others): then the ranks exchange only their
+        shapes, plan the step alike, and each rank receives, once, the trajectories its
+        data-parallel replica trains (`receive`).
 
         The learner's pre-update log-probs (mismatch metric, TIS weights) come from the training
         forward itself when the step is one mini-batch; with several, one pass before the first
@@ -95,10 +103,11 @@ class MegatronPolicy:
         from prco_mega.learner.mismatch import finish_mismatch
         from prco_mega.learner.train_step import train_step
 
-        if not trajectories:
-            raise ValueError("a learner step needs at least one trajectory")
-        packed = [self.micro_batches(part)
-                  for part in deal(trajectories, self.cfg.batching.mini_batches)]
+        mine, plan = (self.receive(trajectories) if part_of_step else
+                      (dict(enumerate(trajectories)), self.plan([shape_of(t) for t in trajectories])))
+        b = self.cfg.batching
+        packed = pack_plan(mine, plan, self.pg.dp.rank(), encode=self.encode,
+                           pad_to_multiple=b.pad_to_multiple, pad_token_id=self.pad_token_id)
         if self.path.settings.kl_coef != 0.0:
             packed = [self.with_reference(batches) for batches in packed]
         path, before = self.path, {}
@@ -111,6 +120,52 @@ class MegatronPolicy:
                               pg=self.pg, check_finite=True) for batches in packed]
         self.encode.clear()
         return clip_fractions(finish_mismatch({**mean_metrics(updates), **before}))
+
+    def plan(self, shapes: Sequence[Any]):
+        """The step's `packing.StepPlan` for this learner's batching and data parallelism."""
+        from prco_mega.learner.packing import plan_step
+
+        if not shapes:
+            raise ValueError("a learner step needs at least one trajectory")
+        b = self.cfg.batching
+        if b.micro_batch_tokens % b.pad_to_multiple:
+            raise ValueError(f"pad_to_multiple ({b.pad_to_multiple}) must divide "
+                             f"micro_batch_tokens ({b.micro_batch_tokens}), else padding could "
+                             "overflow the budget")
+        return plan_step(shapes, mini_batches=b.mini_batches, token_budget=b.micro_batch_tokens,
+                         dp_size=self.pg.dp.size(), level=self.path.settings.level)
+
+    def receive(self, part: Sequence[Trajectory]):
+        """(this replica's trajectories by step-wide id, the step's plan) from every rank's part
+        of the step. Collective over the world: shapes are all-gathered (a few numbers per
+        trajectory), trajectories (with their images) cross the network once, to the ranks of
+        the data-parallel replica that trains them. Step-wide ids follow each trajectory's
+        (draw, task position) slot, the order one engine sampling the whole step lists them in,
+        so the plan does not depend on how the step was split over engines."""
+        from prco_mega.world import all_gather, exchange
+
+        seen: dict = {}
+        keys = [(*t.meta.get("slot", (0, 0)), _count(seen, t.meta.get("slot"))) for t in part]
+        parts = all_gather([(k, shape_of(t)) for k, t in zip(keys, part)])
+        order = sorted((k, r, j) for r, p in enumerate(parts) for j, (k, _) in enumerate(p))
+        step_id = {(r, j): i for i, (_, r, j) in enumerate(order)}
+        plan = self.plan([parts[r][j][1] for _, r, j in order])
+        owner, dp_of, me = plan.owner(), self._dp_of_ranks(), dist_rank()
+        outbox = [{} for _ in dp_of]
+        for j, traj in enumerate(part):
+            i = step_id[me, j]
+            for rank, dp in enumerate(dp_of):
+                if owner[i] == dp:
+                    outbox[rank][i] = traj
+        return {i: t for box in exchange(outbox) for i, t in box.items()}, plan
+
+    def _dp_of_ranks(self) -> list[int]:
+        """The data-parallel rank of every rank of the world (rank order)."""
+        from prco_mega.world import all_gather
+
+        if not hasattr(self, "_dp_ranks"):
+            self._dp_ranks = all_gather(self.pg.dp.rank())
+        return self._dp_ranks
 
     def _pre_step_pass(self, packed: list[list[Any]]) -> tuple[list[list[Any]], dict[str, float]]:
         """One no-gradient pass over every mini-batch before the first update: the mismatch
@@ -158,6 +213,12 @@ def _frozen_chunks(hf_config: Any, pg: Any, par: Any, load_weights: LoadWeights
     return chunks
 
 
+def _count(seen: dict, key) -> int:
+    """How many times `key` was seen before (and count this one)."""
+    seen[key] = seen.get(key, 0) + 1
+    return seen[key] - 1
+
+
 class _NoPipeline:
     """A one-stage stand-in for `reduce_metrics`: every rank already holds its own log-probs."""
 
@@ -166,16 +227,6 @@ class _NoPipeline:
 
     def rank(self) -> int:
         return 0
-
-
-def deal(items: Sequence[Any], parts: int) -> list[list[Any]]:
-    """`items` dealt round-robin into min(parts, len(items)) non-empty lists. The rollout lists a
-    task's trajectories together, so dealing (not slicing) gives every mini-batch a share of
-    each task and role; it is deterministic, so every rank (and a resumed run) splits alike."""
-    if parts < 1:
-        raise ValueError(f"mini-batches ({parts}) must be >= 1")
-    k = min(parts, len(items))
-    return [list(items[i::k]) for i in range(k)]
 
 
 def clip_fractions(metrics: dict[str, float]) -> dict[str, float]:

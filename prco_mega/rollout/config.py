@@ -27,6 +27,9 @@ class EngineConfig:
     learner."""
     enable_sleep_mode: bool = False
     """GPU only: let `sleep()` release weights and KV memory while the learner trains."""
+    sleep_level: Literal[1, 2] = 1
+    """With sleep mode: 1 keeps a host copy of the weights while asleep, 2 drops them (every
+    sync pushes the whole model, so both work; 2 frees host memory too)."""
     cpu_kv_cache_gib: int = 1
     """CPU only: KV cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE; vLLM's default is ~20 GiB)."""
     enforce_eager: bool = True

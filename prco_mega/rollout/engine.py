@@ -32,6 +32,10 @@ class GenerationRequest:
     """Prompt text (chat template already applied); tokenized without adding special tokens."""
     images: Sequence[Image] = ()
     """RGB images, in the order of their placeholders in the prompt."""
+    key: int | None = None
+    """The request's global index among its role's requests of the step: sample j is seeded
+    `seed + key * n + j`, so it draws the same tokens whichever engine serves it. None = its
+    position in the call."""
 
     def __post_init__(self) -> None:
         if (self.prompt_ids is None) == (self.prompt is None):
@@ -56,7 +60,8 @@ class SamplingSettings:
     stop_token_ids: tuple[int, ...] = ()
     """Extra stop token ids besides the model's EOS (which always stops, and is kept)."""
     seed: int | None = None
-    """Base seed; request i, sample j draws from seed + i * n + j. None = engine's RNG."""
+    """Base seed; request i (or its `key`), sample j draws from seed + i * n + j. None = engine's
+    RNG."""
     logprobs: bool = True
     """Return the sampled tokens' log-probs (the behaviour policy)."""
 
@@ -122,11 +127,14 @@ class RolloutEngine(abc.ABC):
         """Drop prefix and encoder caches; `zero_kv` also zeroes the KV blocks (after a bad push,
         stale NaN in unused blocks would otherwise poison attention)."""
 
-    def sleep(self) -> None:
-        """Release accelerator memory for a colocated learner (no-op where unsupported)."""
+    def sleep(self, level: int = 1) -> None:
+        """Release accelerator memory for a colocated learner (no-op where unsupported): level 1
+        keeps a host copy of the weights, level 2 drops them (the next sync pushes them all)."""
 
-    def wake_up(self) -> None:
-        """Undo `sleep` (no-op where unsupported)."""
+    def wake_up(self, tags: Sequence[str] | None = None) -> None:
+        """Undo `sleep` for `tags` ("weights", "kv_cache"; None = all; no-op where unsupported).
+        The loop wakes the weights, pushes new ones, then wakes the KV cache, so the KV blocks
+        are never resident beside a weight push."""
 
     def close(self) -> None:
         """Free the engine's resources."""

@@ -8,7 +8,6 @@ sampling within a step, so each draws with its own seeds.
 """
 from __future__ import annotations
 
-import itertools
 
 from prco_mega.roles.prompts import PromptSet
 from prco_mega.rollout.engine import RolloutEngine, SamplingSettings
@@ -24,11 +23,13 @@ class SingleRoleRollout:
         self.engine = engine
         self.prompts = prompts
         self.sampling = sampling
-        self._groups = itertools.count()
 
-    def __call__(self, tasks: list[Task], step: int, policy_version: int,
+    def __call__(self, tasks: list[Task], step: int, policy_version: int, offset: int = 0,
                  draw: int = 0) -> list[TaskRollout]:
+        """Task i is the step's task `offset + i` of batch `draw`."""
         prompts = [self.prompts.single(t) for t in tasks]
+        keys = range(offset, offset + len(tasks))
         answers = sample_groups(self.engine, tasks, prompts, self.sampling, Role.SINGLE,
-                                self._groups, step, policy_version, draw=draw)
-        return [TaskRollout(task=t, single=a) for t, a in zip(tasks, answers)]
+                                keys, step, policy_version, draw=draw)
+        return [TaskRollout(task=t, single=a, index=k, draw=draw)
+                for t, a, k in zip(tasks, answers, keys)]

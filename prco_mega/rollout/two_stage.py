@@ -5,17 +5,18 @@ every caption's Solver prompt (n = G_S), so the engine batches across tasks and 
 Solver sees no image during the caption-first warm-up (`step < warmup_steps`) and the task's image
 afterwards; either way the task's decoded PIL images are passed on as they are, never re-decoded.
 
-Group ids come from a running counter of the rollout object, so within a batch (and across the
-steps of one run) they are unique: the G_O captions of a task share one group, the G_S answers of
-one caption share another. Trajectories carry the prompt ids as the engine saw them (image pads
-expanded), which is what the learner must score.
+A rollout samples a block of the step's tasks (its engine's share, `placement.deal`); `offset` is
+the block's first position in the step. Every sample's seed and group id are keyed by its global
+identity (step, draw, task position, caption index, sample index; `group_id`), never by the engine
+or the block, so any split of a step over engines draws the same trajectories. The G_O captions
+of a task share one group, the G_S answers of one caption another. Trajectories carry the prompt
+ids as the engine saw them (image pads expanded), which is what the learner must score.
 """
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from prco_mega.roles.prompts import Prompt, PromptSet
@@ -76,14 +77,23 @@ def settings_from_section(section: SamplingSection, seed: int | None = None) -> 
                             max_new_tokens=section.max_new_tokens, seed=seed)
 
 
-def request_of(prompt: Prompt) -> GenerationRequest:
-    return GenerationRequest(prompt=prompt.text, images=tuple(prompt.images))
+def request_of(prompt: Prompt, key: int | None = None) -> GenerationRequest:
+    return GenerationRequest(prompt=prompt.text, images=tuple(prompt.images), key=key)
+
+
+def group_id(step: int, draw: int, solver: bool, key: int) -> int:
+    """An advantage group's id, unique within a run and independent of which engine sampled it:
+    (step, draw, Observer/single or Solver, global request key) packed into one int64."""
+    family = (((step << 4) + draw) << 1) + int(solver)  # draw < 16: see `step_settings`
+    return (family << 32) + key
 
 
 def trajectory_of(gen: Generation, role: Role, task: Task, group_id: int, policy_version: int,
-                  step: int, images: Sequence[Image],
-                  caption_index: int | None = None) -> Trajectory:
-    """One engine sample as a Trajectory (prompt ids as the engine saw them)."""
+                  step: int, images: Sequence[Image], caption_index: int | None = None,
+                  slot: tuple[int, int] = (0, 0)) -> Trajectory:
+    """One engine sample as a Trajectory (prompt ids as the engine saw them); `slot` = (draw,
+    task position in the step) orders the step's trajectories the same whichever engine drew
+    them (`meta["slot"]`)."""
     if gen.logprobs is None or len(gen.logprobs) != len(gen.token_ids) or not gen.prompt_ids:
         raise ValueError(f"{role.name.lower()} sample of task {task.uid!r} lacks rollout log-probs "
                          f"({None if gen.logprobs is None else len(gen.logprobs)} for "
@@ -93,7 +103,7 @@ def trajectory_of(gen: Generation, role: Role, task: Task, group_id: int, policy
         role=role, task_uid=task.uid, group_id=group_id, prompt_ids=list(gen.prompt_ids),
         response_ids=list(gen.token_ids), rollout_logprobs=list(gen.logprobs), text=gen.text,
         policy_version=policy_version, caption_index=caption_index, images=list(images),
-        meta={"step": step, "finish_reason": gen.finish_reason})
+        meta={"step": step, "finish_reason": gen.finish_reason, "slot": slot})
 
 
 def require_logprobs(**settings: SamplingSettings) -> None:
@@ -104,18 +114,15 @@ def require_logprobs(**settings: SamplingSettings) -> None:
 
 
 def sample_groups(engine: RolloutEngine, tasks: Sequence[Task], prompts: Sequence[Prompt],
-                  settings: SamplingSettings, role: Role, groups: Iterator[int], step: int,
+                  settings: SamplingSettings, role: Role, keys: Sequence[int], step: int,
                   policy_version: int, draw: int = 0) -> list[list[Trajectory]]:
-    """One engine call for all prompts; the `settings.n` samples of prompt i form one advantage
-    group (next id from `groups`) of task i."""
-    samples = engine.generate([request_of(p) for p in prompts],
+    """One engine call for all prompts; the `settings.n` samples of prompt i (global key
+    `keys[i]`) form one advantage group of task i."""
+    samples = engine.generate([request_of(p, k) for p, k in zip(prompts, keys, strict=True)],
                               step_settings(settings, step, draw))
-    out = []
-    for task, prompt, gens in zip(tasks, prompts, samples, strict=True):
-        group = next(groups)
-        out.append([trajectory_of(g, role, task, group, policy_version, step, prompt.images)
-                    for g in gens])
-    return out
+    return [[trajectory_of(g, role, task, group_id(step, draw, False, key), policy_version, step,
+                           prompt.images, slot=(draw, key)) for g in gens]
+            for task, prompt, key, gens in zip(tasks, prompts, keys, samples, strict=True)]
 
 
 class TwoStageRollout:
@@ -132,23 +139,26 @@ class TwoStageRollout:
         self.solver = solver
         self.warmup_steps = warmup_steps
         self.eos_token = engine_eos(engine)
-        self._groups = itertools.count()
 
     def solver_sees_image(self, step: int) -> bool:
         """False during the caption-first warm-up."""
         return step >= self.warmup_steps
 
-    def __call__(self, tasks: list[Task], step: int, policy_version: int) -> list[TaskRollout]:
-        rollouts = self.observe(tasks, step, policy_version)
+    def __call__(self, tasks: list[Task], step: int, policy_version: int,
+                 offset: int = 0) -> list[TaskRollout]:
+        rollouts = self.observe(tasks, step, policy_version, offset)
         self.solve(rollouts, step, policy_version)
         return rollouts
 
-    def observe(self, tasks: list[Task], step: int, policy_version: int) -> list[TaskRollout]:
-        """One rollout per task with its G_O Observer captions (`solver` still empty)."""
+    def observe(self, tasks: list[Task], step: int, policy_version: int,
+                offset: int = 0) -> list[TaskRollout]:
+        """One rollout per task with its G_O Observer captions (`solver` still empty); task i
+        is the step's task `offset + i`."""
         prompts = [self.prompts.observer(t) for t in tasks]
+        keys = range(offset, offset + len(tasks))
         captions = sample_groups(self.engine, tasks, prompts, self.observer, Role.OBSERVER,
-                                 self._groups, step, policy_version)
-        return [TaskRollout(task=t, observer=c) for t, c in zip(tasks, captions)]
+                                 keys, step, policy_version)
+        return [TaskRollout(task=t, observer=c, index=k) for t, c, k in zip(tasks, captions, keys)]
 
     def solve(self, rollouts: list[TaskRollout], step: int, policy_version: int) -> None:
         """Fill each rollout's empty `solver` with [G_O][G_S] answers to its Observer captions,
@@ -159,12 +169,15 @@ class TwoStageRollout:
             c.meta["solver_caption"] = solver_caption(c.text, self.eos_token)
         prompts = [self.prompts.solver(r.task, c.meta["solver_caption"], with_image)
                    for r in rollouts for c in r.observer]
-        samples = iter(self.engine.generate([request_of(p) for p in prompts],
+        # caption k of the step's task i is the step's Solver request i * G_O + k
+        keys = [r.index * len(r.observer) + k for r in rollouts for k in range(len(r.observer))]
+        samples = iter(self.engine.generate([request_of(p, key) for p, key in zip(prompts, keys)],
                                             step_settings(self.solver, step)))
-        prompt_iter = iter(prompts)
+        prompt_iter, key_iter = iter(prompts), iter(keys)
         for r in rollouts:
             for k in range(len(r.observer)):
-                group, prompt = next(self._groups), next(prompt_iter)
+                group, prompt = group_id(step, 0, True, next(key_iter)), next(prompt_iter)
                 r.solver.append([trajectory_of(g, Role.SOLVER, r.task, group, policy_version, step,
-                                               prompt.images, caption_index=k)
+                                               prompt.images, caption_index=k,
+                                               slot=(r.draw, r.index))
                                  for g in next(samples)])

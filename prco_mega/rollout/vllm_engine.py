@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -163,7 +163,7 @@ class VllmEngine(RolloutEngine):
 
     def _engine_kwargs(self) -> dict[str, Any]:
         c = self.config
-        kwargs = dict(
+        kwargs = dict(**_launcher_kwargs(),
             model=str(self.model_dir), dtype=c.dtype, max_model_len=c.max_model_len,
             max_num_seqs=c.max_num_seqs, enforce_eager=c.enforce_eager, seed=c.seed,
             tensor_parallel_size=c.tensor_parallel_size, logprobs_mode=c.logprobs_mode,
@@ -184,7 +184,8 @@ class VllmEngine(RolloutEngine):
         if not requests:
             return []
         prompts = [self._vllm_prompt(r) for r in requests]
-        params = [self._sampling_params(sampling, i) for i in range(len(requests))]
+        params = [self._sampling_params(sampling, i if r.key is None else r.key)
+                  for i, r in enumerate(requests)]
         outputs = self._llm.generate(prompts, params, use_tqdm=False)
         return [[_to_generation(o, out.prompt_token_ids, self.placeholder_ids) for o in out.outputs]
                 for out in outputs]
@@ -283,15 +284,19 @@ class VllmEngine(RolloutEngine):
         parts = self._llm.collective_rpc(_kv_summary)
         return {k: sum(p[k] for p in parts) for k in parts[0]}
 
-    def sleep(self) -> None:
-        # Level 1 keeps a host copy of the weights: a later partial push still has the rest.
+    def sleep(self, level: int = 1) -> None:
+        # vLLM's CPU build has no sleep mode (enable_sleep_mode raises there): a no-op
         if self.config.enable_sleep_mode and not self.on_cpu and not self._asleep:
-            self._llm.sleep(level=1)
-            self._asleep = True
+            self._llm.sleep(level=level)
+            self._asleep = {"weights", "kv_cache"}
 
-    def wake_up(self) -> None:
-        if self._asleep:
-            self._llm.wake_up()
+    def wake_up(self, tags: Sequence[str] | None = None) -> None:
+        if not self._asleep:
+            return
+        waking = set(self._asleep if tags is None else tags) & self._asleep
+        self._llm.wake_up(tags=sorted(waking))
+        self._asleep -= waking
+        if not self._asleep:
             self._asleep = False
             self.reset_caches()
 
@@ -301,6 +306,19 @@ class VllmEngine(RolloutEngine):
             llm.llm_engine.engine_core.shutdown()
             del llm
             gc.collect()
+
+
+def _launcher_kwargs() -> dict[str, Any]:
+    """Inside a torchrun world of several ranks, vLLM runs one worker in each rank
+    (`external_launcher`): it adopts the learner's default group, makes its own subgroups on
+    every rank (so every rank must build its engine at the same moment) and splits the world
+    into engines of `tensor_parallel_size` consecutive ranks. A world of one keeps vLLM's own
+    in-process executor."""
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        return {"distributed_executor_backend": "external_launcher"}
+    return {}
 
 
 def _to_generation(completion, prompt_ids, drop_last: tuple[int, ...] = ()) -> Generation:

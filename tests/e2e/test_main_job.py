@@ -84,10 +84,11 @@ def test_invalid_config_is_refused_before_anything_starts(tmp_path):
 
 
 def test_tensor_parallel_run_under_torchrun(tmp_path):
-    """The cluster path on CPU: 2 ranks at TP=2, the engine in a child process of rank 0, weights
-    synced from both shards (the mismatch shows the engine holds exactly the learner's weights).
-    TIS is on with 2 mini-batches, so the pre-update log-prob pass of `MegatronPolicy.step` runs
-    on both ranks; this checks that it runs and syncs, not the values it computes."""
+    """The cluster path on CPU: 2 ranks at learner TP=2, one vLLM engine in each rank, weights
+    synced from both shards into both engines (the mismatch shows each engine holds exactly the
+    learner's weights). TIS is on with 2 mini-batches, so the pre-update log-prob pass of
+    `MegatronPolicy.step` runs on both ranks; this checks that it runs and syncs, not the values
+    it computes."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     cmd = _cmd(tmp_path, "tp2", "learner.parallel.tensor_parallel=2", "run.steps=2",
                "learner.checkpoint.interval=0", "algo.tis_cap=2.0")
@@ -97,3 +98,29 @@ def test_tensor_parallel_run_under_torchrun(tmp_path):
     assert [r["step"] for r in rows] == [0, 1]
     assert all(r["mismatch/max_abs"] < 1e-4 for r in rows)
     assert (tmp_path / "tp2" / "checkpoints" / "step_00000002" / "COMPLETE").exists()
+
+
+def test_two_engine_run_killed_and_resumed_equals_the_uninterrupted_one(tmp_path):
+    """Colocated on 2 ranks: learner DP=2 and two vLLM engines, each sampling its half of every
+    step; the whole torchrun job SIGKILLed after its first checkpoint and resumed gives the
+    metrics of an uninterrupted 2-rank run."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    env = {**_env(), "OMP_NUM_THREADS": "1"}
+    subprocess.run(torchrun + _cmd(tmp_path, "full")[1:], check=True, env=env, cwd=ROOT,
+                   timeout=900)
+    proc = subprocess.Popen(torchrun + _cmd(tmp_path, "killed")[1:], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    marker = tmp_path / "killed" / "checkpoints" / "step_00000002" / "COMPLETE"
+    deadline = time.time() + 600
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), "the run never reached its first checkpoint"
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks at once
+    proc.wait()
+    subprocess.run(torchrun + _cmd(tmp_path, "killed", "--resume")[1:], check=True, env=env,
+                   cwd=ROOT, timeout=900)
+    rows = _metrics(tmp_path / "full")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert all(r["mismatch/max_abs"] < 1e-3 for r in rows)
+    assert _metrics(tmp_path / "killed") == rows

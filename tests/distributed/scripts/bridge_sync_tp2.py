@@ -1,12 +1,13 @@
-"""2 ranks: Megatron learner at TP=2 -> `bridge.sync` -> vLLM engine hosted by rank 0.
+"""2 ranks, each hosting its own vLLM engine (`external_launcher`, TP=1: two engines) and one half
+of a Megatron learner at TP=2 -> `bridge.sync` -> every rank's engine.
 
-The learner loads the tiny HF checkpoint and is then perturbed (every parameter moves); rank 0's
-engine (a child process: `rollout.engine_host.EngineProcess`) starts on the ORIGINAL checkpoint.
-After the sync, rank 0 records vLLM's greedy tokens and log-probs for an image+text prompt, the
-tokens of Hugging Face transformers' greedy generation with the learner's weights (exported with
-`hf_io`), and the learner's own TP=2 log-probs of vLLM's sequence (`compute_logprobs`). Then a NaN in one TP
-shard on rank 1 must make every rank refuse the next sync. Last, the same at PP=2 (greedy tokens
-only): stage 1 streams its layers to the host. Rank 0 writes the JSON.
+The learner loads the tiny HF checkpoint and is then perturbed (every parameter moves); the
+engines start on the ORIGINAL checkpoint. After the sync each engine's greedy tokens and log-probs
+for an image+text prompt are recorded, with the tokens of Hugging Face transformers' greedy
+generation from the learner's weights (exported with `hf_io`) and the learner's own TP=2 log-probs
+of that sequence (`sequence_logprobs`), and what each rank received. Then a NaN in one TP shard on
+rank 1 must make every rank refuse the next sync. Last, the same at PP=2 (greedy tokens): each
+stage receives the other's layers. Rank 0 writes the JSON.
 """
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ def make_image():
     import numpy as np
     from PIL import Image
 
+    from prco_mega.data.images import normalize_image
+
     rng = np.random.default_rng(7)
-    return Image.fromarray(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8))
+    return normalize_image(Image.fromarray(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)))
 
 
 def chat(processor, question: str) -> str:
@@ -102,9 +105,15 @@ def nan_refusal(chunks, pg, cfg, engine) -> str:
     return ""
 
 
+def gathered(value):
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
 def pp2_phase(cfg, ckpt: Path, work: Path, engine, processor, image, res: dict) -> None:
-    """Rebuild the learner at PP=2 (stage 1 on rank 1 sends its layers to the host), perturb,
-    sync; the engine must then generate what transformers generates with that learner's export."""
+    """Rebuild the learner at PP=2 (each stage sends its layers to the other), perturb, sync;
+    each engine must then generate what transformers generates with that learner's export."""
 
     from prco_mega.bridge.hf_io import export_megatron_to_hf, load_hf_into_megatron
     from prco_mega.bridge.sync import sync_weights
@@ -119,11 +128,11 @@ def pp2_phase(cfg, ckpt: Path, work: Path, engine, processor, image, res: dict) 
     load_hf_into_megatron(chunks, ckpt, pg, cfg)
     perturb(chunks, pg, cfg.model_type)
     stats = sync_weights(chunks, pg, cfg, engine, bucket_bytes=BUCKET_BYTES)
-    res["pp2_stats"] = stats.__dict__
+    res["pp2_stats"] = gathered(stats.__dict__)
     export_megatron_to_hf(chunks, work / "learner_hf_pp2", pg, cfg, copy_files_from=ckpt)
-    if engine is not None:
-        gen = host_generate(engine, processor, image)
-        res["pp2_after"] = gen["tokens"]
+    gen = host_generate(engine, processor, image)
+    res["pp2_after"] = gathered(gen["tokens"])
+    if dist.get_rank() == 0:
         res["pp2_hf"], _ = hf_greedy(work / "learner_hf_pp2", processor, gen["text"], image)
 
 
@@ -144,33 +153,33 @@ def main() -> None:
     from prco_mega.learner.model import build_model
     from prco_mega.learner.parallel import init_parallel
 
-    ckpt, res, engine = work / "tiny", {}, None
-    if rank == 0:
-        from prco_mega.rollout.engine_host import EngineProcess
-        from prco_mega.data.tokenizer import demo_corpus, make_tiny_checkpoint
-        from prco_mega.rollout import EngineConfig
+    from prco_mega.data.tokenizer import demo_corpus, make_tiny_checkpoint
+    from prco_mega.rollout import EngineConfig, VllmEngine
 
+    ckpt, res = work / "tiny", {}
+    if rank == 0:
         make_tiny_checkpoint(ckpt, demo_corpus(3000, seed=0), seed=0, init_std=INIT_STD)
-        engine = EngineProcess(ckpt, EngineConfig(dtype="float32", max_model_len=512, seed=0))
-        res["engine_start_s"] = engine.start_seconds
     dist.barrier()
     cfg = load_hf_config(ckpt)
     pg = init_parallel(tp=2, hf_config=cfg)
     chunks = build_model(cfg, pg)
+    # every rank builds its engine at the same moment (vLLM's start-up is collective), after the
+    # learner as a run does (vLLM traces its model under the CPU layer's torch function mode)
+    engine = VllmEngine(ckpt, EngineConfig(dtype="float32", max_model_len=512, seed=0))
+    res["engine_start_s"] = engine.start_seconds
     for c in chunks:
         c.eval()
     load_hf_into_megatron(chunks, ckpt, pg, cfg)
     perturb(chunks, pg, cfg.model_type)
     processor, image = AutoProcessor.from_pretrained(ckpt), make_image()
-    if rank == 0:
-        res["before"] = host_generate(engine, processor, image)["tokens"]
+    res["before"] = gathered(host_generate(engine, processor, image)["tokens"])
     stats = sync_weights(chunks, pg, cfg, engine, bucket_bytes=BUCKET_BYTES)
-    res["stats"] = {**stats.__dict__, "bytes_per_second": stats.bytes_per_second}
+    res["stats"] = gathered({**stats.__dict__, "bytes_per_second": stats.bytes_per_second})
     export_megatron_to_hf(chunks, work / "learner_hf", pg, cfg, copy_files_from=ckpt)
+    after = host_generate(engine, processor, image)
+    res["after"], res["vllm_logprobs"] = gathered(after["tokens"]), gathered(after["logprobs"])
     seq = [None]
     if rank == 0:
-        after = host_generate(engine, processor, image)
-        res["after"], res["vllm_logprobs"] = after["tokens"], after["logprobs"]
         res["hf"], inputs = hf_greedy(work / "learner_hf", processor, after["text"], image)
         res["prompt_ids_equal_hf"] = inputs["input_ids"][0].tolist() == after["prompt_ids"]
         seq = [{"prompt_ids": after["prompt_ids"], "response": after["tokens"],
@@ -179,25 +188,21 @@ def main() -> None:
     dist.broadcast_object_list(seq, src=0)
     res["learner_logprobs"] = learner_logprobs(chunks, pg, cfg, seq[0])
     if rank == 0:
-        n = len(res["after"])
+        n = len(res["after"][0])
         m = logprob_mismatch(torch.tensor(res["learner_logprobs"]),
-                             torch.tensor(res["vllm_logprobs"]), torch.ones(n),
+                             torch.tensor(res["vllm_logprobs"][0]), torch.ones(n),
                              torch.ones(n, dtype=torch.int8))
         res["mismatch"] = {k: float(v) for k, v in m.items()}
-    errors = [None] * 2
-    dist.all_gather_object(errors, nan_refusal(chunks, pg, cfg, engine))
-    res["nan_errors"] = errors
-    if rank == 0:
-        res["after_nan"] = host_generate(engine, processor, image)["tokens"]
+    res["nan_errors"] = gathered(nan_refusal(chunks, pg, cfg, engine))
+    res["after_nan"] = gathered(host_generate(engine, processor, image)["tokens"])
     pp2_phase(cfg, ckpt, work, engine, processor, image, res)
     if rank == 0:
         res["checkpoint_tensors"] = len(engine.shapes)
         res["checkpoint_bytes"] = sum(int(torch.Size(s).numel()) * 4 for s in engine.shapes.values())
-        engine.close()
         res["total_s"] = time.time() - T0
         Path(args.out).write_text(json.dumps(res, indent=1))
+    # no engine.close(): vLLM's shutdown destroys the default group the ranks still share
     dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
