@@ -97,7 +97,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=convert_cli.run_from_args)
 
 
-_BENCHMARKS = {"kernels": "bench_kernels.py", "sync": "bench_sync.py", "compile": "compile_kernels.py"}
+_BENCHMARKS = {"kernels": "bench_kernels.py", "sync": "bench_sync.py", "compile": "compile_kernels.py",
+               "rollout": "bench_rollout.py"}
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -114,7 +115,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="microbenchmarks: kernels (loss head, PPO, advantages), "
-                           "sync (Megatron -> vLLM), compile (sm_90 registers/spills)")
+                           "sync (Megatron -> vLLM), compile (sm_90 registers/spills), rollout "
+                           "(1 vs 2 engines: tokens/s, sync bytes, step time)")
     bench.add_argument("which", choices=sorted(_BENCHMARKS))
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     bench.set_defaults(func=_bench)

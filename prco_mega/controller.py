@@ -17,7 +17,7 @@ from prco_mega import build
 from prco_mega.config import RunConfig
 from prco_mega.scoring import combine_metrics
 from prco_mega.timing import PhaseTimer
-from prco_mega.world import broadcast, init_world, is_host
+from prco_mega.world import all_gather, broadcast, init_world, is_host
 
 
 def sync(run: build.Run):
@@ -25,11 +25,19 @@ def sync(run: build.Run):
     wakes its weights first and its KV cache after the push (vLLM's order)."""
     from prco_mega.bridge.sync import sync_weights
 
-    p = run.policy
+    p, e = run.policy, run.cfg.engine
     run.engine.wake_up(["weights"])
-    stats = sync_weights(p.chunks, p.pg, p.hf_config, run.engine)
+    stats = sync_weights(p.chunks, p.pg, p.hf_config, run.engine,
+                         bucket_bytes=e.sync_bucket_mib * 2**20, dtype=_torch_dtype(e.dtype))
     run.engine.wake_up(["kv_cache"])
     return stats
+
+
+def _torch_dtype(name: str):
+    """The engine's weight dtype as the sync casts to it (None for "auto": keep the learner's)."""
+    import torch
+
+    return None if name == "auto" else getattr(torch, name)
 
 
 def rl_step(run: build.Run, step: int) -> dict[str, float]:
@@ -49,9 +57,11 @@ def rl_step(run: build.Run, step: int) -> dict[str, float]:
     with timer("sync"):
         synced = sync(run)
     lag = step - min(v for _, _, _, v in engines)
+    received = all_gather(synced.received_bytes)  # what crossed the network, per rank
     return {**metrics, **learned, **timer.metrics(), "train/policy_lag": float(lag),
             "sync/bytes": synced.bytes, "sync/seconds": synced.seconds,
-            "sync/received_bytes": synced.received_bytes}
+            "sync/received_bytes_max": float(max(received)),
+            "sync/received_bytes_mean": sum(received) / len(received)}
 
 
 def save(run: build.Run, step: int) -> Path:

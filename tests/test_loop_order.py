@@ -33,7 +33,8 @@ def _run(log: Recorder, train: list[Trajectory]):
         return {"loss": 0.1}
 
     policy = SimpleNamespace(step=learn, chunks=[], pg=None, hf_config=None)
-    cfg = SimpleNamespace(engine=SimpleNamespace(sleep_level=2))
+    cfg = SimpleNamespace(engine=SimpleNamespace(sleep_level=2, sync_bucket_mib=1,
+                                                 dtype="bfloat16"))
     return SimpleNamespace(cfg=cfg, policy=policy, engine=log, shard=single_engine(),
                            stream=None, sample=sample)
 
@@ -46,8 +47,9 @@ def _traj() -> Trajectory:
 def test_engine_sleeps_through_the_learner_step_and_wakes_weights_before_the_push(monkeypatch):
     log = Recorder()
 
-    def push(chunks, pg, hf_config, engine):
+    def push(chunks, pg, hf_config, engine, bucket_bytes, dtype):
         log.calls.append(("push",))
+        assert (bucket_bytes, str(dtype)) == (2**20, "torch.bfloat16")  # from the engine section
         return SimpleNamespace(bytes=10, seconds=0.0, received_bytes=0)
 
     monkeypatch.setattr(bridge_sync, "sync_weights", push)
@@ -59,7 +61,7 @@ def test_engine_sleeps_through_the_learner_step_and_wakes_weights_before_the_pus
 
 def test_a_step_with_nothing_to_train_neither_sleeps_nor_syncs(monkeypatch):
     log = Recorder()
-    monkeypatch.setattr(bridge_sync, "sync_weights", lambda *a: log.calls.append(("push",)))
+    monkeypatch.setattr(bridge_sync, "sync_weights", lambda *a, **k: log.calls.append(("push",)))
     metrics = controller.rl_step(_run(log, []), step=0)
     assert log.calls == [("sample", 0)]
     assert metrics["update_successful"] == 0.0 and metrics["solver/accuracy"] == 0.5

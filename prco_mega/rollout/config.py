@@ -27,6 +27,9 @@ class EngineConfig:
     learner."""
     enable_sleep_mode: bool = False
     """GPU only: let `sleep()` release weights and KV memory while the learner trains."""
+    sync_bucket_mib: int = 256
+    """Weight sync: the most MiB one push into the engine carries (a fused layer larger than that
+    goes alone); the extra memory of a sync is about one layer plus one bucket."""
     sleep_level: Literal[1, 2] = 1
     """With sleep mode: 1 keeps a host copy of the weights while asleep, 2 drops them (every
     sync pushes the whole model, so both work; 2 frees host memory too)."""
@@ -57,6 +60,8 @@ class EngineConfig:
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"engine.gpu_memory_utilization ({self.gpu_memory_utilization}) "
                              "must be in (0, 1]")
+        if self.sync_bucket_mib < 1:
+            raise ValueError(f"engine.sync_bucket_mib ({self.sync_bucket_mib}) must be >= 1")
         if self.cpu_kv_cache_gib <= 0 or self.tensor_parallel_size < 1:
             raise ValueError(f"engine.cpu_kv_cache_gib ({self.cpu_kv_cache_gib}) must be > 0 and "
                              f"tensor_parallel_size ({self.tensor_parallel_size}) >= 1")
