@@ -141,9 +141,11 @@ def prepare_model(cfg: RunConfig) -> Path:
     ws = cfg.warm_start
     if ws.steps == 0:
         return base
-    # The key holds what the warm start reads: not the RL batch size (tuning RL keeps the cache).
+    # The key holds what the warm start reads: not the RL batch size (tuning RL keeps the cache),
+    # but the world size (data parallelism sums gradients in another order: other weights).
     data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "prompts_per_step"}
-    key = cache_key(str(base), dataclasses.asdict(ws), data, cfg.run.seed)
+    key = cache_key(str(base), dataclasses.asdict(ws), data, cfg.run.seed,
+                    *([{"world": world.world_size()}] if world.world_size() > 1 else []))
     out = Path(cfg.model.cache_dir) / f"warm-{key}"
     if (out / "COMPLETE").exists():
         return out

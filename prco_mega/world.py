@@ -51,6 +51,13 @@ def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
+def world_size() -> int:
+    """Ranks in the world (1 outside a distributed world)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
 def barrier() -> None:
     """Wait for every rank (no-op outside a distributed world)."""
     import torch.distributed as dist
