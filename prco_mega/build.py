@@ -166,6 +166,12 @@ def shard_of(cfg: RunConfig) -> Shard:
 
     from prco_mega.rollout.placement import Shard, engine_placement
 
+    if cfg.cluster is not None and cfg.cluster.rollout_placement != "colocated":
+        # vLLM's external_launcher adopts the whole world as its own, so engines on a subset of
+        # the ranks need another start-up; refuse rather than run colocated unasked
+        raise ValueError(f"cluster.rollout_placement {cfg.cluster.rollout_placement!r} is not "
+                         "implemented by the run yet (only 'colocated'); `prco-mega launch` and "
+                         "`plan` accept it")
     world = dist.get_world_size() if dist.is_initialized() else 1
     return Shard(engine_placement(world, rank(), cfg.engine.tensor_parallel_size))
 

@@ -110,3 +110,10 @@ def test_refill_stops_at_its_bound_with_a_short_batch():
     assert rollout.draws == [0, 1, 2]  # the first draw and two extra
     assert scored.train == [] and scored.metrics["sampling/groups_trained"] == 0.0
     assert scored.metrics["solver/accuracy"] == 1.0  # every sampled answer still counts
+
+
+def test_separate_rollout_placement_is_refused_by_the_run_not_run_colocated():
+    cfg = from_dict(RunConfig, {"cluster": {"rollout_placement": "separate", "rollout_nodes": 1}})
+    with pytest.raises(ValueError, match="rollout_placement 'separate' is not implemented"):
+        build.shard_of(cfg)
+    assert build.shard_of(_cfg()).placement.num_engines == 1  # a world of one: one engine
