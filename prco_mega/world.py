@@ -38,7 +38,8 @@ def init_world() -> None:
 
 
 def is_host() -> bool:
-    """Rank 0 hosts the rollout engine, the data stream and the logs."""
+    """Rank 0 writes the logs, reports and cached artifacts (every rank hosts an engine rank and
+    walks the same data stream)."""
     import torch.distributed as dist
 
     return not dist.is_initialized() or dist.get_rank() == 0

@@ -7,8 +7,8 @@ measured in the same process, and prints a table. Each (model, engine) case runs
 process with a one-rank learner (TP=1, gloo world of 1):
 
 - `inprocess`: `VllmEngine` in the learner's process (works with a world of 1);
-- `process`: `rollout.engine_host.EngineProcess`, the engine in a child process, as a torchrun
-  rank hosts it (tensors cross through shared memory).
+- `process`: `rollout.engine_host.EngineProcess`, the engine in a child process with its own
+  world (tensors cross through shared memory): the cost of a process boundary.
 
     python tools/bench_sync.py [--models tiny,synthetic] [--engines inprocess,process]
                                [--repeats 3] [--bucket-mib 256] [--work DIR]

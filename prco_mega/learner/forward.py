@@ -66,3 +66,11 @@ def to_device(batch: TrainBatch, device: torch.device | str) -> TrainBatch:
     moved = {f.name: getattr(batch, f.name).to(device, non_blocking=True)
              for f in dataclasses.fields(batch) if isinstance(getattr(batch, f.name), Tensor)}
     return dataclasses.replace(batch, **moved)
+
+
+def with_loss_totals(loss: Tensor, batch: TrainBatch, metrics: dict[str, Tensor]):
+    """A Megatron loss function's return value: (loss share, loss-token count, metrics with the
+    share and the count added)."""
+    num_tokens = (batch.loss_mask != 0).sum().to(torch.int)
+    return loss, num_tokens, {**metrics, "loss": loss.detach(),
+                              "loss_tokens": num_tokens.to(loss.dtype)}

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from prco_mega.learner.forward import qwen_vl_forward
+from prco_mega.learner.forward import qwen_vl_forward, with_loss_totals
 from prco_mega.learner.mismatch import mismatch_sums
 from prco_mega.types import Role, TrainBatch
 
@@ -175,9 +175,7 @@ class FusedPPO:
         loss, _, metrics = fused_prco_loss(output.hidden.reshape(batch.num_tokens, -1),
                                            output.weight, batch, self.settings, output.tp_group,
                                            from_forward=self.from_forward)
-        num_tokens = (batch.loss_mask != 0).sum().to(torch.int)
-        return loss, num_tokens, {**metrics, "loss": loss.detach(),
-                                  "loss_tokens": num_tokens.to(loss.dtype)}
+        return with_loss_totals(loss, batch, metrics)
 
 
 def fused_prco_loss(hidden: Tensor, weight: Tensor, batch: TrainBatch, settings: Any,

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal, Protocol
 import torch
 from torch import Tensor
 
-from prco_mega.learner.forward import qwen_vl_forward, token_logprobs
+from prco_mega.learner.forward import qwen_vl_forward, token_logprobs, with_loss_totals
 from prco_mega.learner.mismatch import mismatch_sums
 from prco_mega.types import TrainBatch
 
@@ -64,12 +64,6 @@ class LossPath(Protocol):
 
     def loss(self, batch: TrainBatch, output: Any) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Megatron loss function: (loss share, loss-token count, metrics)."""
-
-
-def _with_totals(loss: Tensor, batch: TrainBatch, metrics: dict[str, Tensor]):
-    num_tokens = (batch.loss_mask != 0).sum().to(torch.int)
-    return loss, num_tokens, {**metrics, "loss": loss.detach(),
-                              "loss_tokens": num_tokens.to(loss.dtype)}
 
 
 def _denominators(batch: TrainBatch) -> dict[int, float]:
@@ -125,7 +119,7 @@ class TorchPPO:
             denominators, clip_low=s.clip_low, clip_high=s.clip_high, dual_clip=s.dual_clip,
             ref_logprobs=batch.ref_logprobs, kl_coef=s.kl_coef, kl_kind=s.kl_kind,
             level=s.level, cu_seqlens=batch.cu_seqlens)
-        return _with_totals(loss, batch, {**metrics, **extra})
+        return with_loss_totals(loss, batch, {**metrics, **extra})
 
 
 @dataclass(frozen=True)
@@ -145,7 +139,7 @@ class Supervised:
                                   self.settings.temperature)
         loss, metrics = nll_loss(logprobs, batch.loss_mask, batch.role_ids, _denominators(batch),
                                  level=self.settings.level, cu_seqlens=batch.cu_seqlens)
-        return _with_totals(loss, batch, metrics)
+        return with_loss_totals(loss, batch, metrics)
 
 
 def make_loss_path(objective: Literal["ppo", "sft"], impl: Literal["torch", "triton"],

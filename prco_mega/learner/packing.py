@@ -104,14 +104,7 @@ def step_denominators(trajectories: Sequence[Trajectory], level: str = "token") 
     `"token"`: `D_r = sum over trajectories of role r of len(response_ids)`;
     `"sequence"`: `D_r = number of trajectories of role r with >= 1 response token`.
     """
-    if level not in ("token", "sequence"):
-        raise ValueError(f"aggregation level {level!r} is not one of ['token', 'sequence']")
-    out: dict[int, float] = {}
-    for t in trajectories:
-        n = len(t.response_ids)
-        count = float(n) if level == "token" else float(n > 0)
-        out[int(t.role)] = out.get(int(t.role), 0.0) + count
-    return out
+    return shape_denominators([shape_of(t) for t in trajectories], level)
 
 
 # ----------------------------------------------------------------------------- packing
@@ -315,7 +308,7 @@ def plan_step(shapes: Sequence[SequenceShape], *, mini_batches: int, token_budge
     under its own global denominators. Every rank computes the same plan from the same shapes."""
     if mini_batches < 1:
         raise ValueError(f"mini-batches ({mini_batches}) must be >= 1")
-    k = min(mini_batches, len(shapes))
+    k = max(1, min(mini_batches, len(shapes)))
     parts = [list(range(len(shapes)))[i::k] for i in range(k)]
     out = []
     for ids in parts:
@@ -355,11 +348,8 @@ def plan_and_pack(
     if token_budget % pad_to_multiple:
         raise ValueError(f"pad_to_multiple ({pad_to_multiple}) must divide token_budget "
                          f"({token_budget}), else padding could overflow the budget")
-    denominators = step_denominators(trajectories, level)
-    lengths = [len(t.prompt_ids) + len(t.response_ids) for t in trajectories]
-    plan = plan_micro_batches(lengths, token_budget, dp_size)
-    return [
-        pack_trajectories([trajectories[i] for i in mb], denominators, encode=encode,
-                          pad_to_multiple=pad_to_multiple, pad_token_id=pad_token_id)
-        for mb in plan[dp_rank]
-    ]
+    plan = plan_step([shape_of(t) for t in trajectories], mini_batches=1,
+                     token_budget=token_budget, dp_size=dp_size, level=level)
+    (batches,) = pack_plan(dict(enumerate(trajectories)), plan, dp_rank, encode=encode,
+                           pad_to_multiple=pad_to_multiple, pad_token_id=pad_token_id)
+    return batches

@@ -1,6 +1,8 @@
-"""A rollout engine in a child process of the calling rank: the way to host vLLM next to a
-torch.distributed world of more than one process (see `bridge.sync`'s docstring for why the
-in-process engine hangs there).
+"""A rollout engine in a child process of the calling rank, with a torch.distributed world of its
+own. The run does not use it: in a torchrun world every rank hosts its engine in-process through
+vLLM's `external_launcher` (`rollout.placement`). It stays for `tools/bench_sync.py`, which
+measures what a push through a process boundary costs (the way to reach an engine that does not
+share the learner's world).
 
 `EngineProcess(model_dir, config)` starts a spawned child with the torchrun environment removed,
 builds `VllmEngine(model_dir, config)` in it (the child's in-process engine then owns a fresh
