@@ -1,26 +1,31 @@
 """Live weight sync: Megatron shards (any TP/PP) -> Hugging Face-named tensors -> the engines.
 
-Colocated placement: every rank hosts one rank of a rollout engine (`rollout.placement`), and
-vLLM's weight loader takes full checkpoint tensors on each of its ranks (it slices its own TP
-part). So every rank of the world calls `sync_weights(chunks, pg_collection, hf_config, engine)`
-with its own engine and builds the whole model's HF tensors from what it holds and what its
-peers send it, one *unit* at a time (a decoder layer, a vision block, or a lone parameter such as
-the embedding), pipeline stage by stage:
+Colocated placement: every rank hosts one rank of a rollout engine (`rollout.placement`). vLLM's
+weight loader takes checkpoint-shaped tensors and narrows them to its own TP rank's rows, so every
+rank of the world calls `sync_weights(chunks, pg_collection, hf_config, engine)` with its own
+engine and fetches only the rows its engine rank loads (`bridge.slices`), one *unit* at a time (a
+decoder layer, a vision block, or a lone parameter such as the embedding), pipeline stage by
+stage:
 
-1. gather: each parameter's TP shards are all-gathered over the explicit TP group, so every TP
-   rank of the owning stage holds the full parameter (nothing moves at TP=1);
-2. convert: the mapping table (`bridge.mapping`) turns shards into full HF tensors (QKV GQA
-   unfused, gate/up split, vocab rows concatenated), optionally cast to the engine's dtype;
-3. pipeline: with PP > 1 the owning stage broadcasts the unit's HF tensors to the other stages
-   over the explicit PP group (each data-parallel replica over its own group: replicas hold the
-   same weights, so nothing crosses between them);
-4. push: tensors are assembled into *fused groups* (every checkpoint tensor of one engine layer:
-   q/k/v weights and biases; gate/up), groups into buckets of at most `bucket_bytes` (a larger
-   group goes alone), and each bucket goes to this rank's `engine.update_weights`. A bucket is a
-   list of whole groups and a group is released only when complete, so no bucket splits a layer.
+1. convert: the mapping table (`bridge.mapping`) turns this rank's own TP shard into the HF rows it
+   holds (QKV GQA unfused, gate/up split), optionally cast to the engine's dtype;
+2. fetch: over the explicit TP group, each rank sends each peer the intersection of its rows with
+   the rows that peer's stage's engine ranks load, in one `all_to_all_single`. When the engine is
+   split like the learner (same TP, same ranks) nothing moves; an engine of TP 1 under a learner
+   of TP 2 receives the other half; replicated tensors never move;
+3. pipeline: with PP > 1 the owning stage broadcasts the unit's rows to the other stages over the
+   explicit PP group (each data-parallel replica over its own group: replicas hold the same
+   weights, so nothing crosses between them). The owner fetched the hull of its PP group's needs;
+4. push: each tensor is laid into a checkpoint-shaped buffer (rows the engine rank does not load
+   are NaN, so a wrong row rule poisons the output instead of loading stale values), tensors
+   are assembled into *fused groups* (every checkpoint tensor of one engine layer: q/k/v weights
+   and biases; gate/up), groups into buckets of at most `bucket_bytes` (a larger group goes
+   alone), and each bucket goes to this rank's `engine.update_weights`. A bucket is a list of
+   whole groups and a group is released only when complete, so no bucket splits a layer.
 
-What crosses the network per rank: the other TP ranks' shards of its own stage and the other
-stages' units: the model minus what the rank holds, never more than its engine loads. Peak extra
+What crosses the network per rank: the rows its engine loads that the rank does not hold (other TP
+shards, other stages' units), never more than its engine loads (`SyncStats.engine_bytes`), except
+that a pipeline group whose stages feed different engine ranks shares one hull of rows. Peak extra
 memory is about one unit plus one bucket. Non-finite weights are refused before anything reaches
 an engine, once per tensor: every rank checks its own shards and all ranks raise the same
 ValueError naming the parameter (the engines are told not to scan again). After the last bucket
@@ -37,9 +42,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from prco_mega.bridge.mapping import megatron_shards_to_hf, resolve, family_table, tp_split_dim
+from prco_mega.bridge.mapping import megatron_shards_to_hf, resolve, family_table
+from prco_mega.bridge.slices import (Span, engine_span, full_shape_of, held_span, hull, intersect,
+                                     kind_of, local_heads)
 from prco_mega.timing import PhaseTimer
-from prco_mega.world import device
+from prco_mega.world import all_gather, device
 
 _PHASES = ("gather", "convert", "push", "check")
 
@@ -71,6 +78,9 @@ class SyncStats:
     """Wall time of the whole sync on this rank."""
     received_bytes: int = 0
     """Weight bytes this rank received from other ranks (TP shards, other stages' units)."""
+    engine_bytes: int = 0
+    """Weight bytes this rank's engine rank loads (its rows of every tensor): what a rank
+    needs to receive at most, beside transfer granularity."""
 
     @property
     def bytes_per_second(self) -> float:
@@ -188,9 +198,16 @@ class _Ctx:
     pg: object
     dtype: torch.dtype | None
     device: torch.device
+    slot: tuple[int, int] = (0, 1)
+    """(rank within its engine, engine TP size) of this rank."""
+    tp_slots: list = field(default_factory=list)
+    """Per TP peer (TP rank order): the slots of the engine ranks on its PP group, whose rows
+    that peer fetches."""
     clock: PhaseTimer = field(default_factory=lambda: PhaseTimer(*_PHASES))
     received: int = 0
     """Bytes received from other ranks so far."""
+    engine_bytes: int = 0
+    """Bytes of the rows this rank's engine loads, so far."""
 
 
 def _units(chunks) -> Iterator[tuple[int, list[tuple[str, torch.Tensor]]]]:
@@ -203,54 +220,155 @@ def _units(chunks) -> Iterator[tuple[int, list[tuple[str, torch.Tensor]]]]:
             yield offset, list(params)
 
 
-def _gather_shards(name: str, param: torch.Tensor, ctx: _Ctx) -> list[torch.Tensor]:
-    """TP shards of `param` on every TP rank (rank order); collective over TP."""
+@dataclass
+class Slab:
+    """Some rows of one HF tensor: what a rank holds, fetched or received of it."""
+
+    name: str
+    kind: str
+    """The mapping row's layout (`bridge.mapping`)."""
+    member: int
+    """Place among the row's HF names (q, k, v = 0, 1, 2; gate, up = 0, 1)."""
+    shape: tuple[int, ...]
+    """The full HF tensor's shape."""
+    span: Span
+    data: torch.Tensor
+    """The rows `span` of the full tensor."""
+
+    def piece(self, part: Span) -> torch.Tensor:
+        """Rows `part` (inside `span`) of this slab's data."""
+        if self.span.whole and part.whole:
+            return self.data
+        start = part.start - (0 if self.span.whole else self.span.start)
+        return self.data.narrow(part.dim, start, part.stop - part.start)
+
+
+def _local_slabs(offset: int, params, ctx: _Ctx) -> list[Slab]:
+    """This rank's part of the HF tensors of one unit, in HF layout (no communication)."""
     tp = ctx.pg.tp
-    if tp.size() == 1 or tp_split_dim(name, ctx.args["model_type"]) is None:
-        return [param.detach()]
-    shards = [torch.empty_like(param) for _ in range(tp.size())]
-    dist.all_gather(shards, param.detach().contiguous(), group=tp)
-    ctx.received += nbytes(param) * (tp.size() - 1)
-    return shards
-
-
-def _convert_unit(offset: int, params, ctx: _Ctx) -> list[tuple[str, torch.Tensor]]:
-    """HF tensors of one unit of this rank's stage, on every TP rank of it."""
+    args = ctx.args
+    heads = args["heads"] if tp.size() == 1 else local_heads(args["heads"], tp.size())
     out = []
     for name, param in params:
-        with ctx.clock("gather"):
-            shards = _gather_shards(name, param, ctx)
-        with ctx.clock("convert"):
-            hf = megatron_shards_to_hf(name, shards, layer_offset=offset, **ctx.args)
-            out += [(n, t if ctx.dtype is None else t.to(ctx.dtype)) for n, t in hf.items()]
+        kind = kind_of(name, args["model_type"])
+        hf = megatron_shards_to_hf(name, [param.detach()], model_type=args["model_type"],
+                                   layer_offset=offset, heads=heads, tied=args["tied"])
+        for member, (hf_name, t) in enumerate(hf.items()):
+            shape = full_shape_of(kind, tuple(t.shape), tp.size())
+            span = held_span(kind, shape, tp.rank(), tp.size(), hf_name)
+            out.append(Slab(hf_name, kind, member, shape, span,
+                            t if ctx.dtype is None else t.to(ctx.dtype)))
     return out
 
 
-def _broadcast_unit(named: list[tuple[str, torch.Tensor]] | None, src_stage: int,
-                    ctx: _Ctx) -> list[tuple[str, torch.Tensor]] | None:
-    """One unit from pipeline stage `src_stage` to the others of this rank's PP group: its names,
-    shapes and dtypes, then its tensors (None = the stage has no more units)."""
+def _need(slab: Slab, slots: list[tuple[int, int]], ctx: _Ctx) -> Span:
+    """Rows of `slab`'s tensor that the engine ranks `slots` [(engine rank, engine TP)] load."""
+    return hull([engine_span(slab.kind, slab.member, slab.shape, r, t, ctx.args["heads"],
+                             slab.name) for r, t in slots])
+
+
+def _fetch(slabs: list[Slab], ctx: _Ctx) -> list[Slab]:
+    """Each rank of the TP group ends with the rows its stage's engine ranks load (`ctx.tp_slots`):
+    every rank sends each peer the intersection of what it holds with what the peer needs, in one
+    `all_to_all_single` per dtype. Nothing moves for rows a rank already holds (matching TP sizes,
+    replicated tensors), so an engine split like the learner receives no TP traffic."""
+    tp = ctx.pg.tp
+    me, n = tp.rank(), tp.size()
+    needs = [[_need(s, ctx.tp_slots[j], ctx) for j in range(n)] for s in slabs]
+    out: list[Slab | None] = [None] * len(slabs)
+    for dtype in dict.fromkeys(s.data.dtype for s in slabs):
+        idx = [i for i, s in enumerate(slabs) if s.data.dtype == dtype]
+        send: list[list[torch.Tensor]] = [[] for _ in range(n)]
+        recv_sizes = [0] * n
+        for i in idx:
+            s = slabs[i]
+            for j in range(n):
+                if j == me or s.span.whole:
+                    continue
+                part = intersect(s.span, needs[i][j], s.shape)
+                if part is not None:
+                    send[j].append(s.piece(part).reshape(-1))
+                theirs = intersect(held_span(s.kind, s.shape, j, n, s.name), needs[i][me],
+                                   s.shape)
+                recv_sizes[j] += 0 if theirs is None else theirs.numel(s.shape)
+        send_sizes = [sum(t.numel() for t in ts) for ts in send]
+        recv = torch.empty(sum(recv_sizes), dtype=dtype, device=ctx.device)
+        if any(send_sizes) or any(recv_sizes):
+            flat = torch.cat([t for ts in send for t in ts]) if any(send_sizes) else \
+                torch.empty(0, dtype=dtype, device=ctx.device)
+            dist.all_to_all_single(recv, flat, output_split_sizes=recv_sizes,
+                                   input_split_sizes=send_sizes, group=tp)
+        ctx.received += recv.numel() * recv.element_size()
+        inbox = list(recv.split(recv_sizes))
+        cursor = [0] * n
+        for i in idx:
+            out[i] = _assemble(slabs[i], needs[i][me], inbox, cursor, me, n)
+    return out
+
+
+def _assemble(s: Slab, need: Span, inbox: list[torch.Tensor], cursor: list[int], me: int,
+              n: int) -> Slab:
+    """This rank's needed rows of `s`: its own piece plus each peer's, in peer order."""
+    if s.span.whole:
+        return s if need.whole else Slab(s.name, s.kind, s.member, s.shape, need, s.piece(need))
+    dim = s.span.dim
+    lo, hi = (0, s.shape[dim]) if need.whole else (need.start, need.stop)
+    want = Span(dim, lo, hi)
+    data = torch.empty([hi - lo if d == dim else x for d, x in enumerate(s.shape)],
+                       dtype=s.data.dtype, device=s.data.device)
+    for j in range(n):
+        held = s.span if j == me else held_span(s.kind, s.shape, j, n, s.name)
+        part = intersect(held, want, s.shape)
+        if part is None:
+            continue
+        if j == me:
+            piece = s.piece(part)
+        else:
+            size = part.numel(s.shape)
+            shape = [part.stop - part.start if d == dim else x for d, x in enumerate(s.shape)]
+            piece = inbox[j][cursor[j]:cursor[j] + size].view(shape)
+            cursor[j] += size
+        data.narrow(dim, part.start - lo, part.stop - part.start).copy_(piece)
+    return Slab(s.name, s.kind, s.member, s.shape, want, data)
+
+
+def _convert_unit(offset: int, params, ctx: _Ctx) -> list[Slab]:
+    """The rows of one unit's HF tensors that this rank's stage's engine ranks load, on every TP
+    rank of the stage."""
+    with ctx.clock("convert"):
+        slabs = _local_slabs(offset, params, ctx)
+    with ctx.clock("gather"):
+        return _fetch(slabs, ctx)
+
+
+def _broadcast_unit(slabs: list[Slab] | None, src_stage: int, ctx: _Ctx) -> list[Slab] | None:
+    """One unit from pipeline stage `src_stage` to the others of this rank's PP group: its slabs'
+    metadata, then their data (None = the stage has no more units). The owner fetched the rows
+    every stage of the group needs (`ctx.tp_slots` spans the PP group), so receivers use them as
+    they come."""
     pp = ctx.pg.pp
     src = dist.get_global_rank(pp, src_stage)
     mine = pp.rank() == src_stage
     with ctx.clock("gather"):
-        box = [None if named is None else [(n, tuple(t.shape), t.dtype) for n, t in named]]
+        box = [None if slabs is None else
+               [(s.name, s.kind, s.member, s.shape, s.span, tuple(s.data.shape), s.data.dtype)
+                for s in slabs]]
         dist.broadcast_object_list(box, src=src, group=pp)
         if box[0] is None:
             return None
         out = []
-        for i, (name, shape, dtype) in enumerate(box[0]):
-            t = named[i][1].contiguous() if mine else torch.empty(shape, dtype=dtype,
-                                                                  device=ctx.device)
+        for i, (name, kind, member, shape, span, data_shape, dtype) in enumerate(box[0]):
+            t = slabs[i].data.contiguous() if mine else torch.empty(data_shape, dtype=dtype,
+                                                                   device=ctx.device)
             dist.broadcast(t, src=src, group=pp)
             ctx.received += 0 if mine else nbytes(t)
-            out.append((name, t))
+            out.append(Slab(name, kind, member, shape, span, t))
     return out
 
 
-def _model_units(chunks, ctx: _Ctx) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """The whole model's units as HF tensors on this rank, stage by stage (collective over the
-    rank's TP and PP groups)."""
+def _model_units(chunks, ctx: _Ctx) -> Iterator[list[Slab]]:
+    """The whole model's units as slabs on this rank, stage by stage (collective over the rank's
+    TP and PP groups)."""
     pp = ctx.pg.pp
     if pp.size() == 1:
         for offset, params in _units(chunks):
@@ -264,6 +382,19 @@ def _model_units(chunks, ctx: _Ctx) -> Iterator[list[tuple[str, torch.Tensor]]]:
         else:
             while (named := _broadcast_unit(None, stage, ctx)) is not None:
                 yield named
+
+
+def _materialize(s: Slab, ctx: _Ctx) -> tuple[str, torch.Tensor]:
+    """A checkpoint-shaped tensor for the engine's loader: the slab's rows in place, every other
+    row NaN (the loader reads only its own rows; a row it should not need would poison its
+    output visibly instead of loading stale values)."""
+    mine = engine_span(s.kind, s.member, s.shape, *ctx.slot, ctx.args["heads"], s.name)
+    ctx.engine_bytes += mine.numel(s.shape) * s.data.element_size()
+    if s.span.whole or (s.span.start == 0 and s.span.stop == s.shape[s.span.dim]):
+        return s.name, s.data.reshape(s.shape)
+    full = torch.full(s.shape, float("nan"), dtype=s.data.dtype, device=s.data.device)
+    full.narrow(s.span.dim, s.span.start, s.span.stop - s.span.start).copy_(s.data)
+    return s.name, full
 
 
 # ----------------------------------------------------------------------------- checks
@@ -295,15 +426,23 @@ def _refuse_nonfinite(chunks, ctx: _Ctx) -> None:
 
 
 # ----------------------------------------------------------------------------- entry points
+def engine_slot(global_rank: int, engine_tp: int) -> tuple[int, int]:
+    """(rank within its engine, engine TP) of a rank in colocated placement: engines are
+    `engine_tp` consecutive ranks (`rollout.placement`)."""
+    return global_rank % engine_tp, engine_tp
+
+
 @torch.no_grad()
 def sync_weights(chunks, pg_collection, hf_config, engine, *,
                  bucket_bytes: int = DEFAULT_BUCKET_BYTES,
-                 dtype: torch.dtype | None = None) -> SyncStats:
+                 dtype: torch.dtype | None = None, engine_tp: int | None = None) -> SyncStats:
     """Stream the model's weights into this rank's `engine` (a `RolloutEngine`).
 
     Collective: every rank of the world calls it with its own engine (colocated placement).
     `dtype` casts before anything moves (e.g. bf16 for a bf16 engine); None keeps the
-    parameters' dtype. Returns this rank's `SyncStats`.
+    parameters' dtype. `engine_tp`: ranks per engine (default: the engine's
+    `config.tensor_parallel_size`, else 1); each rank fetches only the rows its engine rank
+    loads. Returns this rank's `SyncStats`.
     """
     from prco_mega.bridge.hf_io import mapping_args
 
@@ -311,15 +450,21 @@ def sync_weights(chunks, pg_collection, hf_config, engine, *,
         raise ValueError(f"rank {dist.get_rank()} has no engine: every rank of a colocated run "
                          "hosts one engine rank and receives the weights it loads")
     t0 = time.perf_counter()
-    ctx = _Ctx(mapping_args(hf_config), pg_collection, dtype, device())
+    if engine_tp is None:
+        engine_tp = getattr(getattr(engine, "config", None), "tensor_parallel_size", 1)
+    pp = pg_collection.pp
+    ctx = _Ctx(mapping_args(hf_config), pg_collection, dtype, device(),
+               slot=engine_slot(dist.get_rank(), engine_tp))
+    ctx.tp_slots = all_gather([engine_slot(dist.get_global_rank(pp, i), engine_tp)
+                               for i in range(pp.size())], group=pg_collection.tp)
     with ctx.clock("check"):
         _refuse_nonfinite(chunks, ctx)
     assembler = GroupAssembler(engine.weight_groups())
 
     def groups() -> Iterator[FusedGroup]:
-        for named in _model_units(chunks, ctx):
+        for slabs in _model_units(chunks, ctx):
             with ctx.clock("convert"):
-                done = assembler.add_all(named)
+                done = assembler.add_all(_materialize(s, ctx) for s in slabs)
             yield from done
         assembler.finish()
 
@@ -328,4 +473,4 @@ def sync_weights(chunks, pg_collection, hf_config, engine, *,
         engine.reset_caches()
     s = ctx.clock.seconds
     return SyncStats(tensors, total, count, largest, s["gather"], s["convert"], s["push"],
-                     s["check"], time.perf_counter() - t0, ctx.received)
+                     s["check"], time.perf_counter() - t0, ctx.received, ctx.engine_bytes)

@@ -9,6 +9,11 @@ more weight bytes than its engine loads plus one bucket (at TP=2 a rank receives
 of the split parameters). A NaN in one rank's shard makes every rank refuse the next sync and
 leaves the engines as they were. At PP=2 (each stage receives the other's layers) the greedy tokens
 again equal transformers'. One torchrun launch.
+
+A second launch puts ONE engine of TP=2 over the two ranks: each rank fetches only the rows its
+engine rank loads (`bridge.slices`), the rows it does not load are NaN in what it pushes, and the
+engine still generates transformers' tokens with the learner's log-probs: so the row rules match
+vLLM's loaders. Split like the learner, no weight byte crosses the network.
 """
 import pytest
 
@@ -21,6 +26,14 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def run(torchrun_module):
     return torchrun_module("bridge_sync_tp2.py", nproc=2)
+
+
+@pytest.fixture(scope="module")
+def run_engine_tp2(tmp_path_factory):
+    from conftest import run_torchrun
+
+    return run_torchrun("bridge_sync_tp2.py", tmp_path_factory.mktemp("engine_tp2"), nproc=2,
+                        args=["--engine-tp", "2"])
 
 
 BUCKET = 96 * 1024
@@ -50,12 +63,33 @@ def test_vllm_logprobs_equal_the_learner_tp2_logprobs(run):
         max(abs(a - b) for a, b in zip(vllm, learner)), abs=1e-7)
 
 
-def test_no_rank_receives_more_than_its_engine_loads_plus_one_bucket(run):
-    for layout in ("stats", "pp2_stats"):
-        for stats in run[layout]:
-            assert 0 < stats["received_bytes"] <= run["checkpoint_bytes"] + BUCKET, layout
-    # TP=2: a rank receives the other rank's half of each split parameter, well under the model
-    assert max(s["received_bytes"] for s in run["stats"]) < 0.75 * run["checkpoint_bytes"]
+def test_no_rank_receives_more_than_its_engine_loads_plus_one_bucket(run, run_engine_tp2):
+    for launch in (run, run_engine_tp2):
+        for layout in ("stats", "pp2_stats"):
+            for stats in launch[layout]:
+                assert stats["received_bytes"] <= stats["engine_bytes"] + BUCKET, layout
+    # engines of TP=1 load the whole model; a learner rank at TP=2 receives the other half of
+    # each split parameter, well under the model
+    for stats in run["stats"]:
+        assert stats["engine_bytes"] == run["checkpoint_bytes"]
+        assert 0 < stats["received_bytes"] < 0.75 * run["checkpoint_bytes"]
+    # one engine over both ranks: each rank loads about half, and split like the learner it
+    # already holds every row it loads
+    for stats in run_engine_tp2["stats"]:
+        assert stats["engine_bytes"] < 0.6 * run_engine_tp2["checkpoint_bytes"]
+        assert stats["received_bytes"] == 0
+    # at PP=2 each stage receives the other stage's layers
+    assert all(s["received_bytes"] > 0 for s in run_engine_tp2["pp2_stats"])
+
+
+def test_one_engine_over_two_ranks_loads_only_its_rows_and_matches_the_learner(run_engine_tp2):
+    r = run_engine_tp2
+    assert r["prompt_ids_equal_hf"]
+    assert r["after"] == [r["hf"], r["hf"]] and r["after"] != r["before"]
+    for vllm in r["vllm_logprobs"]:
+        assert max(abs(a - b) for a, b in zip(vllm, r["learner_logprobs"])) < TOL
+    assert r["pp2_after"] == [r["pp2_hf"], r["pp2_hf"]]
+    assert all("non-finite" in m for m in r["nan_errors"])
 
 
 def test_small_buckets_never_split_a_fused_layer(run):

@@ -139,6 +139,8 @@ def pp2_phase(cfg, ckpt: Path, work: Path, engine, processor, image, res: dict) 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
+    p.add_argument("--engine-tp", type=int, default=1,
+                   help="1: an engine per rank; 2: one engine over both ranks")
     args = p.parse_args()
     dist.init_process_group("gloo")
     rank, work = dist.get_rank(), Path(args.out).parent
@@ -165,7 +167,8 @@ def main() -> None:
     chunks = build_model(cfg, pg)
     # every rank builds its engine at the same moment (vLLM's start-up is collective), after the
     # learner as a run does (vLLM traces its model under the CPU layer's torch function mode)
-    engine = VllmEngine(ckpt, EngineConfig(dtype="float32", max_model_len=512, seed=0))
+    engine = VllmEngine(ckpt, EngineConfig(dtype="float32", max_model_len=512, seed=0,
+                                           tensor_parallel_size=args.engine_tp))
     res["engine_start_s"] = engine.start_seconds
     for c in chunks:
         c.eval()
