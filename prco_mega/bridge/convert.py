@@ -32,10 +32,11 @@ from pathlib import Path
 
 import torch
 
-from prco_mega.bridge.mapping import family_table, hf_legacy_name
+from prco_mega.bridge.mapping import family_table, hub_name
 
 ARCHITECTURES: dict[str, tuple[str, ...]] = {
     "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration",),
+    "qwen3_vl": ("Qwen3VLForConditionalGeneration",),
 }
 """Hugging Face architectures (config `architectures`) each mapping table describes."""
 
@@ -72,7 +73,8 @@ def expected_hf_tensors(hf_config) -> dict[str, tuple[int, ...]]:
             or list(ARCHITECTURES[hf_config.model_type]))[0]
     with torch.device("meta"):
         model = getattr(transformers, arch)._from_config(hf_config)
-    out = {hf_legacy_name(k): tuple(v.shape) for k, v in model.state_dict().items()}
+    out = {hub_name(k, hf_config.model_type): tuple(v.shape)
+           for k, v in model.state_dict().items()}
     if getattr(hf_config, "tie_word_embeddings", False):
         out.pop("lm_head.weight", None)  # the embedding is the output layer
     return out
@@ -221,7 +223,7 @@ def _copy_side_files(src: Path, dst: Path) -> None:
 
 
 def _build(hf_config, pg, vpp: int | None, dtype: torch.dtype, use_te: bool | None):
-    from prco_mega.learner.model import build_model
+    from prco_mega.learner.provider import build_model
 
     # no random init: every parameter is overwritten, and init of a large model takes minutes
     chunks = build_model(hf_config, pg, vpp=vpp, use_te=use_te, params_dtype=dtype,

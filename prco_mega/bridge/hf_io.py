@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from prco_mega.bridge.mapping import (Heads, hf_legacy_name, hf_to_megatron_shard,
+from prco_mega.bridge.mapping import (Heads, hf_to_megatron_shard, hub_name,
                                       megatron_shards_to_hf, tp_split_dim)
 
 WEIGHTS_NAME = "model.safetensors"
@@ -26,13 +26,16 @@ INDEX_NAME = "model.safetensors.index.json"
 class HFCheckpointReader:
     """Lazy reader of a HF safetensors checkpoint (single file or sharded with an index).
 
-    `reader(name)` takes a hub-layout name and returns a safetensors slice: index it to read bytes.
+    `reader(name)` takes a name as the family's mapping table spells it (`mapping.hub_name`;
+    `model_type` defaults to the directory's config.json) and returns a safetensors slice: index it
+    to read bytes.
     """
 
-    def __init__(self, hf_dir: str | Path):
+    def __init__(self, hf_dir: str | Path, model_type: str | None = None):
         from safetensors import safe_open
 
         hf_dir = Path(hf_dir)
+        model_type = model_type or _model_type(hf_dir)
         index = hf_dir / INDEX_NAME
         if index.exists():
             files = _indexed_files(index)
@@ -44,7 +47,7 @@ class HFCheckpointReader:
         self._where: dict[str, tuple[str, str]] = {}
         for f, handle in self._handles.items():
             for stored in handle.keys():
-                self._where[hf_legacy_name(stored)] = (f, stored)
+                self._where[hub_name(stored, model_type)] = (f, stored)
 
     def names(self) -> list[str]:
         """Hub-layout names of every tensor in the checkpoint."""
@@ -55,6 +58,12 @@ class HFCheckpointReader:
             raise KeyError(f"tensor {name!r} not in the checkpoint")
         f, stored = self._where[name]
         return self._handles[f].get_slice(stored)
+
+
+def _model_type(hf_dir: Path) -> str | None:
+    """`model_type` of the directory's config.json, None without one."""
+    cfg = hf_dir / "config.json"
+    return json.loads(cfg.read_text()).get("model_type") if cfg.is_file() else None
 
 
 def _indexed_files(index: Path) -> list[str]:

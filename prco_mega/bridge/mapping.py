@@ -19,7 +19,9 @@ Transformer Engine's fused specs name the pre-attention and pre-MLP norms
 Tied embeddings: the output layer maps to the embedding (`tied_hf`) and is not exported.
 
 Hugging Face tensors may be stored with transformers 5's nested names
-(`model.language_model.*`, `model.visual.*`); `hf_legacy_name` folds them onto the hub layout.
+(`model.language_model.*`, `model.visual.*`); `hf_legacy_name` folds them onto the hub layout
+for Qwen2.5-VL. Qwen3-VL's table keeps the nested names (its hub checkpoints and vLLM use them);
+`hub_name` applies the family's rule.
 Every slice read from a checkpoint is contiguous, so readers can fetch only the bytes of one shard.
 """
 from __future__ import annotations
@@ -72,8 +74,44 @@ QWEN2_5_VL: tuple[ParamMap, ...] = (
     ParamMap(("vision.model.",), ("visual.",), "prefix"),
 )
 
-FAMILIES: dict[str, tuple[ParamMap, ...]] = {"qwen2_5_vl": QWEN2_5_VL}
+_Q3 = "model.language_model."
+_Q3L = _Q3 + "layers.{i}."
+
+QWEN3_VL: tuple[ParamMap, ...] = (
+    ParamMap(("language_model.embedding.word_embeddings.weight",), (_Q3 + "embed_tokens.weight",),
+             "vocab"),
+    ParamMap((_L + "input_layernorm.weight", _L + "self_attention.linear_qkv.layer_norm_weight"),
+             (_Q3L + "input_layernorm.weight",), "replicated"),
+    ParamMap((_L + "self_attention.linear_qkv.weight",),
+             (_Q3L + "self_attn.q_proj.weight", _Q3L + "self_attn.k_proj.weight",
+              _Q3L + "self_attn.v_proj.weight"), "qkv"),
+    ParamMap((_L + "self_attention.q_layernorm.weight",), (_Q3L + "self_attn.q_norm.weight",),
+             "replicated"),
+    ParamMap((_L + "self_attention.k_layernorm.weight",), (_Q3L + "self_attn.k_norm.weight",),
+             "replicated"),
+    ParamMap((_L + "self_attention.linear_proj.weight",), (_Q3L + "self_attn.o_proj.weight",),
+             "row"),
+    ParamMap((_L + "pre_mlp_layernorm.weight", _L + "mlp.linear_fc1.layer_norm_weight"),
+             (_Q3L + "post_attention_layernorm.weight",), "replicated"),
+    ParamMap((_L + "mlp.linear_fc1.weight",),
+             (_Q3L + "mlp.gate_proj.weight", _Q3L + "mlp.up_proj.weight"), "gate_up"),
+    ParamMap((_L + "mlp.linear_fc2.weight",), (_Q3L + "mlp.down_proj.weight",), "row"),
+    ParamMap(("language_model.decoder.final_layernorm.weight",), (_Q3 + "norm.weight",),
+             "replicated"),
+    ParamMap(("language_model.output_layer.weight",), ("lm_head.weight",), "vocab",
+             tied_hf=_Q3 + "embed_tokens.weight"),
+    # the whole ViT, its merger and the deepstack mergers (`deepstack_merger_list.{k}`)
+    ParamMap(("vision.model.",), ("model.visual.",), "prefix"),
+)
+"""Qwen3-VL (dense): no QKV bias, per-head QK RMSNorm; names as the hub checkpoints store them
+(`model.language_model.*`, `model.visual.*`), which is also what vLLM's loader expects."""
+
+FAMILIES: dict[str, tuple[ParamMap, ...]] = {"qwen2_5_vl": QWEN2_5_VL, "qwen3_vl": QWEN3_VL}
 """Mapping tables by exact Hugging Face `model_type`."""
+
+NESTED_NAMES: frozenset[str] = frozenset({"qwen3_vl"})
+"""Families whose tables use transformers-5 nested names as stored; the others' tables use the
+legacy hub layout, onto which `hf_legacy_name` folds nested names."""
 
 
 def family_table(model_type: str) -> tuple[ParamMap, ...]:
@@ -99,6 +137,11 @@ def hf_legacy_name(name: str) -> str:
     if name.startswith("model.visual."):
         return name[len("model."):]
     return name
+
+
+def hub_name(name: str, model_type: str | None) -> str:
+    """A stored tensor name in the naming of `model_type`'s table (None: the legacy layout)."""
+    return name if model_type in NESTED_NAMES else hf_legacy_name(name)
 
 
 def _pattern(template: str) -> re.Pattern:

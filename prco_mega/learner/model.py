@@ -185,7 +185,17 @@ def merge_image_features(emb_sbh: torch.Tensor, input_ids: torch.Tensor, feature
 
 
 class Qwen25VLModel(MegatronModule):
-    """One pipeline chunk of Qwen2.5-VL: optional vision tower + a `GPTModel` chunk."""
+    """One pipeline chunk of Qwen2.5-VL: optional vision tower + a `GPTModel` chunk.
+
+    Other families subclass it (`learner.qwen3vl`): `vision_tower_cls` and `layer_specs` choose
+    their tower and decoder layers."""
+
+    vision_tower_cls = VisionTower
+
+    @staticmethod
+    def layer_specs(config: TransformerConfig, use_te: bool, vp_stage: int | None, pp_rank: int):
+        """This chunk's decoder layer specs (`decoder_spec`)."""
+        return decoder_spec(config, use_te, vp_stage, pp_rank)
 
     def __init__(self, config: TransformerConfig, hf_config, *, pg_collection, pre_process: bool,
                  post_process: bool, vp_stage: int | None = None, use_te: bool = False,
@@ -201,11 +211,11 @@ class Qwen25VLModel(MegatronModule):
         self.tp_group = pg_collection.tp
         self.vision = None
         if pre_process and getattr(hf_config, "vision_config", None) is not None:
-            self.vision = VisionTower(config, hf_config.vision_config)
+            self.vision = self.vision_tower_cls(config, hf_config.vision_config)
             if freeze_vision:
                 self.vision.requires_grad_(False)
         self.language_model = GPTModel(
-            config, decoder_spec(config, use_te, vp_stage, pg_collection.pp.rank()),
+            config, self.layer_specs(config, use_te, vp_stage, pg_collection.pp.rank()),
             vocab_size=tc.vocab_size, max_sequence_length=tc.max_position_embeddings,
             pre_process=pre_process, post_process=post_process,
             share_embeddings_and_output_weights=bool(getattr(hf_config, "tie_word_embeddings",
@@ -297,21 +307,39 @@ def build_model(hf_config, pg_collection, *, pre_process: bool | None = None,
     `pre_process`/`post_process` default to "first/last pipeline stage" per chunk. `use_te=None`
     picks Transformer Engine when it imports; `True` without TE raises.
     """
-    from megatron.core.pipeline_parallel.utils import (
-        is_pp_first_stage, is_pp_last_stage, is_vp_first_stage, is_vp_last_stage)
-
-    if use_te is None:
-        use_te = te_available()
-    elif use_te and not te_available():
-        raise ValueError("use_te=True but transformer_engine does not import")
+    if hf_config.model_type != "qwen2_5_vl":
+        raise ValueError(f"learner.model.build_model builds Qwen2.5-VL, not model_type "
+                         f"{hf_config.model_type!r}: use learner.provider.build_model")
+    use_te = resolve_use_te(use_te)
     config = transformer_config_from_hf(
         hf_config, tp=pg_collection.tp.size(), pp=pg_collection.pp.size(), vpp=vpp,
         params_dtype=params_dtype, **(config_overrides or {}))
+    return build_chunks(Qwen25VLModel, config, hf_config, pg_collection, pre_process=pre_process,
+                        post_process=post_process, freeze_vision=freeze_vision, vpp=vpp,
+                        use_te=use_te)
+
+
+def resolve_use_te(use_te: bool | None) -> bool:
+    """`None` -> whether Transformer Engine imports; `True` without TE raises."""
+    if use_te is None:
+        return te_available()
+    if use_te and not te_available():
+        raise ValueError("use_te=True but transformer_engine does not import")
+    return use_te
+
+
+def build_chunks(model_cls, config: TransformerConfig, hf_config, pg_collection, *,
+                 pre_process: bool | None, post_process: bool | None, freeze_vision: bool,
+                 vpp: int | None, use_te: bool) -> list:
+    """One `model_cls` per virtual pipeline stage of this rank, on the current device."""
+    from megatron.core.pipeline_parallel.utils import (
+        is_pp_first_stage, is_pp_last_stage, is_vp_first_stage, is_vp_last_stage)
+
     chunks = []
     for stage in (range(vpp) if vpp else [None]):
         first = is_pp_first_stage(pg_collection.pp) and is_vp_first_stage(stage, vpp)
         last = is_pp_last_stage(pg_collection.pp) and is_vp_last_stage(stage, vpp)
-        model = Qwen25VLModel(
+        model = model_cls(
             config, hf_config, pg_collection=pg_collection,
             pre_process=first if pre_process is None else pre_process,
             post_process=last if post_process is None else post_process,

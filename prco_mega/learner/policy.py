@@ -28,14 +28,15 @@ checkpoint, `bridge.hf_io.load_hf_into_megatron`)."""
 
 
 class MegatronPolicy:
-    """Megatron-Core Qwen2.5-VL learner built for `hf_config`, its weights set by `load_weights`."""
+    """Megatron-Core learner (Qwen2.5-VL or Qwen3-VL: `learner.provider`) built for `hf_config`,
+    its weights set by `load_weights`."""
 
     def __init__(self, hf_dir: str | Path, hf_config: Any, cfg: LearnerConfig, path: LossPath,
                  load_weights: LoadWeights, *, freeze_vision: bool = False,
                  reference: bool = False):
-        from prco_mega.learner.model import build_model
         from prco_mega.learner.optim import build_optimizer
         from prco_mega.learner.parallel import init_parallel
+        from prco_mega.learner.provider import build_model
         from prco_mega.learner.vision_inputs import VisionInputs
 
         par = cfg.parallel
@@ -203,7 +204,7 @@ def _frozen_chunks(hf_config: Any, pg: Any, par: Any, load_weights: LoadWeights
     """Eval-mode chunks of the starting weights in this rank's layout, with no parameter
     requiring grad. Their random init (overwritten at once) runs under a forked CPU generator, so
     building the reference draws no numbers from the stream the rest of the run uses."""
-    from prco_mega.learner.model import build_model
+    from prco_mega.learner.provider import build_model
 
     with torch.random.fork_rng(devices=[]):
         chunks = build_model(hf_config, pg, vpp=par.virtual_pipeline_parallel)

@@ -28,12 +28,13 @@ SEQUENCES = [
 ]
 
 
-def make_batch(cfg, seed: int = 0) -> dict:
-    """Token rows (lists), image grids [K, 3] and pixel_values [P, 1176] for SEQUENCES."""
+def make_batch(cfg, seed: int = 0, sequences: list | None = None) -> dict:
+    """Token rows (lists), image grids [K, 3] and pixel_values [P, C*T*ps*ps] for `sequences`
+    (default SEQUENCES)."""
     g = torch.Generator().manual_seed(seed)
     merge = cfg.vision_config.spatial_merge_size
     rows, grids, per_seq = [], [], []
-    for spec in SEQUENCES:
+    for spec in sequences or SEQUENCES:
         ids, n_img = [], 0
         for text_len, grid in spec:
             ids += torch.randint(0, TEXT_VOCAB, (text_len,), generator=g).tolist()
