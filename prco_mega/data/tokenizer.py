@@ -202,18 +202,30 @@ def save_processor(out_dir: str | Path, tokenizer=None, min_pixels: int = 28 * 2
 
 
 def make_tiny_checkpoint(out_dir: str | Path, corpus: Iterable[str], seed: int = 0,
-                         sizes: TinySizes = TinySizes(), vocab_size: int = 505,
-                         init_std: float = 0.02) -> Path:
-    """Train the tokenizer on `corpus`, build the tiny random Qwen2.5-VL with a matching vocab
-    (`sizes.vocab_size` is replaced by the tokenizer's length, a multiple of 16), and save model,
-    tokenizer and processor into `out_dir`. Returns `out_dir`."""
+                         sizes=None, vocab_size: int = 505, init_std: float = 0.02,
+                         family: str = "qwen2_5_vl") -> Path:
+    """Train the tokenizer on `corpus`, build the tiny random model of `family` ("qwen2_5_vl":
+    `TinySizes`, "qwen3_vl": `TinyQwen3VLSizes`; `sizes` defaults to the family's) with a
+    matching vocab (`sizes.vocab_size` is replaced by the tokenizer's length, a multiple of 16),
+    and save model, tokenizer and processor into `out_dir`. Returns `out_dir`."""
     import dataclasses
-
-    from prco_mega.models.tiny import build_tiny_qwen25vl, tiny_qwen25vl_config
 
     out = Path(out_dir)
     tokenizer = train_tokenizer(corpus, vocab_size=vocab_size)
-    sizes = dataclasses.replace(sizes, vocab_size=len(tokenizer))
+    if family == "qwen3_vl":
+        from prco_mega.models import tiny_qwen3vl as q3
+
+        sizes = dataclasses.replace(sizes or q3.TinyQwen3VLSizes(), vocab_size=len(tokenizer))
+        config = q3.tiny_qwen3vl_config(sizes, special_token_ids(tokenizer))
+        q3.build_tiny_qwen3vl(config, seed=seed, init_std=init_std).save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        q3.save_qwen3vl_processor(out, tokenizer, CHAT_TEMPLATE)
+        return out
+    if family != "qwen2_5_vl":
+        raise ValueError(f"no tiny model of family {family!r}; known: qwen2_5_vl, qwen3_vl")
+    from prco_mega.models.tiny import build_tiny_qwen25vl, tiny_qwen25vl_config
+
+    sizes = dataclasses.replace(sizes or TinySizes(), vocab_size=len(tokenizer))
     config = tiny_qwen25vl_config(sizes, special_token_ids(tokenizer))
     build_tiny_qwen25vl(config, seed=seed, init_std=init_std).save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -1,0 +1,94 @@
+"""2 ranks, each hosting its own vLLM engine (`external_launcher`, TP=1), and a Megatron Qwen3-VL
+learner at TP=2 -> `bridge.sync` -> every rank's engine.
+
+The learner loads the tiny Qwen3-VL checkpoint and is perturbed (every parameter moves, QK-norm and
+deepstack mergers included); the engines start on the original checkpoint. After the sync each
+engine's greedy tokens and log-probs for an image+text prompt are recorded, with transformers'
+greedy tokens from the learner's exported weights and the learner's own TP=2 log-probs of that
+sequence. Rank 0 writes the JSON. Helpers are the Qwen2.5-VL sync script's (`bridge_sync_tp2`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+T0 = time.time()
+
+import bridge_sync_tp2 as bs  # noqa: E402  (same directory)
+
+
+def hf_greedy(model_dir: Path, processor, text: str, image) -> tuple[list[int], dict]:
+    from transformers import Qwen3VLForConditionalGeneration
+
+    model = Qwen3VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    inputs = processor(text=[text], images=[image], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, do_sample=False, max_new_tokens=bs.MAX_NEW,
+                             temperature=None, top_p=None, top_k=None)
+    return out[0, inputs["input_ids"].shape[1]:].tolist(), inputs
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    dist.init_process_group("gloo")
+    rank, work = dist.get_rank(), Path(args.out).parent
+    from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    from transformers import AutoProcessor
+
+    from prco_mega.bridge.hf_io import export_megatron_to_hf, load_hf_config, load_hf_into_megatron
+    from prco_mega.bridge.sync import sync_weights
+    from prco_mega.data.tokenizer import demo_corpus, make_tiny_checkpoint
+    from prco_mega.learner.parallel import init_parallel
+    from prco_mega.learner.provider import build_model
+    from prco_mega.rollout import EngineConfig, VllmEngine
+
+    ckpt, res = work / "tiny-qwen3vl", {}
+    if rank == 0:
+        make_tiny_checkpoint(ckpt, demo_corpus(3000, seed=0), seed=0, init_std=bs.INIT_STD,
+                             family="qwen3_vl")
+    dist.barrier()
+    cfg = load_hf_config(ckpt)
+    pg = init_parallel(tp=2, hf_config=cfg)
+    chunks = build_model(cfg, pg)
+    engine = VllmEngine(ckpt, EngineConfig(dtype="float32", max_model_len=512, seed=0))
+    res["engine_start_s"] = engine.start_seconds
+    for c in chunks:
+        c.eval()
+    load_hf_into_megatron(chunks, ckpt, pg, cfg)
+    bs.perturb(chunks, pg, cfg.model_type)
+    processor, image = AutoProcessor.from_pretrained(ckpt), bs.make_image()
+    res["before"] = bs.gathered(bs.host_generate(engine, processor, image)["tokens"])
+    t = time.time()
+    stats = sync_weights(chunks, pg, cfg, engine, bucket_bytes=bs.BUCKET_BYTES)
+    res["sync_s"] = time.time() - t
+    res["stats"] = bs.gathered(stats.__dict__)
+    export_megatron_to_hf(chunks, work / "learner_hf", pg, cfg, copy_files_from=ckpt)
+    after = bs.host_generate(engine, processor, image)
+    res["after"], res["vllm_logprobs"] = bs.gathered(after["tokens"]), bs.gathered(after["logprobs"])
+    seq = [None]
+    if rank == 0:
+        res["hf"], inputs = hf_greedy(work / "learner_hf", processor, after["text"], image)
+        res["prompt_ids_equal_hf"] = inputs["input_ids"][0].tolist() == after["prompt_ids"]
+        seq = [{"prompt_ids": after["prompt_ids"], "response": after["tokens"],
+                "pixel_values": inputs["pixel_values"].tolist(),
+                "grid_thw": inputs["image_grid_thw"].tolist()}]
+    dist.broadcast_object_list(seq, src=0)
+    res["learner_logprobs"] = bs.learner_logprobs(chunks, pg, cfg, seq[0])
+    if rank == 0:
+        res["checkpoint_tensors"] = len(engine.shapes)
+        res["total_s"] = time.time() - T0
+        Path(args.out).write_text(json.dumps(res, indent=1))
+    dist.barrier()  # no engine.close(): vLLM's shutdown destroys the shared default group
+
+
+if __name__ == "__main__":
+    main()
