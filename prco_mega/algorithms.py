@@ -105,7 +105,7 @@ class DynamicSampling:
     shard: Shard
 
     def __call__(self, stream: TaskStream, step: int, timer: PhaseTimer) -> Scored:
-        answers, prompts, draws, found = [], 0, 0, 0
+        answers, prompts, draws, found, drawn = [], 0, 0, 0, []
         while draws == 0 or (found < self.target and draws <= self.max_extra_draws):
             tasks = stream.next_batch()
             block = self.shard.block(len(tasks))
@@ -115,7 +115,7 @@ class DynamicSampling:
             with timer("score"):
                 answers += self.credit.reward(rollouts)
                 found = sum(self.shard.gather(len(self.credit.informative_groups(answers))))
-            draws, prompts = draws + 1, prompts + len(rollouts)
+            draws, prompts, drawn = draws + 1, prompts + len(rollouts), drawn + rollouts
         with timer("score"):
             mine = self.credit.informative_groups(answers)
             # group ids sort by (draw, task position): the step's first `target` informative ones
@@ -125,6 +125,7 @@ class DynamicSampling:
                                "sampling/groups_found": float(len(mine)),
                                "sampling/groups_trained": float(len(set(mine) & set(chosen)))})
         scored.weights["sampling/draws"] = 1.0  # the same on every engine: a mean, not a sum
+        scored.rollouts = drawn
         return scored
 
 

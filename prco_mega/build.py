@@ -24,12 +24,13 @@ from prco_mega.world import broadcast, is_host, rank
 
 if TYPE_CHECKING:
     from prco_mega.data.stream import TaskStream
-    from prco_mega.eval.report import MetricsLogger
     from prco_mega.learner.loss_paths import LossSettings
     from prco_mega.learner.policy import MegatronPolicy
     from prco_mega.rollout.engine import RolloutEngine
     from prco_mega.rollout.placement import Shard
     from prco_mega.scoring import LeakageFn
+    from prco_mega.tracking.loggers import Loggers
+    from prco_mega.tracking.rollouts import RolloutSaver
 
 
 @dataclass
@@ -60,8 +61,10 @@ class Run:
     """This rank's engine among all engines: its block of a step, and gathering over engines."""
     stream: TaskStream
     sample: algorithms.Sampler
-    logger: MetricsLogger
-    """Writes on the host rank (rank 0) only."""
+    logger: Loggers
+    """The step metrics' loggers (`run.loggers`); used on the host rank (rank 0) only."""
+    samples: RolloutSaver
+    """Saves a sample of every Nth step's scored rollouts (`saved_rollouts`); collective."""
 
 
 # ----------------------------------------------------------------------------- data and prompts
@@ -188,7 +191,19 @@ def start_engine(cfg: RunConfig, model_dir: Path) -> RolloutEngine:
     return engine
 
 
-def build_run(cfg: RunConfig, dirs: RunDirs, model_dir: Path, logger: MetricsLogger) -> Run:
+def run_loggers(cfg: RunConfig, dirs: RunDirs, algo: algorithms.AlgoSettings) -> Loggers:
+    """The loggers of `run.loggers` for the run's folder (opened by `Loggers.start`)."""
+    from prco_mega.tracking.loggers import make_loggers
+
+    r = cfg.run
+    return make_loggers(r.loggers, dirs.root, total_steps=r.steps, run_name=r.name,
+                        wandb_project=r.wandb_project, wandb_mode=r.wandb_mode,
+                        config=resolved_config(cfg, algo))
+
+
+def build_run(cfg: RunConfig, dirs: RunDirs, model_dir: Path, logger: Loggers) -> Run:
+    from prco_mega.tracking.rollouts import RolloutSaver
+
     algo = resolved_algo(cfg)
     shard = shard_of(cfg)
     policy = make_policy(cfg, model_dir, objective="ppo", settings=loss_settings(cfg, algo))
@@ -196,7 +211,9 @@ def build_run(cfg: RunConfig, dirs: RunDirs, model_dir: Path, logger: MetricsLog
     stream = task_stream(cfg, cfg.data.prompts_per_step)
     sample = algorithms.build_sampler(cfg, algo, engine, prompt_set(cfg),
                                       leakage_checker(cfg, engine), torch.Generator(), shard)
-    return Run(cfg, algo, dirs, policy, engine, shard, stream, sample, logger)
+    samples = RolloutSaver(cfg.saved_rollouts, dirs.root / "rollouts", shard,
+                           cfg.data.prompts_per_step)
+    return Run(cfg, algo, dirs, policy, engine, shard, stream, sample, logger, samples)
 
 
 def resolved_config(cfg: RunConfig, algo: algorithms.AlgoSettings) -> dict:
@@ -214,6 +231,7 @@ def evaluate_policy(run: Run, path: Path, *, cache: bool) -> dict | None:
     the host gathers the records, writes the JSON and returns the summary (None elsewhere)."""
     from prco_mega.eval.synthetic import EvalResult, evaluate
     from prco_mega.rollout.two_stage import settings_from_section
+    from prco_mega.tracking.rollouts import write_eval_records
 
     cached = broadcast(cache and is_host() and path.exists())
     if cached:
@@ -234,6 +252,7 @@ def evaluate_policy(run: Run, path: Path, *, cache: bool) -> dict | None:
         return None
     summary = EvalResult(mode, records).summary()
     path.write_text(json.dumps(summary, indent=1))
+    write_eval_records(path, records)  # per task, for `prco-mega inspect --compare`
     return summary
 
 

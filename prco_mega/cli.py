@@ -137,6 +137,27 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_eval)
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from prco_mega.tracking.page import write_page
+
+    path = write_page(args.run_dir, step=args.step, compare=args.compare, limit=args.limit,
+                      out=args.out)
+    print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
+    return 0
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("inspect", help="a self-contained HTML page of a run's saved "
+                            "rollouts (images, captions, answers, rewards, advantages)")
+    parser.add_argument("run_dir", help="the run's folder (run.output_dir/run.name)")
+    parser.add_argument("--step", type=int, default=None, help="saved step (default: newest)")
+    parser.add_argument("--compare", action="store_true", help="held-out captions and answers, "
+                        "warm start beside the trained policy, instead of a saved step")
+    parser.add_argument("--limit", type=int, default=None, help="--compare: first N tasks")
+    parser.add_argument("--out", default=None, help="HTML file (default: RUN_DIR/inspect/...)")
+    parser.set_defaults(func=_inspect)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prco-mega", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -146,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_train, _add_data, _add_plan, _add_launch, _add_convert, _add_bench, _add_eval]
+    _add_train, _add_data, _add_plan, _add_launch, _add_convert, _add_bench, _add_eval,
+    _add_inspect]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -179,11 +179,22 @@ class RunSection:
     """RL steps (one step = rollout of `data.prompts_per_step` tasks + one optimizer step)."""
     eval_tasks: int = 64
     """Held-out synthetic tasks for the final warm-start-vs-trained table."""
+    loggers: list[Literal["console", "jsonl", "tensorboard", "wandb"]] = field(
+        default_factory=lambda: ["console", "jsonl"])
+    """Where each step's metrics go (rank 0, once per step): the step line and progress bar,
+    metrics.jsonl (required), TensorBoard event files in `tensorboard/`, a W&B run in `wandb/`."""
+    wandb_mode: Literal["offline", "online"] = "offline"
+    """W&B offline (files only, `wandb sync` uploads them later) unless asked for online."""
+    wandb_project: str = "prco-mega"
+    """W&B project of the run (the run is named `run.name`)."""
 
     def validate(self) -> None:
         if self.steps < 0 or self.eval_tasks < 0:
             raise ValueError(f"run.steps ({self.steps}) and run.eval_tasks ({self.eval_tasks}) "
                              "must be >= 0")
+        from prco_mega.tracking.config import check_loggers  # stdlib-only module
+
+        check_loggers(self.loggers)
 
 
 _PIL_MAX_IMAGE_PIXELS = 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS (config.py imports no PIL)
@@ -389,6 +400,7 @@ class WarmStartSection:
 from prco_mega.learner.config import LearnerConfig  # noqa: E402
 from prco_mega.cluster import ClusterSection  # noqa: E402
 from prco_mega.rollout.config import EngineConfig  # noqa: E402
+from prco_mega.tracking.config import SavedRolloutsSection  # noqa: E402
 
 
 @dataclass
@@ -423,6 +435,8 @@ class RunConfig:
     """Rollout engine (vLLM) settings (`rollout/config.py`)."""
     cluster: ClusterSection | None = None
     """Cluster layout for `prco-mega launch` / `plan`; None for a single-machine run."""
+    saved_rollouts: SavedRolloutsSection = field(default_factory=SavedRolloutsSection)
+    """A sample of every Nth step's rollouts kept for `prco-mega inspect` (`tracking/config.py`)."""
 
     def validate(self) -> None:
         # The engine reports log_softmax(logits / T) of the sampled tokens; the learner's ratio is

@@ -44,6 +44,7 @@ def rl_step(run: build.Run, step: int) -> dict[str, float]:
     """One PRCO (or baseline) step; returns its metrics (the same on every rank)."""
     timer = PhaseTimer()
     scored = run.sample(run.stream, step, timer)
+    run.samples.save(step, scored)  # on its steps: a sample of the tasks, gathered to rank 0
     # a TP engine's ranks drew the same samples: its leader's part is the engine's
     part = scored.train if run.shard.placement.is_engine_leader else []
     engines = run.shard.gather((scored.metrics, scored.weights, len(part),
@@ -79,19 +80,15 @@ def resume(run: build.Run) -> int:
         return 0
     state = run.policy.load(path)
     run.stream.load_state_dict(state["data_state"]["stream"])
-    if is_host():
-        run.logger.truncate_after(state["step"] - 1)
     sync(run)
     print(f"resumed from {path} at step {state['step']}")
     return int(state["step"])
 
 
 def train(run: build.Run, start: int) -> None:
-    from prco_mega.eval.report import step_line
     from prco_mega.learner.policy import NonFiniteLoss
 
     every = run.cfg.learner.checkpoint.interval
-    progress = _progress(start, run.cfg.run.steps)
     for step in range(start, run.cfg.run.steps):
         try:
             metrics = rl_step(run, step)
@@ -99,24 +96,16 @@ def train(run: build.Run, start: int) -> None:
             path = save(run, step)  # the update was refused: this is the last good state
             raise SystemExit(f"stopping: {e}; state before the step saved to {path}") from e
         if is_host():
-            run.logger.log(metrics)
-            progress.write(step_line(step, metrics))
-            progress.update(1)
+            run.logger.log(metrics)  # the step's metrics, already combined: no collective
         if (every and (step + 1) % every == 0) or step + 1 == run.cfg.run.steps:
             save(run, step + 1)
-    progress.close()
-
-
-def _progress(start: int, total: int):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=start, desc="PRCO steps", disable=not is_host(),
-                dynamic_ncols=True)
+    if is_host():
+        run.logger.close()
 
 
 def main(cfg: RunConfig, resume_run: bool = False) -> Path:
     """Warm start (cached) -> RL -> evaluation table. Returns the run directory."""
-    from prco_mega.eval.report import MetricsLogger, plot_metrics
+    from prco_mega.eval.report import plot_metrics
     from prco_mega.warm_start import prepare_model
 
     init_world()
@@ -131,10 +120,11 @@ def main(cfg: RunConfig, resume_run: bool = False) -> Path:
             f"{k} {v}" for k, v in dataclasses.asdict(algo).items()), flush=True)
         (dirs.root / "config.json").write_text(json.dumps(build.resolved_config(cfg, algo),
                                                           indent=1))
-    run = build.build_run(cfg, dirs, prepare_model(cfg), MetricsLogger(dirs.metrics))
+    run = build.build_run(cfg, dirs, prepare_model(cfg), build.run_loggers(cfg, dirs, algo))
     start = resume(run) if resume_run else 0
-    if start == 0 and is_host():
-        run.logger.reset()  # lines of an attempt that died before its first checkpoint
+    if is_host():  # what an earlier attempt logged or saved at steps >= start is dropped
+        run.logger.start(start)
+        run.samples.start(start)
     # The starting policy's scores: measured now, or (resuming) read from the first attempt.
     before = build.evaluate_policy(run, dirs.root / "eval_start.json", cache=start > 0)
     train(run, start)

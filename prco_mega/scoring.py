@@ -30,6 +30,9 @@ class Scored:
     weights: dict[str, float] = field(default_factory=dict)
     """How many items each mean in `metrics` averages (answers, captions); a metric without a
     weight is a count. `combine_metrics` merges the engines' shares of a step with them."""
+    rollouts: list[TaskRollout] = field(default_factory=list)
+    """The rollouts scored, rewards and advantages set on their trajectories in place: what saved
+    samples show (`tracking.rollouts`); nothing trains from this list."""
 
 
 def combine_metrics(parts: list[tuple[dict[str, float], dict[str, float]]]) -> dict[str, float]:
@@ -175,7 +178,7 @@ class PRCOCredit:
         metrics["solver/groups_selected"] = float(sum(t.role is Role.SOLVER for t in train))
         perceived = sum(len(r.observer) for r in rollouts if r.task.facts)
         return Scored(train, {**metrics, **_caption_metrics(rollouts)},
-                      _weights(len(answers), len(captions), perceived))
+                      _weights(len(answers), len(captions), perceived), rollouts)
 
 
 @dataclass
@@ -226,7 +229,9 @@ class SingleRoleCredit:
         return Scored(train, _common_metrics(answers, train), _weights(len(answers)))
 
     def __call__(self, rollouts: list[TaskRollout]) -> Scored:
-        return self.assign(self.reward(rollouts))
+        scored = self.assign(self.reward(rollouts))
+        scored.rollouts = rollouts
+        return scored
 
 
 def _informative(answers: list[Trajectory]) -> list[int]:

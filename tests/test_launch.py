@@ -15,7 +15,8 @@ from prco_mega.launch import build_launch, execute
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CLUSTER_CONFIGS = ["qwen25vl_3b_h100x8.yaml", "qwen25vl_7b_h100x8.yaml",
-                   "qwen25vl_32b_h100x32.yaml", "qwen25vl_72b_h100x64.yaml"]
+                   "qwen25vl_32b_h100x32.yaml", "qwen25vl_72b_h100x64.yaml",
+                   "qwen3vl_8b_h100x8.yaml", "qwen3vl_32b_h100x32.yaml"]
 REQUIRED_ENV = {"CUDA_DEVICE_MAX_CONNECTIONS": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
                 "VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
 

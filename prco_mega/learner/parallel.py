@@ -148,3 +148,19 @@ def destroy_parallel() -> None:
     from megatron.core import parallel_state
 
     parallel_state.destroy_model_parallel()
+
+
+def check_deepstack_placement(levels: int, first_stage_layers: int, num_layers: int, pp: int,
+                              vpp: int | None) -> None:
+    """ValueError unless the first pipeline stage (which holds the ViT) holds the `levels`
+    decoder layers that receive deepstack features (they cannot travel between stages)."""
+    if levels > num_layers:
+        raise ValueError(f"deepstack feeds {levels} decoder layers but the model has only "
+                         f"{num_layers}")
+    if levels > first_stage_layers:
+        chunks = f" x {vpp} virtual stages" if vpp else ""
+        raise ValueError(
+            f"Qwen3-VL adds deepstack features after decoder layers 0-{levels - 1} ({levels} "
+            f"levels), which must be on the first pipeline stage with the vision tower, but "
+            f"with pipeline_parallel={pp}{chunks} the first stage holds {first_stage_layers} of "
+            f"{num_layers} layers: use fewer stages or put >= {levels} layers on the first")

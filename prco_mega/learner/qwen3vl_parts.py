@@ -1,5 +1,6 @@
-"""Qwen3-VL's pieces that differ from Qwen2.5-VL, as pure torch functions: interleaved MRoPE,
-the deepstack addition, and the check that the deepstack layers sit on the first pipeline stage.
+"""Qwen3-VL's pieces that differ from Qwen2.5-VL, as pure torch functions: interleaved MRoPE and
+the deepstack addition (the check that the deepstack layers sit on the first pipeline stage is
+`learner.parallel.check_deepstack_placement`, torch-free for the planner).
 
 Interleaved MRoPE (transformers' `Qwen3VLTextRotaryEmbedding`): rotary frequency j of the head's
 D/2 takes its position from the temporal axis, except j = 1, 4, 7, ... < 3 * section[1] (height)
@@ -45,19 +46,3 @@ def add_deepstack(hidden_SBH: torch.Tensor, mask_BS: torch.Tensor, feats_NH: tor
     s_idx, b_idx = local_SB.nonzero(as_tuple=True)
     update = hidden_SBH[s_idx, b_idx] + feats_NH[feat_idx].to(hidden_SBH.dtype)
     return hidden_SBH.index_put((s_idx, b_idx), update)
-
-
-def check_deepstack_placement(levels: int, first_stage_layers: int, num_layers: int, pp: int,
-                              vpp: int | None) -> None:
-    """ValueError unless the first pipeline stage (which holds the ViT) holds the `levels`
-    decoder layers that receive deepstack features (they cannot travel between stages)."""
-    if levels > num_layers:
-        raise ValueError(f"deepstack feeds {levels} decoder layers but the model has only "
-                         f"{num_layers}")
-    if levels > first_stage_layers:
-        chunks = f" x {vpp} virtual stages" if vpp else ""
-        raise ValueError(
-            f"Qwen3-VL adds deepstack features after decoder layers 0-{levels - 1} ({levels} "
-            f"levels), which must be on the first pipeline stage with the vision tower, but "
-            f"with pipeline_parallel={pp}{chunks} the first stage holds {first_stage_layers} of "
-            f"{num_layers} layers: use fewer stages or put >= {levels} layers on the first")

@@ -103,10 +103,12 @@ def _sections(data: dict):
 
 def _check_layout(m: ModelDims, world: int, tp: int, pp: int, vpp: int | None) -> None:
     from prco_mega.learner.parallel import ModelDims as LayoutDims
-    from prco_mega.learner.parallel import validate_layout
+    from prco_mega.learner.parallel import check_deepstack_placement, validate_layout
 
-    validate_layout(LayoutDims(m.layers, m.heads, m.kv_heads, m.vocab, m.hidden, m.intermediate),
-                    world, tp, pp, vpp)
+    layout = validate_layout(LayoutDims(m.layers, m.heads, m.kv_heads, m.vocab, m.hidden,
+                                        m.intermediate), world, tp, pp, vpp)
+    if m.vision is not None and m.vision.deepstack:
+        check_deepstack_placement(m.vision.deepstack, layout.layers_per_chunk, m.layers, pp, vpp)
 
 
 def plan_inputs_from_config(data: dict) -> tuple[PlanInputs, ClusterSection]:

@@ -56,7 +56,8 @@ def optimizer_bytes_per_param(param_bytes: int, grad_bytes: int, distributed: bo
 
 def layer_activation_bytes(tokens: int, hidden: int, kv_hidden: int, ffn: int, heads: int,
                            seq: int, tp: int = 1, sp: bool = False, flash: bool = True,
-                           gated_mlp: bool = True, dropout: bool = False) -> float:
+                           gated_mlp: bool = True, dropout: bool = False,
+                           q_hidden: int | None = None) -> float:
     """Bytes one transformer layer keeps for backward, 16-bit activations, `tokens` = s * b.
 
     Korthikanti et al. 2022, section 4.1, itemised per token:
@@ -66,10 +67,11 @@ def layer_activation_bytes(tokens: int, hidden: int, kv_hidden: int, ffn: int, h
                    + MLP inner: SwiGLU 6f (gate, up, product) or GeLU 4f (input, output);
       attention scores without fused attention: 5*a*s (softmax 2as, mask as, dropout 2as) / tp.
     GPT (kv_hidden = h, f = 4h, GeLU, dropout): 34h + 5as per token, i.e. sbh(34 + 5as/h); with TP
-    and SP every term is divided by t: sbh(34/t + 5as/(ht)).
+    and SP every term is divided by t: sbh(34/t + 5as/(ht)). `q_hidden` (default h): the width of
+    Q and of the out-proj input when heads * head_dim != h (Qwen3-32B: 64 * 128 = 8192 vs 5120).
     """
     repl = 8 * hidden + (2 * hidden if dropout else 0)
-    split = 4 * hidden + 4 * kv_hidden + (6 if gated_mlp else 4) * ffn
+    split = 4 * (q_hidden or hidden) + 4 * kv_hidden + (6 if gated_mlp else 4) * ffn
     scores = 0 if flash else 5 * heads * seq
     per_token = (repl / tp if sp else repl) + (split + scores) / tp
     return tokens * per_token
@@ -196,7 +198,8 @@ def _activation_rows(x: PlanInputs, stage: str) -> list[Row]:
     seq = min(t, x.max_model_len)
     per_layer = {mode: layer_activation_bytes(
         t, m.hidden, m.kv_hidden, m.intermediate, m.heads, seq, x.tp, x.sequence_parallel,
-        flash=x.flash_attention or mode == "selective") for mode in ("none", "selective")}
+        flash=x.flash_attention or mode == "selective", q_hidden=m.q_hidden)
+        for mode in ("none", "selective")}
     full = (layers_held * recompute_input_bytes(t, m.hidden, x.tp, x.sequence_parallel)
             + per_layer["none"])
     modes = {"none": layers_held * per_layer["none"],
@@ -214,7 +217,7 @@ def _vision_row(x: PlanInputs, microbatches: int) -> Row:
     v = x.model.vision
     patches = x.image_tokens_per_micro_batch * v.spatial_merge_size**2
     block = layer_activation_bytes(patches, v.hidden, v.hidden, v.intermediate, v.heads,
-                                   seq=patches, flash=True)
+                                   seq=patches, flash=True, gated_mlp=v.family != "qwen3_vl")
     if x.vision_frozen:
         return Row("ViT activations (frozen: one block's working set)", block,
                    note=f"{patches} patches, no grad")
