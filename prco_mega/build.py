@@ -18,6 +18,7 @@ import torch
 
 from prco_mega import algorithms
 from prco_mega.config import RunConfig
+from prco_mega.link import ROLE_ENGINE, current
 from prco_mega.roles import PromptSet
 from prco_mega.types import Role
 from prco_mega.world import broadcast, is_host, rank
@@ -171,10 +172,13 @@ def shard_of(cfg: RunConfig) -> Shard:
 
     if cfg.cluster is not None and cfg.cluster.rollout_placement != "colocated":
         # vLLM's external_launcher adopts the whole world as its own, so engines on a subset of
-        # the ranks need another start-up; refuse rather than run colocated unasked
-        raise ValueError(f"cluster.rollout_placement {cfg.cluster.rollout_placement!r} is not "
-                         "implemented by the run yet (only 'colocated'); `prco-mega launch` and "
-                         "`plan` accept it")
+        # the ranks run in a world of their own (`link.split_world`); the engines' world is then
+        # this process's default group
+        split = current()
+        if split is None or split.role != ROLE_ENGINE:
+            raise ValueError(f"cluster.rollout_placement {cfg.cluster.rollout_placement!r}: only "
+                             "the engine ranks of a split world (`link.split_world`) host engines"
+                             "; the main job runs colocated placement only")
     world = dist.get_world_size() if dist.is_initialized() else 1
     return Shard(engine_placement(world, rank(), cfg.engine.tensor_parallel_size))
 

@@ -344,8 +344,12 @@ class ModelSection:
     tiny_seed: int = 0
     """Init seed of the tiny model."""
     tiny_sizes: dict[str, Any] = field(default_factory=dict)
-    """Overrides of `prco_mega.models.tiny.TinySizes` fields for the tiny model, e.g.
-    {vision_hidden: 64, vision_depth: 4}."""
+    """Overrides of the tiny model's size fields (`models.tiny.TinySizes`, Qwen3-VL:
+    `models.tiny_qwen3vl.TinyQwen3VLSizes`), e.g. {vision_hidden: 64, vision_depth: 4}."""
+    family: Literal["qwen2_5_vl", "qwen3_vl"] | None = None
+    """Model family (a Hugging Face model_type). None: the checkpoint's config.json decides (the
+    tiny model: qwen2_5_vl); set, it builds the tiny model of that family, or must match the
+    checkpoint at hf_path."""
     freeze_vision: bool = False
     """Train only the language model (the vision tower stays as loaded)."""
 
@@ -399,7 +403,7 @@ class WarmStartSection:
 # Sections owned by their components; plain dataclasses, cheap to import.
 from prco_mega.learner.config import LearnerConfig  # noqa: E402
 from prco_mega.cluster import ClusterSection  # noqa: E402
-from prco_mega.rollout.config import EngineConfig  # noqa: E402
+from prco_mega.rollout.config import EngineConfig, RolloutSection  # noqa: E402
 from prco_mega.tracking.config import SavedRolloutsSection  # noqa: E402
 
 
@@ -433,12 +437,19 @@ class RunConfig:
     (`learner/config.py`)."""
     engine: EngineConfig = field(default_factory=EngineConfig)
     """Rollout engine (vLLM) settings (`rollout/config.py`)."""
+    rollout: RolloutSection = field(default_factory=RolloutSection)
+    """How sampling is scheduled against the learner (one-step off-policy)."""
     cluster: ClusterSection | None = None
     """Cluster layout for `prco-mega launch` / `plan`; None for a single-machine run."""
     saved_rollouts: SavedRolloutsSection = field(default_factory=SavedRolloutsSection)
     """A sample of every Nth step's rollouts kept for `prco-mega inspect` (`tracking/config.py`)."""
 
     def validate(self) -> None:
+        placement = self.cluster.rollout_placement if self.cluster is not None else "colocated"
+        if self.rollout.off_policy_steps and placement != "separate":
+            raise ValueError("rollout.off_policy_steps: 1 needs cluster.rollout_placement: "
+                             "separate (colocated engines share the learner's devices, so the "
+                             "rollout cannot overlap the learner step)")
         # The engine reports log_softmax(logits / T) of the sampled tokens; the learner's ratio is
         # only right if it divides by the same T.
         t = self.learner.logprob_temperature

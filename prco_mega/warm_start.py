@@ -56,18 +56,23 @@ def training_corpus(tasks: list[Task], prompts: Any, seed: int) -> list[str]:
 
 
 def tiny_checkpoint(cache_dir: str | Path, tasks: list[Task], prompts: Any, seed: int,
-                    sizes: dict[str, Any] | None = None) -> Path:
-    """Build (once) the tiny random model with a tokenizer trained on the synthetic corpus;
-    `sizes` overrides fields of `TinySizes`."""
+                    sizes: dict[str, Any] | None = None, family: str = "qwen2_5_vl") -> Path:
+    """Build (once) the tiny random model of `family` with a tokenizer trained on the synthetic
+    corpus; `sizes` overrides fields of its sizes (`TinySizes`, `TinyQwen3VLSizes`)."""
     from prco_mega.data.tokenizer import make_tiny_checkpoint
     from prco_mega.models.tiny import TinySizes
+    from prco_mega.models.tiny_qwen3vl import TinyQwen3VLSizes
 
-    tiny = TinySizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in (sizes or {}).items()})
+    sizes_cls = TinyQwen3VLSizes if family == "qwen3_vl" else TinySizes
+    tiny = sizes_cls(**{k: tuple(v) if isinstance(v, list) else v
+                        for k, v in (sizes or {}).items()})
     # uids alone repeat across family mixes; the questions tell the corpora apart
     key = cache_key("tiny", seed, [(t.uid, t.question) for t in tasks[:4]],
-                    *([sizes] if sizes else []))
+                    *([sizes] if sizes else []),
+                    *([family] if family != "qwen2_5_vl" else []))  # Qwen2.5-VL keys unchanged
     return build_cached(Path(cache_dir) / f"tiny-{key}", lambda d: make_tiny_checkpoint(
-        d, training_corpus(tasks, prompts, seed), seed=seed, sizes=tiny, vocab_size=1024))
+        d, training_corpus(tasks, prompts, seed), seed=seed, sizes=tiny, vocab_size=1024,
+        family=family))
 
 
 def demonstration_trajectories(tasks: list[Task], prompts: Any, tokenizer: Any, encoder: Any,
@@ -109,15 +114,28 @@ def warm_start(policy: Any, stream: Any, prompts: Any, tokenizer: Any, section: 
 def base_model(cfg: RunConfig) -> Path:
     """The Hugging Face checkpoint RL starts from (before any warm start)."""
     if cfg.model.hf_path:
+        check_family(Path(cfg.model.hf_path), cfg.model.family)
         return Path(cfg.model.hf_path)
     source = build.synthetic_source(cfg, seed_offset=30_011)
     corpus_tasks = [source.task(i) for i in range(1500)]
     out = None
     if world.is_host():
         out = tiny_checkpoint(cfg.model.cache_dir, corpus_tasks, build.prompt_set(cfg),
-                              cfg.model.tiny_seed, cfg.model.tiny_sizes)
+                              cfg.model.tiny_seed, cfg.model.tiny_sizes,
+                              cfg.model.family or "qwen2_5_vl")
     world.barrier()
     return Path(world.broadcast(str(out)))
+
+
+def check_family(hf_dir: Path, family: str | None) -> None:
+    """ValueError if `model.family` is set and the checkpoint's config.json says otherwise (the
+    checkpoint's model_type chooses the provider and the weight mapping)."""
+    cfg = hf_dir / "config.json"
+    if family is None or not cfg.is_file():
+        return
+    model_type = json.loads(cfg.read_text()).get("model_type")
+    if model_type != family:
+        raise ValueError(f"model.family is {family!r} but {cfg} has model_type {model_type!r}")
 
 
 def warm_learner_config(cfg: RunConfig):

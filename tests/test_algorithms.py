@@ -114,6 +114,6 @@ def test_refill_stops_at_its_bound_with_a_short_batch():
 
 def test_separate_rollout_placement_is_refused_by_the_run_not_run_colocated():
     cfg = from_dict(RunConfig, {"cluster": {"rollout_placement": "separate", "rollout_nodes": 1}})
-    with pytest.raises(ValueError, match="rollout_placement 'separate' is not implemented"):
+    with pytest.raises(ValueError, match="rollout_placement 'separate': only the engine ranks"):
         build.shard_of(cfg)
     assert build.shard_of(_cfg()).placement.num_engines == 1  # a world of one: one engine

@@ -50,6 +50,8 @@ class Span:
 
 
 WHOLE = Span(None)
+NOTHING = Span(0, 0, 0)
+"""No rows: a rank whose engine side needs nothing of a tensor."""
 
 
 def _block(n: int, rank: int, size: int, what: str) -> tuple[int, int]:
@@ -100,8 +102,11 @@ def engine_span(kind: str, member: int, full_shape: tuple[int, ...], engine_rank
 
 
 def hull(spans: list[Span]) -> Span:
-    """The smallest span covering all of `spans` (one dim; any whole span makes it whole)."""
-    if not spans or any(s.whole for s in spans) or len({s.dim for s in spans}) > 1:
+    """The smallest span covering all of `spans` (one dim; any whole span makes it whole; none
+    is `NOTHING`)."""
+    if not spans:
+        return NOTHING
+    if any(s.whole for s in spans) or len({s.dim for s in spans}) > 1:
         return WHOLE
     return Span(spans[0].dim, min(s.start for s in spans), max(s.stop for s in spans))
 
@@ -110,6 +115,8 @@ def intersect(held: Span, need: Span, full_shape: tuple[int, ...]) -> Span | Non
     """The part of `held` that `need` covers, as a span of the full tensor (None: nothing)."""
     if held.whole and need.whole:
         return WHOLE
+    if not need.whole and need.start >= need.stop:
+        return None
     dim = held.dim if need.whole else need.dim
     if not held.whole and not need.whole and held.dim != need.dim:
         raise ValueError(f"held rows split dim {held.dim} but the engine splits dim {need.dim}")

@@ -474,3 +474,112 @@ def sync_weights(chunks, pg_collection, hf_config, engine, *,
     s = ctx.clock.seconds
     return SyncStats(tensors, total, count, largest, s["gather"], s["convert"], s["push"],
                      s["check"], time.perf_counter() - t0, ctx.received, ctx.engine_bytes)
+
+
+# ----------------------------------------------------------------------------- separate placement
+def _weight_senders(split, pg_collection) -> list[int]:
+    """Global rank of each pipeline stage's sender (its data-parallel replica 0, TP rank 0), the
+    same list on every rank of both worlds (collective over `split.link`)."""
+    coords = (None if pg_collection is None else
+              (pg_collection.pp.rank(), pg_collection.dp.rank(), pg_collection.tp.rank()))
+    everyone = split.link.all_gather(coords)
+    senders = {c[0]: r for r, c in enumerate(everyone) if c is not None and c[1:] == (0, 0)}
+    return [senders[s] for s in range(len(senders))]
+
+
+@torch.no_grad()
+def send_weights(chunks, pg_collection, hf_config, split, *,
+                 dtype: torch.dtype | None = None) -> SyncStats:
+    """Separate placement, learner side: every learner rank calls it, and each pipeline stage's
+    sender streams the stage's HF tensors to every engine rank over its own link
+    (`SplitWorld.weight_link`); the other ranks of the stage's TP group send it their rows first
+    (whole tensors: vLLM's loaders narrow them). Data-parallel replicas > 0 only take part in the
+    non-finite check. Pairs with `receive_weights` on the engine ranks."""
+    from prco_mega.bridge.hf_io import mapping_args
+
+    t0 = time.perf_counter()
+    ctx = _Ctx(mapping_args(hf_config), pg_collection, dtype, device())
+    with ctx.clock("check"):
+        bad = None
+        try:
+            _refuse_nonfinite(chunks, ctx)
+        except ValueError as exc:
+            bad = str(exc)
+        split.link.broadcast_object(bad, src=0)  # the engines refuse with the learner
+        senders = _weight_senders(split, pg_collection)
+    if bad is not None:
+        raise ValueError(bad)
+    pushed = 0
+    if pg_collection.dp.rank() == 0:
+        ctx.tp_slots = [[(0, 1)]] + [[]] * (pg_collection.tp.size() - 1)  # TP rank 0 sends
+        sending = split.global_rank == senders[pg_collection.pp.rank()]
+        link = split.weight_link(pg_collection.pp.rank(), senders[pg_collection.pp.rank()])
+        for offset, params in _units(chunks):
+            slabs = _convert_unit(offset, params, ctx)
+            if sending:
+                with ctx.clock("push"):
+                    _link_unit(link, slabs)
+                pushed += sum(nbytes(s.data) for s in slabs)
+        if sending:
+            _link_unit(link, None)
+    s = ctx.clock.seconds
+    return SyncStats(0, pushed, 0, 0, s["gather"], s["convert"], s["push"], s["check"],
+                     time.perf_counter() - t0, ctx.received)
+
+
+def _link_unit(link, slabs: list[Slab] | None, ctx: _Ctx | None = None) -> list[Slab] | None:
+    """One unit over a weight link from its member 0 (the stage's sender): metadata, then data."""
+    box = link.broadcast_object(
+        None if slabs is None else [(s.name, s.kind, s.member, s.shape, s.span,
+                                     tuple(s.data.shape), s.data.dtype) for s in slabs], src=0)
+    if box is None:
+        return None
+    out = []
+    for i, (name, kind, member, shape, span, data_shape, dtype) in enumerate(box):
+        t = slabs[i].data.contiguous() if link.rank == 0 else torch.empty(
+            data_shape, dtype=dtype, device=ctx.device)
+        link.broadcast(t, src=0)
+        if ctx is not None:
+            ctx.received += nbytes(t)
+        out.append(Slab(name, kind, member, shape, span, t))
+    return out
+
+
+@torch.no_grad()
+def receive_weights(engine, hf_config, split, *,
+                    bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> SyncStats:
+    """Separate placement, engine side: every engine rank receives each stage's HF tensors from
+    its sender and pushes them into its engine in fused-group buckets, as `sync_weights` does.
+    Raises the learner's ValueError when the learner refused non-finite weights."""
+    from prco_mega.bridge.hf_io import mapping_args
+
+    t0 = time.perf_counter()
+    engine_tp = getattr(getattr(engine, "config", None), "tensor_parallel_size", 1)
+    ctx = _Ctx(mapping_args(hf_config), None, None, device(),
+               slot=engine_slot(dist.get_rank(), engine_tp))
+    with ctx.clock("check"):
+        bad = split.link.broadcast_object(None, src=0)
+        senders = _weight_senders(split, None)
+    if bad is not None:
+        raise ValueError(bad)
+    assembler = GroupAssembler(engine.weight_groups())
+
+    def groups() -> Iterator[FusedGroup]:
+        for stage, sender in enumerate(senders):
+            link = split.weight_link(stage, sender)
+            while True:
+                with ctx.clock("gather"):
+                    slabs = _link_unit(link, None, ctx)
+                if slabs is None:
+                    break
+                with ctx.clock("convert"):
+                    done = assembler.add_all(_materialize(s, ctx) for s in slabs)
+                yield from done
+        assembler.finish()
+
+    tensors, total, count, largest = push_buckets(engine, groups(), bucket_bytes, ctx.clock)
+    with ctx.clock("push"):
+        engine.reset_caches()
+    s = ctx.clock.seconds
+    return SyncStats(tensors, total, count, largest, s["gather"], s["convert"], s["push"],
+                     s["check"], time.perf_counter() - t0, ctx.received, ctx.engine_bytes)

@@ -101,11 +101,17 @@ class MegatronPolicy:
         The learner's pre-update log-probs (mismatch metric, TIS weights) come from the training
         forward itself when the step is one mini-batch; with several, one pass before the first
         update serves both (the later mini-batches' forwards see updated weights)."""
+        mine, plan = (self.receive(trajectories) if part_of_step else
+                      (dict(enumerate(trajectories)), self.plan([shape_of(t) for t in trajectories])))
+        return self.train(mine, plan)
+
+    def train(self, mine: dict[int, Trajectory], plan) -> dict[str, float]:
+        """`step` on this replica's trajectories (by step-wide id) of a planned step (`plan`,
+        the same on every rank): from `receive`, or from the engines' ranks under separate
+        placement (`separate.collect`)."""
         from prco_mega.learner.mismatch import finish_mismatch
         from prco_mega.learner.train_step import train_step
 
-        mine, plan = (self.receive(trajectories) if part_of_step else
-                      (dict(enumerate(trajectories)), self.plan([shape_of(t) for t in trajectories])))
         b = self.cfg.batching
         packed = pack_plan(mine, plan, self.pg.dp.rank(), encode=self.encode,
                            pad_to_multiple=b.pad_to_multiple, pad_token_id=self.pad_token_id)
@@ -145,12 +151,9 @@ class MegatronPolicy:
         so the plan does not depend on how the step was split over engines."""
         from prco_mega.world import all_gather, exchange
 
-        seen: dict = {}
-        keys = [(*t.meta.get("slot", (0, 0)), _count(seen, t.meta.get("slot"))) for t in part]
-        parts = all_gather([(k, shape_of(t)) for k, t in zip(keys, part)])
-        order = sorted((k, r, j) for r, p in enumerate(parts) for j, (k, _) in enumerate(p))
-        step_id = {(r, j): i for i, (_, r, j) in enumerate(order)}
-        plan = self.plan([parts[r][j][1] for _, r, j in order])
+        parts = all_gather(part_shapes(part))
+        step_id, shapes = step_order(parts)
+        plan = self.plan(shapes)
         owner, dp_of, me = plan.owner(), self._dp_of_ranks(), dist_rank()
         outbox = [{} for _ in dp_of]
         for j, traj in enumerate(part):
@@ -212,6 +215,22 @@ def _frozen_chunks(hf_config: Any, pg: Any, par: Any, load_weights: LoadWeights
     for chunk in chunks:
         chunk.requires_grad_(False).eval()
     return chunks
+
+
+def part_shapes(part: Sequence[Trajectory]) -> list[tuple[tuple, Any]]:
+    """(step-wide sort key, `packing.shape_of`) of each trajectory of a rank's part: the key is
+    its (draw, task position) slot and its place among that slot's samples."""
+    seen: dict = {}
+    keys = [(*t.meta.get("slot", (0, 0)), _count(seen, t.meta.get("slot"))) for t in part]
+    return [(k, shape_of(t)) for k, t in zip(keys, part)]
+
+
+def step_order(parts: list[list[tuple[tuple, Any]]]) -> tuple[dict[tuple[int, int], int], list]:
+    """From every rank's `part_shapes` (rank order): {(rank, index in its part): step-wide id},
+    and the step's shapes in step-wide order (what one engine sampling the whole step lists)."""
+    order = sorted((k, r, j) for r, p in enumerate(parts) for j, (k, _) in enumerate(p))
+    return ({(r, j): i for i, (_, r, j) in enumerate(order)},
+            [parts[r][j][1] for _, r, j in order])
 
 
 def _count(seen: dict, key) -> int:

@@ -68,3 +68,19 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+
+
+@dataclass
+class RolloutSection:
+    """How the rollout is scheduled against the learner (the `rollout:` section)."""
+
+    off_policy_steps: int = 0
+    """0: every step is sampled with the weights of all updates before it. 1 (separate
+    placement): the engines sample step k with the weights of update k-1 while the learner trains
+    update k-1; trajectories record the policy version that drew them, so `train/policy_lag`
+    shows the lag and `algo.tis_cap` can correct it."""
+
+    def __post_init__(self) -> None:
+        if self.off_policy_steps not in (0, 1):
+            raise ValueError(f"rollout.off_policy_steps must be 0 or 1, got "
+                             f"{self.off_policy_steps}")

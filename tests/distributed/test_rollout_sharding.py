@@ -7,6 +7,8 @@ seed, group id and the Solver-group draw are keyed by its place in the step, so 
 agree token for token, with the same rewards and advantages; the engines' log-probs agree within
 float tolerance (vLLM batches the blocks differently). DAPO's dynamic sampling, whose refill
 decision and batch quota span the engines, is checked the same way at one and two engines.
+Separate placement (a learner world and an engine world, `link.split_world`) draws the same step,
+on-policy and one step off-policy.
 """
 from __future__ import annotations
 
@@ -20,14 +22,29 @@ EXACT = ("task", "role", "group", "response", "reward", "advantage", "images")
 
 
 @pytest.fixture(scope="module")
-def launches(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def launches(tmp_path_factory, cache):
+    done: dict[str, dict] = {}
 
     def launch(name: str, nproc: int, engine_tp: int, algo: str) -> dict:
-        out = tmp_path_factory.mktemp(name)
-        return run_torchrun("rollout_sharding.py", out, nproc=nproc,
-                            args=["--cache", str(cache), "--engine-tp", str(engine_tp),
-                                  "--algo", algo])
+        if name not in done:  # a launch several tests compare against runs once
+            done[name] = run_torchrun("rollout_sharding.py", tmp_path_factory.mktemp(name),
+                                      nproc=nproc, args=["--cache", str(cache), "--engine-tp",
+                                                         str(engine_tp), "--algo", algo])
+        return done[name]
+
+    return launch
+
+
+@pytest.fixture(scope="module")
+def separate(tmp_path_factory, cache):
+    def launch(off_policy: int) -> dict:
+        return run_torchrun("separate_placement.py", tmp_path_factory.mktemp(f"sep{off_policy}"),
+                            nproc=2, args=["--cache", str(cache), "--off-policy", str(off_policy)])
 
     return launch
 
@@ -57,3 +74,33 @@ def test_dapo_refill_over_two_engines_keeps_what_one_engine_keeps(launches):
     one = launches("dapo1", 1, 1, "dapo")
     two = launches("dapo2", 2, 1, "dapo")
     _same_trajectories(one, two)
+
+
+def test_separate_placement_one_learner_rank_and_one_engine_rank(launches, separate):
+    """Rank 0 is the learner's world, rank 1 the engine's (`link.split_world`). The engine draws
+    step 0 exactly as one engine in a world of one does; the learner trains on what crossed the
+    link; after the learner's (perturbed) update the weights reach the engine over the weight
+    link and its log-probs of step 1 equal the learner's (fp32); one-step off-policy samples step
+    1 with the old weights, and every trajectory says so."""
+    one = launches("prco1", 1, 1, "prco")
+    on, off = separate(0), separate(1)
+    for run in (on, off):
+        got = run["steps"]["0"]["trajectories"]
+        want = one["steps"]["0"]["trajectories"]
+        assert len(got) == len(want) > 0
+        for x, y in zip(got, want):
+            assert {k: x[k] for k in EXACT} == {k: y[k] for k in EXACT}
+            assert max(abs(u - v) for u, v in zip(x["logprobs"], y["logprobs"])) < 1e-5
+        assert run["steps"]["0"]["metrics"]["mismatch/max_abs"] < 1e-4
+    # on-policy: step 1 was drawn by the synced (perturbed) weights, version 1
+    assert on["steps"]["1"]["metrics"]["mismatch/max_abs"] < 1e-4
+    assert {t["version"] for t in on["steps"]["1"]["trajectories"]} == {1}
+    # off-policy: drawn by version 0 while the learner trained update 1
+    assert off["steps"]["1"]["metrics"]["mismatch/max_abs"] > 1e-2
+    assert {t["version"] for t in off["steps"]["1"]["trajectories"]} == {0}
+    assert off["steps"]["1"]["versions"] == [0] and on["steps"]["1"]["versions"] == [1]
+    # every sync carried the whole model to the engine rank (an engine of TP=1 loads it all)
+    for run in (on, off):
+        assert len(run["engine_sync"]) == 2
+        for stats in run["engine_sync"]:
+            assert stats["received_bytes"] == stats["engine_bytes"] == run["steps"]["0"]["sent_bytes"]

@@ -124,3 +124,19 @@ def test_two_engine_run_killed_and_resumed_equals_the_uninterrupted_one(tmp_path
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert all(r["mismatch/max_abs"] < 1e-3 for r in rows)
     assert _metrics(tmp_path / "killed") == rows
+    assert _check_tracked(tmp_path / "killed", rows) == _check_tracked(tmp_path / "full", rows)
+
+
+def test_main_job_on_the_tiny_qwen3vl(tmp_path):
+    """`model.family=qwen3_vl`: the tiny Qwen3-VL (deepstack, interleaved MRoPE, QK-norm) is built,
+    warm-started, sampled by vLLM, trained by the Megatron learner and synced back for 2 steps;
+    the engine's log-probs equal the learner's (so the sync moved every weight) (~45 s)."""
+    cmd = _cmd(tmp_path, "qwen3vl", "model.family=qwen3_vl", "run.steps=2", "warm_start.steps=2",
+               "run.eval_tasks=2", "learner.batching.mini_batches=1")
+    subprocess.run(cmd, check=True, env=_env(), cwd=ROOT, timeout=600)
+    rows = _metrics(tmp_path / "qwen3vl")
+    assert [r["step"] for r in rows] == [0, 1]
+    assert all(r["mismatch/max_abs"] < 1e-4 for r in rows)
+    assert (tmp_path / "qwen3vl" / "checkpoints" / "step_00000002" / "COMPLETE").exists()
+    (tiny,) = [d for d in (tmp_path / "cache").glob("tiny-*") if (d / "COMPLETE").exists()]
+    assert json.loads((tiny / "config.json").read_text())["model_type"] == "qwen3_vl"

@@ -1,0 +1,109 @@
+"""Separate placement on two ranks: rank 0 is the learner's world, rank 1 the engines' world
+(`link.split_world`). Two RL steps of the tiny PRCO run (the caption-first warm-up, then with
+images): the engine samples, delivers its part over the link (`separate.deliver`/`collect`), the
+learner trains and streams its weights to the engine (`bridge.sync.send_weights` /
+`receive_weights`). `--off-policy 1` samples step 1 before update 1's weights arrive. The untrained
+tiny model's advantages are all zero, so the learner perturbs its weights after step 0's update:
+the engine must sample step 1 with them (on-policy) or without them (off-policy).
+
+Usage: torchrun --nproc_per_node 2 separate_placement.py --cache DIR --off-policy K --out OUT
+The learner writes the step-0 trajectories it trained on (rows as `rollout_sharding.py` writes
+them) and both steps' metrics; the engine's sync statistics come along.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--cache", required=True)
+    p.add_argument("--off-policy", type=int, default=0)
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    from prco_mega import algorithms, build, link, separate
+    from prco_mega.bridge.sync import receive_weights, send_weights
+    from prco_mega.config import load_config
+    from prco_mega.timing import PhaseTimer
+    from prco_mega.warm_start import base_model
+
+    split = link.split_world(1)
+    cfg = load_config(ROOT / "configs/tiny_cpu.yaml", [
+        f"model.cache_dir={a.cache}", "warm_start.steps=0", "data.prompts_per_step=5",
+        "observer.n=3", "solver.n=2", "observer.max_new_tokens=24", "solver.max_new_tokens=16",
+        "algo.warmup_steps=1", "cluster.rollout_placement=separate", "cluster.rollout_nodes=1",
+        f"rollout.off_policy_steps={a.off_policy}"])
+    learner = split.role == link.ROLE_LEARNER
+    # both worlds' first ranks are "hosts": the learner builds the cached model, the engine waits
+    model = Path(split.link.broadcast_object(str(base_model(cfg)) if learner else None, src=0))
+    if learner:
+        algo = build.resolved_algo(cfg)
+        policy = build.make_policy(cfg, model, objective="ppo",
+                                   settings=build.loss_settings(cfg, algo))
+        dp = separate.learner_dp_ranks(split, policy.pg)
+        out = {"steps": {}}
+        for step in (0, 1):
+            mine, plan, reports = separate.collect(split, policy)
+            metrics = policy.train(mine, plan)
+            if step == 0:  # the untrained tiny model's advantages are all zero: make update 1 move
+                perturb(policy.chunks)
+            stats = send_weights(policy.chunks, policy.pg, policy.hf_config, split)
+            rows = [{"task": t.task_uid, "role": int(t.role), "group": t.group_id,
+                     "response": t.response_ids, "logprobs": t.rollout_logprobs,
+                     "reward": t.reward, "advantage": t.advantage, "images": len(t.images),
+                     "version": t.policy_version} for _, t in sorted(mine.items())]
+            out["steps"][str(step)] = {
+                "trajectories": rows, "metrics": metrics,
+                "versions": [r.policy_version for r in reports],
+                "stream": [r.stream_state for r in reports], "sent_bytes": stats.bytes}
+        out["engine_sync"] = split.link.broadcast_object(None, src=1)
+        Path(a.out).write_text(json.dumps(out))
+    else:
+        engine = build.start_engine(cfg, model)
+        shard = build.shard_of(cfg)
+        sampler = algorithms.build_sampler(cfg, build.resolved_algo(cfg), engine,
+                                           build.prompt_set(cfg), build.leakage_checker(cfg, engine),
+                                           torch.Generator(), shard)
+        stream = build.task_stream(cfg, cfg.data.prompts_per_step)
+        dp = separate.learner_dp_ranks(split, None)
+        syncs = []
+        for step in (0, 1):
+            version = separate.sampling_version(step, cfg.rollout.off_policy_steps)
+            if step and not cfg.rollout.off_policy_steps:
+                syncs.append(receive_weights(engine, engine_config(model), split).__dict__)
+            scored = sampler(stream, step, PhaseTimer())
+            if step and cfg.rollout.off_policy_steps:
+                syncs.append(receive_weights(engine, engine_config(model), split).__dict__)
+            leader = shard.placement.is_engine_leader
+            part = separate.stamp(scored.train, version) if leader else []
+            report = separate.EngineReport(scored.metrics, scored.weights, len(part), version,
+                                           stream.state_dict()) if leader else None
+            separate.deliver(split, part, report, dp)
+        syncs.append(receive_weights(engine, engine_config(model), split).__dict__)
+        split.link.broadcast_object(syncs, src=1)
+    split.link.all_gather(None)  # no engine.close(): vLLM's shutdown destroys the default group
+
+
+@torch.no_grad()
+def perturb(chunks) -> None:
+    """Scale every learner weight by (1 + 0.1 N(0, 1)), seeded: a stand-in update."""
+    g = torch.Generator().manual_seed(0)
+    for chunk in chunks:
+        for param in chunk.parameters():
+            param.mul_(1 + 0.1 * torch.randn(param.shape, generator=g))
+
+
+def engine_config(model: Path):
+    from prco_mega.bridge.hf_io import load_hf_config
+
+    return load_hf_config(model)
+
+
+if __name__ == "__main__":
+    main()
