@@ -124,6 +124,7 @@ def test_compare_puts_the_warm_start_beside_the_trained_captions(tmp_path):
 
     cfg = RunConfig()
     cfg.run.eval_tasks, cfg.data.families = 3, {"polygons": 1.0}
+    cfg.warm_start.misreads = {"polygons": {3: 4}}  # int keys, which JSON turns into strings
     (tmp_path / "config.json").write_text(json.dumps(to_dict(cfg)))
 
     def records(caption: str, correct: float):

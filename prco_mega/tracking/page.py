@@ -227,9 +227,9 @@ def held_out_images(run_dir: Path) -> dict[str, list[bytes]]:
     from prco_mega.config import RunConfig, from_dict
 
     data = json.loads((Path(run_dir) / "config.json").read_text())
-    data.pop("algo_resolved", None)
-    return {t.uid: [png_bytes(im) for im in t.images]
-            for t in build.eval_tasks(from_dict(RunConfig, data))}
+    # the sections the held-out draw reads (JSON turned some int keys elsewhere into strings)
+    cfg = from_dict(RunConfig, {"run": data["run"], "data": data["data"]})
+    return {t.uid: [png_bytes(im) for im in t.images] for t in build.eval_tasks(cfg)}
 
 
 def _eval_cell(r: dict[str, Any]) -> str:
