@@ -1,5 +1,5 @@
-"""2 ranks, each hosting its own vLLM engine (`external_launcher`, TP=1), and a Megatron Qwen3-VL
-learner at TP=2 -> `bridge.sync` -> every rank's engine.
+"""2 ranks hosting vLLM (`external_launcher`: `--engine-tp 1` an engine per rank, 2 one engine
+over both) and a Megatron Qwen3-VL learner at TP=2 -> `bridge.sync` -> every rank's engine.
 
 The learner loads the tiny Qwen3-VL checkpoint and is perturbed (every parameter moves, QK-norm and
 deepstack mergers included); the engines start on the original checkpoint. After the sync each
@@ -36,6 +36,8 @@ def hf_greedy(model_dir: Path, processor, text: str, image) -> tuple[list[int], 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
+    p.add_argument("--engine-tp", type=int, default=1,
+                   help="1: an engine per rank; 2: one engine over both ranks")
     args = p.parse_args()
     dist.init_process_group("gloo")
     rank, work = dist.get_rank(), Path(args.out).parent
@@ -59,7 +61,8 @@ def main() -> None:
     cfg = load_hf_config(ckpt)
     pg = init_parallel(tp=2, hf_config=cfg)
     chunks = build_model(cfg, pg)
-    engine = VllmEngine(ckpt, EngineConfig(dtype="float32", max_model_len=512, seed=0))
+    engine = VllmEngine(ckpt, EngineConfig(dtype="float32", max_model_len=512, seed=0,
+                                           tensor_parallel_size=args.engine_tp))
     res["engine_start_s"] = engine.start_seconds
     for c in chunks:
         c.eval()
