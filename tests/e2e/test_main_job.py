@@ -1,6 +1,7 @@
 """The main job end to end on the real path (Megatron learner, vLLM engine, bridge), kept short:
-it writes metrics, curves, a report and checkpoints, and a run killed with SIGKILL and resumed
-produces the same metrics as an uninterrupted one."""
+it writes metrics, curves, a report and checkpoints, TensorBoard event files, an offline W&B run
+and saved rollouts, and a run killed with SIGKILL and resumed produces the same metrics, event
+files, W&B history and saved rollouts as an uninterrupted one, each step once."""
 from __future__ import annotations
 
 import json
@@ -14,10 +15,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))  # tests/: the shared readers of the loggers' files
+from tracking_files import (tensorboard_event_steps, tensorboard_scalars,  # noqa: E402
+                            wandb_history, wandb_offline_runs)
+
 TINY = ["run.steps=4", "run.eval_tasks=4", "data.prompts_per_step=2", "observer.n=2",
         "solver.n=2", "observer.max_new_tokens=24", "solver.max_new_tokens=16",
         "algo.warmup_steps=2", "warm_start.steps=4", "warm_start.tasks_per_step=4",
-        "learner.checkpoint.interval=2", "learner.batching.mini_batches=2"]
+        "learner.checkpoint.interval=2", "learner.batching.mini_batches=2",
+        "run.loggers=[console,jsonl,tensorboard,wandb]", "saved_rollouts.every=2",
+        "saved_rollouts.tasks=2"]
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
@@ -36,6 +43,41 @@ def _metrics(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if not k.startswith("time/") and k != "sync/seconds"}
             for r in rows]
+
+
+def _tracked(run_dir: Path) -> dict:
+    """What the other loggers and the rollout saver hold, without wall-clock fields: TensorBoard
+    scalars per tag, the W&B history, the event steps on disk, the saved rollouts."""
+    tb = {tag: points for tag, points in tensorboard_scalars(run_dir / "tensorboard").items()
+          if not tag.startswith("time/") and tag != "sync/seconds"}
+    (wandb_run,) = wandb_offline_runs(run_dir)  # resumed or not: one run folder
+    history = [{k: v for k, v in row.items() if k in ("_step", "solver/accuracy",
+                                                      "observer/perception_acc")}
+               for row in wandb_history(wandb_run)]
+    saved = {p.name: json.loads((p / "records.json").read_text())
+             for p in sorted((run_dir / "rollouts").glob("step_*"))}
+    return {"tensorboard": tb, "event_steps": tensorboard_event_steps(run_dir / "tensorboard"),
+            "wandb": history, "rollouts": saved}
+
+
+def _check_tracked(run_dir: Path, rows: list[dict]) -> dict:
+    """The step metrics of metrics.jsonl are in TensorBoard and W&B, each step once; steps 0
+    and 2 are saved, each with the two sampled tasks (one per engine in a 2-engine run)."""
+    got = _tracked(run_dir)
+    steps = [r["step"] for r in rows]
+    assert got["event_steps"] == steps
+    for key in ("solver/accuracy", "observer/perception_acc", "mismatch/max_abs"):
+        assert got["tensorboard"][key] == [(r["step"], pytest.approx(r[key])) for r in rows]
+    assert [h["_step"] for h in got["wandb"]] == steps
+    assert [h["solver/accuracy"] for h in got["wandb"]] == [r["solver/accuracy"] for r in rows]
+    assert list(got["rollouts"]) == ["step_00000000", "step_00000002"]
+    for saved in got["rollouts"].values():
+        assert [t["index"] for t in saved["tasks"]] == [0, 1]
+        for task in saved["tasks"]:
+            assert len(task["captions"]) == 2 and all(len(c["answers"]) == 2
+                                                      for c in task["captions"])
+            assert (run_dir / "rollouts" / f"step_{saved['step']:08d}" / task["images"][0]).exists()
+    return got
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +100,17 @@ def test_run_writes_metrics_curves_report_and_checkpoints(uninterrupted):
                                                                        "step_00000004"]
     assert (run / "curves.png").stat().st_size > 10_000
     assert "Caption perception accuracy" in (run / "report.md").read_text()
+    _check_tracked(run, rows)
+
+
+def test_inspect_writes_the_saved_step_and_the_comparison_pages(uninterrupted):
+    run = uninterrupted / "full"
+    for extra, page in (([], "step_00000002.html"), (["--compare"], "compare.html")):
+        subprocess.run([sys.executable, "-m", "prco_mega.cli", "inspect", str(run), *extra],
+                       check=True, cwd=ROOT, timeout=300)
+        text = (run / "inspect" / page).read_text()
+        assert text.count("<section class='task'") == (4 if extra else 2)
+        assert "data:image/png;base64," in text
 
 
 def test_killed_and_resumed_run_equals_the_uninterrupted_one(uninterrupted):
@@ -73,6 +126,7 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(uninterrupted):
     proc.wait()
     subprocess.run(_cmd(out, "killed", "--resume"), check=True, env=_env(), cwd=ROOT, timeout=600)
     assert _metrics(out / "killed") == _metrics(out / "full")
+    assert _check_tracked(out / "killed", _metrics(out / "killed")) == _tracked(out / "full")
 
 
 def test_invalid_config_is_refused_before_anything_starts(tmp_path):
