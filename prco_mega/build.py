@@ -220,6 +220,15 @@ def build_run(cfg: RunConfig, dirs: RunDirs, model_dir: Path, logger: Loggers) -
     return Run(cfg, algo, dirs, policy, engine, shard, stream, sample, logger, samples)
 
 
+def announce(cfg: RunConfig, dirs: RunDirs, algo: algorithms.AlgoSettings) -> None:
+    """The host prints the resolved algorithm and writes `config.json` into the run folder."""
+    dirs.root.mkdir(parents=True, exist_ok=True)
+    if is_host():
+        print(f"algorithm {cfg.algo.name}: " + ", ".join(
+            f"{k} {v}" for k, v in dataclasses.asdict(algo).items()), flush=True)
+        (dirs.root / "config.json").write_text(json.dumps(resolved_config(cfg, algo), indent=1))
+
+
 def resolved_config(cfg: RunConfig, algo: algorithms.AlgoSettings) -> dict:
     """The run's config as written to `config.json`: every section, and the algorithm's resolved
     preset under `algo_resolved`."""

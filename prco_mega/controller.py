@@ -5,12 +5,12 @@ engines' metrics are combined, each trajectory goes once to the data-parallel re
 it, and every rank receives the weights its engine loads. Colocated engines sleep while the
 learner trains and wake for the sync (weights first, then the KV cache). Rank 0 writes the logs.
 The parts come from the build layer (`build.build_run`); the checkpoint RL starts from comes from
-the warm-start stage (`warm_start.prepare_model`).
+the warm-start stage (`warm_start.prepare_model`). This is colocated placement; under
+`cluster.rollout_placement: separate` the learner's and the engines' ranks run the two halves of
+the loop in `separate.main` instead.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 
 from prco_mega import build
@@ -108,18 +108,18 @@ def main(cfg: RunConfig, resume_run: bool = False) -> Path:
     from prco_mega.eval.report import plot_metrics
     from prco_mega.warm_start import prepare_model
 
-    init_world()
     dirs = build.RunDirs(Path(cfg.run.output_dir) / cfg.run.name)
     if dirs.root.exists() and not resume_run and (dirs.checkpoints.exists()):
         raise ValueError(f"run directory {str(dirs.root)!r} already has checkpoints: pass "
                          "--resume to continue it, or choose another run.name")
     algo = build.resolved_algo(cfg)  # a bad preset override is refused before anything starts
-    dirs.root.mkdir(parents=True, exist_ok=True)
-    if is_host():
-        print(f"algorithm {cfg.algo.name}: " + ", ".join(
-            f"{k} {v}" for k, v in dataclasses.asdict(algo).items()), flush=True)
-        (dirs.root / "config.json").write_text(json.dumps(build.resolved_config(cfg, algo),
-                                                          indent=1))
+    if cfg.cluster is not None and cfg.cluster.rollout_placement == "separate":
+        from prco_mega import separate  # learner ranks and engine ranks run their own loops
+
+        separate.main(cfg, dirs, algo, resume_run)
+        return dirs.root
+    init_world()
+    build.announce(cfg, dirs, algo)
     run = build.build_run(cfg, dirs, prepare_model(cfg), build.run_loggers(cfg, dirs, algo))
     start = resume(run) if resume_run else 0
     if is_host():  # what an earlier attempt logged or saved at steps >= start is dropped
