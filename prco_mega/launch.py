@@ -29,16 +29,15 @@ HEAD_PLACEHOLDER = "HEAD_NODE_ADDR"
 
 def launch_env(cluster: ClusterSection, learner_world: int) -> dict[str, str]:
     """Environment of every rank; `cluster.env` overrides these defaults."""
-    colocated = cluster.rollout_placement == "colocated"
     env = {
         # Megatron's TP/SP overlap relies on kernels reaching the GPU in issue order.
         "CUDA_DEVICE_MAX_CONNECTIONS": "1",
         # A failed or hung collective aborts the process group instead of hanging the job.
         "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
         "NCCL_DEBUG": "WARN",
-        # Colocated engines live inside each learner rank (same GPU, sleep/wake, in-process weight
-        # sync); separate engines run their own worker processes.
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0" if colocated else "1",
+        # Every engine runs in-process in its torchrun ranks (colocated: inside each learner rank;
+        # separate: in the engine ranks' own world), so weights reach it by in-process RPC.
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         # CUDA cannot be re-initialised in a forked child.
         "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
         "OMP_NUM_THREADS": str(max(1, cluster.slurm.cpus_per_task // cluster.gpus_per_node)),

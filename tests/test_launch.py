@@ -146,7 +146,7 @@ def test_separate_rollout_nodes_join_the_job_after_the_learner_nodes(tmp_path):
     assert node_ranks == list(range(10))
     env = _exports(script)
     assert env["PRCO_ROLLOUT_PLACEMENT"] == "separate" and env["PRCO_LEARNER_WORLD_SIZE"] == "64"
-    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"  # engines run in their own ranks
 
 
 def test_nccl_network_settings_come_from_the_config():
