@@ -21,9 +21,9 @@ from rollout_fixtures import scored_block, step_tasks
 
 from prco_mega.cli import main as cli
 from prco_mega.config import RunConfig, to_dict
+from prco_mega.rollout.placement import single_engine
 from prco_mega.tracking.config import SavedRolloutsSection
 from prco_mega.tracking.rollouts import RolloutSaver, read_step, write_eval_records
-from prco_mega.rollout.placement import single_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

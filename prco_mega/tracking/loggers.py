@@ -207,6 +207,8 @@ class WandbLogger:
             shutil.rmtree(folder)
 
     def start(self, step: int, history: list[dict[str, Any]]) -> None:
+        # vLLM imports openai, which W&B answers with a three-line advert for its LLM tracer
+        os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")
         import wandb
 
         run_id = self._run_id(step)
