@@ -88,3 +88,24 @@ def test_planner_counts_every_parameter_of_the_tiny_qwen3vl():
     shapes = expected_hf_tensors(cfg)
     assert total_params(dims_from_hf_config(cfg.to_dict())) == sum(
         int(torch.Size(s).numel()) for s in shapes.values())
+
+
+def test_model_family_must_match_the_checkpoint(tmp_path):
+    import json
+
+    from prco_mega.warm_start import check_family
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+    check_family(tmp_path, None)  # the checkpoint decides
+    check_family(tmp_path, "qwen2_5_vl")
+    with pytest.raises(ValueError, match="model.family is 'qwen3_vl' but .* has model_type "
+                                         "'qwen2_5_vl'"):
+        check_family(tmp_path, "qwen3_vl")
+
+
+def test_provider_refuses_a_family_without_a_model():
+    from prco_mega.learner.provider import check_family
+
+    check_family("qwen3_vl")
+    with pytest.raises(ValueError, match="no Megatron model for model_type 'llava'"):
+        check_family("llava")
