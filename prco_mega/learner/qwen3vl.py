@@ -12,7 +12,8 @@ differences, as a `Qwen25VLModel` subclass so every caller (forward, unwrap, bri
 - Deepstack: forward hooks on decoder layers 0..L-1 add level l's features at the image tokens
   (`qwen3vl_parts.add_deepstack`), on the sequence slice of this rank under sequence parallelism.
   The layers must be on the first pipeline stage (`parallel.check_deepstack_placement`, a
-  ValueError with the numbers). A micro-batch without images has no features and the hooks add nothing.
+  ValueError with the numbers). A micro-batch without images has no features and the hooks add
+  nothing.
 
 Activation recompute (`recompute_granularity="full"`) re-runs the layers during the backward,
 after this chunk's forward returned and possibly after later micro-batches' forwards (1F1B): the
@@ -27,9 +28,12 @@ from collections import OrderedDict
 
 import torch
 
-from prco_mega.learner.model import (HuggingFaceModule, Qwen25VLModel, RMSNorm, TransformerConfig,
-                                     build_chunks, decoder_spec, merge_image_features,
-                                     resolve_use_te, rope_settings, transformer_config_from_hf)
+from prco_mega.learner.model import (Qwen25VLModel, RMSNorm, build_chunks, decoder_spec,
+                                     merge_image_features, resolve_use_te, rope_settings,
+                                     transformer_config_from_hf)
+# after learner.model, which makes torchvision importable before Megatron's HF module loads
+from megatron.core.models.huggingface.module import HuggingFaceModule  # noqa: E402
+from megatron.core.transformer.transformer_config import TransformerConfig  # noqa: E402
 from prco_mega.learner.parallel import check_deepstack_placement
 from prco_mega.learner.qwen3vl_parts import add_deepstack, interleaved_mrope_freqs
 

@@ -76,7 +76,8 @@ def main() -> None:
     res["stats"] = bs.gathered(stats.__dict__)
     export_megatron_to_hf(chunks, work / "learner_hf", pg, cfg, copy_files_from=ckpt)
     after = bs.host_generate(engine, processor, image)
-    res["after"], res["vllm_logprobs"] = bs.gathered(after["tokens"]), bs.gathered(after["logprobs"])
+    res["after"] = bs.gathered(after["tokens"])
+    res["vllm_logprobs"] = bs.gathered(after["logprobs"])
     seq = [None]
     if rank == 0:
         res["hf"], inputs = hf_greedy(work / "learner_hf", processor, after["text"], image)
