@@ -44,7 +44,7 @@ def rl_step(run: build.Run, step: int) -> dict[str, float]:
     """One PRCO (or baseline) step; returns its metrics (the same on every rank)."""
     timer = PhaseTimer()
     scored = run.sample(run.stream, step, timer)
-    run.samples.save(step, scored)  # on its steps: a sample of the tasks, gathered to rank 0
+    run.samples.save(step, scored)  # on its steps: sampled tasks from every engine, for rank 0
     # a TP engine's ranks drew the same samples: its leader's part is the engine's
     part = scored.train if run.shard.placement.is_engine_leader else []
     engines = run.shard.gather((scored.metrics, scored.weights, len(part),

@@ -141,6 +141,7 @@ def test_compare_puts_the_warm_start_beside_the_trained_captions(tmp_path):
     assert compare.count("<section class='task' data-changed=\"1\"") == 3
     assert "- a square &lt;before&gt;" in compare and "- a triangle" in compare
     assert compare.count("data:image/png;base64,") == 3
+    assert all(html.escape(t.question) in compare for t in eval_tasks(cfg))
 
 
 def test_a_run_without_saved_rollouts_is_named(tmp_path, capsys):

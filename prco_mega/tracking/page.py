@@ -220,16 +220,17 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def held_out_images(run_dir: Path) -> dict[str, list[bytes]]:
-    """PNG bytes of the run's held-out tasks by uid, redrawn from its `config.json` (held-out
-    tasks are synthetic, drawn from the run's seed)."""
+def held_out_tasks(run_dir: Path) -> dict[str, tuple[str, list[bytes]]]:
+    """(question, PNG bytes of its images) of the run's held-out tasks by uid, redrawn from its
+    `config.json` (held-out tasks are synthetic, drawn from the run's seed)."""
     from prco_mega import build
     from prco_mega.config import RunConfig, from_dict
 
     data = json.loads((Path(run_dir) / "config.json").read_text())
     # the sections the held-out draw reads (JSON turned some int keys elsewhere into strings)
     cfg = from_dict(RunConfig, {"run": data["run"], "data": data["data"]})
-    return {t.uid: [png_bytes(im) for im in t.images] for t in build.eval_tasks(cfg)}
+    return {t.uid: (t.question, [png_bytes(im) for im in t.images])
+            for t in build.eval_tasks(cfg)}
 
 
 def _eval_cell(r: dict[str, Any]) -> str:
@@ -247,7 +248,7 @@ def compare_page(run_dir: Path, limit: int | None = None) -> str:
     run_dir = Path(run_dir)
     before = _read_jsonl(eval_records_path(run_dir / "eval_start.json"))[:limit]
     after = {r["uid"]: r for r in _read_jsonl(eval_records_path(run_dir / "eval_end.json"))}
-    images = held_out_images(run_dir)
+    tasks = held_out_tasks(run_dir)
     cards = []
     for b in before:
         a = after.get(b["uid"])
@@ -256,8 +257,10 @@ def compare_page(run_dir: Path, limit: int | None = None) -> str:
         flags = {"changed": b["response"] != a["response"], "wrongafter": not a["correct"],
                  "leak": bool(b.get("leak") or a.get("leak"))}
         data = " ".join(f'data-{k}="{int(v)}"' for k, v in flags.items())
-        pics = "".join(_img(png, b["uid"]) for png in images.get(b["uid"], []))
-        cards.append(f"<section class='task' {data}><div class='side'>{pics}<div>gold answer: "
+        question, pngs = tasks.get(b["uid"], ("", []))
+        pics = "".join(_img(png, b["uid"]) for png in pngs)
+        cards.append(f"<section class='task' {data}><div class='side'>{pics}<div class='q'><b>Q"
+                     f"</b> {_esc(question)}</div><div>gold answer: "
                      f"<b>{_esc(b['answer'])}</b></div><div class='meta'>{_esc(b['uid'])} "
                      f"&middot; {_esc(b['family'])}</div></div><div class='body cols'>"
                      f"<div class='col'><h3>warm start</h3>{_eval_cell(b)}</div>"
