@@ -12,6 +12,11 @@ world size from its `metrics.jsonl`: sampled response tokens per rollout second,
 phase, and the bytes each sync pushed into an engine and received over the network (max and
 mean over ranks). The first step (engine and kernel warm-up) is left out of the means. On 2 busy
 cores the rollout can at best double; the step's other phases do not shrink as much.
+
+`--separate` adds two rows for separate placement on 2 ranks (1 learner rank, 1 engine rank,
+`link.split_world`): on-policy, and one-step off-policy (`rollout.off_policy_steps=1`), where the
+engine samples the next step while the learner trains. There a step's wall time is the learner's
+wait for the engine's part plus its update and sync (`time/wait` + `time/learn` + `time/sync`).
 """
 from __future__ import annotations
 
@@ -29,16 +34,32 @@ CONFIG = ROOT / "configs" / "tiny_cpu.yaml"
 DEFAULTS = ["warm_start.steps=0", "run.eval_tasks=2", "learner.checkpoint.interval=0"]
 
 
-def run_world(nproc: int, steps: int, overrides: list[str], out: Path) -> list[dict]:
+SEPARATE = ["cluster.rollout_placement=separate", "cluster.rollout_nodes=1", "cluster.nodes=1",
+            "cluster.gpus_per_node=1"]
+
+
+def run_world(nproc: int, steps: int, overrides: list[str], out: Path,
+              env_extra: dict[str, str] | None = None) -> list[dict]:
     """The metrics rows of a `steps`-step run in a world of `nproc` ranks."""
     args = ["train", str(CONFIG), *DEFAULTS, f"run.steps={steps}", f"run.output_dir={out}",
             f"model.cache_dir={out / 'cache'}", f"run.name=n{nproc}", *overrides]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "-m", "prco_mega.cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, 2 // nproc)),
-           "VLLM_LOGGING_LEVEL": "ERROR", "TOKENIZERS_PARALLELISM": "false"}
+           "VLLM_LOGGING_LEVEL": "ERROR", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
     subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
     return [json.loads(line) for line in (out / f"n{nproc}" / "metrics.jsonl").read_text().splitlines()]
+
+
+def separate_summary(off_policy: int, rows: list[dict]) -> dict:
+    """A row for separate placement (1 learner rank + 1 engine rank)."""
+    steady = rows[1:] or rows
+    phases = {p: fmean(r.get(f"time/{p}", 0.0) for r in steady)
+              for p in ("rollout", "score", "wait", "learn", "sync")}
+    return {"placement": f"separate, off-policy {off_policy}",
+            **{f"{p} s": f"{v:.2f}" for p, v in phases.items()},
+            "step s": f"{phases['wait'] + phases['learn'] + phases['sync']:.2f}",
+            "policy lag": f"{fmean(r['train/policy_lag'] for r in steady):.1f}"}
 
 
 def sampled_tokens(row: dict, prompts: int, g_o: int, g_s: int) -> float:
@@ -69,6 +90,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--separate", action="store_true",
+                        help="also 1 learner rank + 1 engine rank, on- and off-policy")
     args, overrides = parser.parse_known_args(argv)
     bad = [o for o in overrides if "=" not in o]
     if bad:
@@ -78,12 +101,20 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.nproc:
             rows.append(summary(n, run_world(n, args.steps, overrides, Path(tmp) / f"n{n}"), cfg))
+        separate = [separate_summary(off, run_world(
+            2, args.steps, [*SEPARATE, f"rollout.off_policy_steps={off}", *overrides],
+            Path(tmp) / f"sep{off}", {"PRCO_LEARNER_WORLD_SIZE": "1"}))
+            for off in ((0, 1) if args.separate else ())]
     print(format_table(rows, {k: k for k in rows[0]}))
     if len(rows) > 1:
         base, last = rows[0], rows[-1]
         print(f"\nrollout tokens/s {last['ranks']} engines / {base['ranks']}: "
               f"{float(last['tokens/s']) / float(base['tokens/s']):.2f}x; step time "
               f"{float(base['step s']) / float(last['step s']):.2f}x faster")
+    if separate:
+        print("\n" + format_table(separate, {k: k for k in separate[0]}))
+        on, off = (float(r["step s"]) for r in separate)
+        print(f"\none-step off-policy: step time {on / off:.2f}x faster than on-policy")
     return 0
 
 
