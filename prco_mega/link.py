@@ -12,8 +12,9 @@ store under their own prefixes.
 What crosses between the worlds goes through `Link`s: process groups made directly from that
 store (not registered in torch's world, so only their members construct them, no collective
 `new_group` on the other side). `Link` spans every rank (trajectory shapes and metrics, the
-trajectories themselves); weights use one link per pipeline stage spanning that stage's sender
-and the engine ranks, so no other learner rank receives them. Gloo on CPU; on GPU the weight
+trajectories themselves); weights use one link per pipeline stage and engine TP rank, spanning
+that stage's sender and the engine ranks that load the same rows, so no other learner rank
+receives them and each engine rank receives only its rows. Gloo on CPU; on GPU the weight
 links are NCCL.
 """
 from __future__ import annotations
@@ -116,17 +117,23 @@ class SplitWorld:
     def engine_ranks(self) -> list[int]:
         return list(range(self.learner_size, self.world_size))
 
-    def weight_link(self, stage: int, sender: int) -> Link | None:
-        """The link from pipeline stage `stage`'s sender (a global learner rank) to every engine
-        rank; None on ranks outside it. Made once, by its members only."""
+    def weight_link(self, stage: int, sender: int, engine_rank: int = 0,
+                    engine_tp: int = 1) -> Link | None:
+        """The link from pipeline stage `stage`'s sender (a global learner rank) to the engine
+        ranks that are rank `engine_rank` of their engine (engines of `engine_tp` consecutive
+        ranks): they load the same rows. None on ranks outside it. Made once, by its members
+        only (no collective on the other ranks)."""
         if not hasattr(self, "_weight_links"):
-            self._weight_links: dict[int, Link | None] = {}
-        if stage not in self._weight_links:
-            members = [sender, *self.engine_ranks]
-            self._weight_links[stage] = (
-                Link(self.store, f"weights{stage}", members, self.global_rank, _weight_backend())
+            self._weight_links: dict[tuple[int, int], Link | None] = {}
+        key = (stage, engine_rank)
+        if key not in self._weight_links:
+            members = [sender, *(g for g in self.engine_ranks
+                                 if (g - self.learner_size) % engine_tp == engine_rank)]
+            self._weight_links[key] = (
+                Link(self.store, f"weights{stage}.{engine_rank}of{engine_tp}", members,
+                     self.global_rank, _weight_backend())
                 if self.global_rank in members else None)
-        return self._weight_links[stage]
+        return self._weight_links[key]
 
 
 def _weight_backend() -> str:

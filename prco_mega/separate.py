@@ -148,7 +148,8 @@ def _learner_main(cfg, dirs, algo, split: SplitWorld, resume_run: bool) -> Path:
     start = int(state["step"])
     split.link.broadcast_object((start, state["data_state"]), src=0)
     if start:
-        send_weights(policy.chunks, policy.pg, policy.hf_config, split, dtype=dtype)
+        send_weights(policy.chunks, policy.pg, policy.hf_config, split, dtype=dtype,
+                     engine_tp=cfg.engine.tensor_parallel_size)
         print(f"resumed from {path} at step {start}")
     if is_host():
         logger.start(start)
@@ -169,7 +170,8 @@ def _learner_main(cfg, dirs, algo, split: SplitWorld, resume_run: bool) -> Path:
                 saved = policy.save(dirs.checkpoints, step, data_state={"stream": stream_state})
                 raise SystemExit(f"stopping: {e}; state before the step saved to {saved}") from e
         with timer("sync"):
-            synced = send_weights(policy.chunks, policy.pg, policy.hf_config, split, dtype=dtype)
+            synced = send_weights(policy.chunks, policy.pg, policy.hf_config, split, dtype=dtype,
+                                  engine_tp=cfg.engine.tensor_parallel_size)
         lag = step - min(r.policy_version for r in reports)
         metrics = {**metrics, **learned, **timer.metrics(), "train/policy_lag": float(lag),
                    "sync/bytes": synced.bytes, "sync/seconds": synced.seconds}

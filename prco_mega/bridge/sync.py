@@ -489,12 +489,13 @@ def _weight_senders(split, pg_collection) -> list[int]:
 
 @torch.no_grad()
 def send_weights(chunks, pg_collection, hf_config, split, *,
-                 dtype: torch.dtype | None = None) -> SyncStats:
+                 dtype: torch.dtype | None = None, engine_tp: int = 1) -> SyncStats:
     """Separate placement, learner side: every learner rank calls it, and each pipeline stage's
-    sender streams the stage's HF tensors to every engine rank over its own link
-    (`SplitWorld.weight_link`); the other ranks of the stage's TP group send it their rows first
-    (whole tensors: vLLM's loaders narrow them). Data-parallel replicas > 0 only take part in the
-    non-finite check. Pairs with `receive_weights` on the engine ranks."""
+    sender streams the stage's HF tensors to the engine ranks: the rows engine TP rank e loads go
+    over the link to the engine ranks of index e (`SplitWorld.weight_link`), so each engine rank
+    receives its rows only. The other ranks of the sender's TP group send it their rows first.
+    Data-parallel replicas > 0 only take part in the non-finite check. Pairs with
+    `receive_weights` on the engine ranks."""
     from prco_mega.bridge.hf_io import mapping_args
 
     t0 = time.perf_counter()
@@ -512,19 +513,33 @@ def send_weights(chunks, pg_collection, hf_config, split, *,
     pushed = 0
     if pg_collection.dp.rank() == 0:
         ctx.tp_slots = [[(0, 1)]] + [[]] * (pg_collection.tp.size() - 1)  # TP rank 0 sends
-        sending = split.global_rank == senders[pg_collection.pp.rank()]
-        link = split.weight_link(pg_collection.pp.rank(), senders[pg_collection.pp.rank()])
+        stage = pg_collection.pp.rank()
+        sending = split.global_rank == senders[stage]
+        links = [split.weight_link(stage, senders[stage], e, engine_tp) for e in range(engine_tp)]
         for offset, params in _units(chunks):
             slabs = _convert_unit(offset, params, ctx)
-            if sending:
+            if not sending:
+                continue
+            for e, link in enumerate(links):
+                rows = [_rows_for(s, e, engine_tp, ctx) for s in slabs]
                 with ctx.clock("push"):
-                    _link_unit(link, slabs)
-                pushed += sum(nbytes(s.data) for s in slabs)
+                    _link_unit(link, rows)
+                pushed += sum(nbytes(s.data) for s in rows)
         if sending:
-            _link_unit(link, None)
+            for link in links:
+                _link_unit(link, None)
     s = ctx.clock.seconds
     return SyncStats(0, pushed, 0, 0, s["gather"], s["convert"], s["push"], s["check"],
                      time.perf_counter() - t0, ctx.received)
+
+
+def _rows_for(s: Slab, engine_rank: int, engine_tp: int, ctx: _Ctx) -> Slab:
+    """The rows of a whole-tensor slab that rank `engine_rank` of an engine loads."""
+    need = engine_span(s.kind, s.member, s.shape, engine_rank, engine_tp, ctx.args["heads"],
+                       s.name)
+    if need.whole:
+        return s
+    return Slab(s.name, s.kind, s.member, s.shape, need, s.piece(need).contiguous())
 
 
 def _link_unit(link, slabs: list[Slab] | None, ctx: _Ctx | None = None) -> list[Slab] | None:
@@ -566,7 +581,7 @@ def receive_weights(engine, hf_config, split, *,
 
     def groups() -> Iterator[FusedGroup]:
         for stage, sender in enumerate(senders):
-            link = split.weight_link(stage, sender)
+            link = split.weight_link(stage, sender, *ctx.slot)
             while True:
                 with ctx.clock("gather"):
                     slabs = _link_unit(link, None, ctx)

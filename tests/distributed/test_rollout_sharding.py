@@ -42,9 +42,11 @@ def launches(tmp_path_factory, cache):
 
 @pytest.fixture(scope="module")
 def separate(tmp_path_factory, cache):
-    def launch(off_policy: int) -> dict:
+    def launch(off_policy: int, learners: int = 1, engine_tp: int = 1) -> dict:
         return run_torchrun("separate_placement.py", tmp_path_factory.mktemp(f"sep{off_policy}"),
-                            nproc=2, args=["--cache", str(cache), "--off-policy", str(off_policy)])
+                            nproc=learners + engine_tp,
+                            args=["--cache", str(cache), "--off-policy", str(off_policy),
+                                  "--learners", str(learners), "--engine-tp", str(engine_tp)])
 
     return launch
 
@@ -76,14 +78,17 @@ def test_dapo_refill_over_two_engines_keeps_what_one_engine_keeps(launches):
     _same_trajectories(one, two)
 
 
-def test_separate_placement_one_learner_rank_and_one_engine_rank(launches, separate):
-    """Rank 0 is the learner's world, rank 1 the engine's (`link.split_world`). The engine draws
-    step 0 exactly as one engine in a world of one does; the learner trains on what crossed the
-    link; after the learner's (perturbed) update the weights reach the engine over the weight
-    link and its log-probs of step 1 equal the learner's (fp32); one-step off-policy samples step
-    1 with the old weights, and every trajectory says so."""
+def test_separate_placement_learner_and_engine_worlds(launches, separate):
+    """Learner ranks and engine ranks in worlds of their own (`link.split_world`). On-policy, 4
+    ranks: a learner of DP=2 on ranks 0-1 and one engine of TP=2 on ranks 2-3; one-step
+    off-policy, 2 ranks: one learner rank, one engine rank. The engines draw step 0 exactly as one
+    engine in a world of one does; each learner replica trains on its share of what crossed the
+    link; after the learner's (perturbed) update the weights reach the engine ranks, each
+    receiving exactly the rows it loads, and the engine's log-probs of step 1 equal the
+    learner's (fp32); off-policy, step 1 is drawn by the old weights, and every trajectory says
+    so."""
     one = launches("prco1", 1, 1, "prco")
-    on, off = separate(0), separate(1)
+    on, off = separate(0, learners=2, engine_tp=2), separate(1)
     for run in (on, off):
         got = run["steps"]["0"]["trajectories"]
         want = one["steps"]["0"]["trajectories"]
@@ -92,6 +97,8 @@ def test_separate_placement_one_learner_rank_and_one_engine_rank(launches, separ
             assert {k: x[k] for k in EXACT} == {k: y[k] for k in EXACT}
             assert max(abs(u - v) for u, v in zip(x["logprobs"], y["logprobs"])) < 1e-5
         assert run["steps"]["0"]["metrics"]["mismatch/max_abs"] < 1e-4
+    # both learner replicas trained, each on its own share
+    assert {t["learner"] for t in on["steps"]["0"]["trajectories"]} == {0, 1}
     # on-policy: step 1 was drawn by the synced (perturbed) weights, version 1
     assert on["steps"]["1"]["metrics"]["mismatch/max_abs"] < 1e-4
     assert {t["version"] for t in on["steps"]["1"]["trajectories"]} == {1}
@@ -99,8 +106,13 @@ def test_separate_placement_one_learner_rank_and_one_engine_rank(launches, separ
     assert off["steps"]["1"]["metrics"]["mismatch/max_abs"] > 1e-2
     assert {t["version"] for t in off["steps"]["1"]["trajectories"]} == {0}
     assert off["steps"]["1"]["versions"] == [0] and on["steps"]["1"]["versions"] == [1]
-    # every sync carried the whole model to the engine rank (an engine of TP=1 loads it all)
+    # every engine rank receives exactly the rows it loads: all of them at engine TP=1, about
+    # half at TP=2; only the stage's sender (learner rank 0) sends
+    (whole,) = {s["engine_bytes"] for s in off["engine_sync"][0]}
     for run in (on, off):
-        assert len(run["engine_sync"]) == 2
-        for stats in run["engine_sync"]:
-            assert stats["received_bytes"] == stats["engine_bytes"] == run["steps"]["0"]["sent_bytes"]
+        for rank in run["engine_sync"]:
+            assert len(rank) == 2  # update 1 and update 2
+            assert all(s["received_bytes"] == s["engine_bytes"] for s in rank)
+    assert off["sent_bytes"] == [whole]
+    assert all(s["engine_bytes"] < 0.6 * whole for rank in on["engine_sync"] for s in rank)
+    assert on["sent_bytes"][1] == 0

@@ -6,9 +6,12 @@ learner trains and streams its weights to the engine (`bridge.sync.send_weights`
 tiny model's advantages are all zero, so the learner perturbs its weights after step 0's update:
 the engine must sample step 1 with them (on-policy) or without them (off-policy).
 
-Usage: torchrun --nproc_per_node 2 separate_placement.py --cache DIR --off-policy K --out OUT
-The learner writes the step-0 trajectories it trained on (rows as `rollout_sharding.py` writes
-them) and both steps' metrics; the engine's sync statistics come along.
+Usage: torchrun --nproc_per_node N separate_placement.py --cache DIR --off-policy K
+       [--learners L --engine-tp T] --out OUT
+(N = L + engine ranks; the learner is data-parallel over its L ranks.) The learner's first rank
+writes the step-0 trajectories the learner trained on, with the learner rank that received each
+(rows as `rollout_sharding.py` writes them), both steps' metrics, and every engine rank's sync
+statistics.
 """
 from __future__ import annotations
 
@@ -25,20 +28,22 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--cache", required=True)
     p.add_argument("--off-policy", type=int, default=0)
+    p.add_argument("--learners", type=int, default=1)
+    p.add_argument("--engine-tp", type=int, default=1)
     p.add_argument("--out", required=True)
     a = p.parse_args()
-    from prco_mega import algorithms, build, link, separate
+    from prco_mega import algorithms, build, link, separate, world
     from prco_mega.bridge.sync import receive_weights, send_weights
     from prco_mega.config import load_config
     from prco_mega.timing import PhaseTimer
     from prco_mega.warm_start import base_model
 
-    split = link.split_world(1)
+    split = link.split_world(a.learners)
     cfg = load_config(ROOT / "configs/tiny_cpu.yaml", [
         f"model.cache_dir={a.cache}", "warm_start.steps=0", "data.prompts_per_step=5",
         "observer.n=3", "solver.n=2", "observer.max_new_tokens=24", "solver.max_new_tokens=16",
         "algo.warmup_steps=1", "cluster.rollout_placement=separate", "cluster.rollout_nodes=1",
-        f"rollout.off_policy_steps={a.off_policy}"])
+        f"rollout.off_policy_steps={a.off_policy}", f"engine.tensor_parallel_size={a.engine_tp}"])
     learner = split.role == link.ROLE_LEARNER
     # both worlds' first ranks are "hosts": the learner builds the cached model, the engine waits
     model = Path(split.link.broadcast_object(str(base_model(cfg)) if learner else None, src=0))
@@ -53,17 +58,22 @@ def main() -> None:
             metrics = policy.train(mine, plan)
             if step == 0:  # the untrained tiny model's advantages are all zero: make update 1 move
                 perturb(policy.chunks)
-            stats = send_weights(policy.chunks, policy.pg, policy.hf_config, split)
-            rows = [{"task": t.task_uid, "role": int(t.role), "group": t.group_id,
-                     "response": t.response_ids, "logprobs": t.rollout_logprobs,
-                     "reward": t.reward, "advantage": t.advantage, "images": len(t.images),
-                     "version": t.policy_version} for _, t in sorted(mine.items())]
+            stats = send_weights(policy.chunks, policy.pg, policy.hf_config, split,
+                                 engine_tp=a.engine_tp)
+            rows = [(i, {"task": t.task_uid, "role": int(t.role), "group": t.group_id,
+                         "response": t.response_ids, "logprobs": t.rollout_logprobs,
+                         "reward": t.reward, "advantage": t.advantage, "images": len(t.images),
+                         "version": t.policy_version, "learner": world.rank()})
+                    for i, t in mine.items()]
+            rows = [r for _, r in sorted(r for part in world.all_gather(rows) for r in part)]
             out["steps"][str(step)] = {
                 "trajectories": rows, "metrics": metrics,
                 "versions": [r.policy_version for r in reports],
                 "stream": [r.stream_state for r in reports], "sent_bytes": stats.bytes}
-        out["engine_sync"] = split.link.broadcast_object(None, src=1)
-        Path(a.out).write_text(json.dumps(out))
+        out["engine_sync"] = split.link.broadcast_object(None, src=a.learners)
+        out["sent_bytes"] = world.all_gather(stats.bytes)
+        if world.is_host():
+            Path(a.out).write_text(json.dumps(out))
     else:
         engine = build.start_engine(cfg, model)
         shard = build.shard_of(cfg)
@@ -86,7 +96,7 @@ def main() -> None:
                                            stream.state_dict()) if leader else None
             separate.deliver(split, part, report, dp)
         syncs.append(receive_weights(engine, engine_config(model), split).__dict__)
-        split.link.broadcast_object(syncs, src=1)
+        split.link.broadcast_object(world.all_gather(syncs), src=a.learners)
     split.link.all_gather(None)  # no engine.close(): vLLM's shutdown destroys the default group
 
 
