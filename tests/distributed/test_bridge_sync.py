@@ -29,11 +29,8 @@ def run(torchrun_module):
 
 
 @pytest.fixture(scope="module")
-def run_engine_tp2(tmp_path_factory):
-    from conftest import run_torchrun
-
-    return run_torchrun("bridge_sync_tp2.py", tmp_path_factory.mktemp("engine_tp2"), nproc=2,
-                        args=["--engine-tp", "2"])
+def run_engine_tp2(torchrun_module):
+    return torchrun_module("bridge_sync_tp2.py", nproc=2, args=["--engine-tp", "2"])
 
 
 BUCKET = 96 * 1024
