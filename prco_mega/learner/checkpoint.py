@@ -160,12 +160,13 @@ def save_checkpoint(
         raise ValueError(f"checkpoint {str(final)!r} already exists")
     if dist.get_rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "rng").mkdir(parents=True)
+        tmp.mkdir(parents=True)  # empty: Megatron warns of an "old incomplete" checkpoint else
     dist.barrier()
     model_sd = model_sharded_state_dict(model_chunks)
     state = {"model": model_sd,
              "optimizer": optimizer.sharded_state_dict(model_sd, metadata=_OPTIM_METADATA)}
     dist_checkpointing.save(state, str(tmp))
+    (tmp / "rng").mkdir(exist_ok=True)
     torch.save(rng_state(), tmp / "rng" / f"rank_{dist.get_rank():05d}.pt")
     _fsync_path(tmp / "rng" / f"rank_{dist.get_rank():05d}.pt")
     if dist.get_rank() == 0:
