@@ -23,21 +23,14 @@ from prco_mega.world import all_gather, broadcast, init_world, is_host
 def sync(run: build.Run):
     """Learner -> bridge -> engine: the weights this rank's engine loads (collective). The engine
     wakes its weights first and its KV cache after the push (vLLM's order)."""
-    from prco_mega.bridge.sync import sync_weights
+    from prco_mega.bridge.sync import cast_dtype, sync_weights
 
     p, e = run.policy, run.cfg.engine
     run.engine.wake_up(["weights"])
     stats = sync_weights(p.chunks, p.pg, p.hf_config, run.engine,
-                         bucket_bytes=e.sync_bucket_mib * 2**20, dtype=_torch_dtype(e.dtype))
+                         bucket_bytes=e.sync_bucket_mib * 2**20, dtype=cast_dtype(e.dtype))
     run.engine.wake_up(["kv_cache"])
     return stats
-
-
-def _torch_dtype(name: str):
-    """The engine's weight dtype as the sync casts to it (None for "auto": keep the learner's)."""
-    import torch
-
-    return None if name == "auto" else getattr(torch, name)
 
 
 def rl_step(run: build.Run, step: int) -> dict[str, float]:

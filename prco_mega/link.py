@@ -25,6 +25,8 @@ import pickle
 from dataclasses import dataclass
 from typing import Any
 
+from prco_mega.world import ensure_world, exchange_objects
+
 ROLE_LEARNER = "learner"
 ROLE_ENGINE = "engine"
 
@@ -70,29 +72,13 @@ class Link:
 
     def exchange(self, outbox: list[Any]) -> list[Any]:
         """All-to-all of Python objects: `outbox[d]` goes to member d; returns what each member
-        sent here. Each object is pickled once and crosses the network once."""
-        import torch
+        sent here (`world.exchange_objects`: pickled once, each crossing the network once)."""
         import torch.distributed as dist
 
-        if len(outbox) != self.size:
-            raise ValueError(f"link {self.name}: one object per member ({self.size}), "
-                             f"got {len(outbox)}")
-        blobs = [pickle.dumps(o, protocol=pickle.HIGHEST_PROTOCOL) for o in outbox]
-        send_sizes = torch.tensor([len(b) for b in blobs], dtype=torch.int64)
-        recv_sizes = torch.empty(self.size, dtype=torch.int64)
-        ones = [1] * self.size
-        self.pg.alltoall_base(recv_sizes, send_sizes, ones, ones, dist.AllToAllOptions()).wait()
-        joined = b"".join(blobs)
-        send = (torch.frombuffer(bytearray(joined), dtype=torch.uint8) if joined
-                else torch.empty(0, dtype=torch.uint8))
-        recv = torch.empty(int(recv_sizes.sum()), dtype=torch.uint8)
-        self.pg.alltoall_base(recv, send, recv_sizes.tolist(), send_sizes.tolist(),
-                              dist.AllToAllOptions()).wait()
-        out, offset = [], 0
-        for n in recv_sizes.tolist():
-            out.append(pickle.loads(recv[offset:offset + n].numpy().tobytes()))
-            offset += n
-        return out
+        def all_to_all(out, inp, out_splits, in_splits):
+            self.pg.alltoall_base(out, inp, out_splits, in_splits, dist.AllToAllOptions()).wait()
+
+        return exchange_objects(outbox, self.size, all_to_all)
 
     def all_gather(self, obj: Any) -> list[Any]:
         """`obj` of every member, in member order (small metadata)."""
@@ -148,8 +134,6 @@ def split_world(learner_size: int) -> SplitWorld:
     torch.distributed (instead of `world.init_world`)."""
     import torch
     import torch.distributed as dist
-
-    from prco_mega.world import ensure_world
 
     ensure_world()
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

@@ -109,8 +109,7 @@ def learner_world_size(cfg) -> int:
 
     if "PRCO_LEARNER_WORLD_SIZE" in os.environ:
         return int(os.environ["PRCO_LEARNER_WORLD_SIZE"])
-    c = cfg.cluster
-    return c.nodes * c.gpus_per_node
+    return cfg.cluster.world_size
 
 
 def main(cfg, dirs, algo, resume_run: bool) -> Path | None:
@@ -127,7 +126,7 @@ def main(cfg, dirs, algo, resume_run: bool) -> Path | None:
 
 def _learner_main(cfg, dirs, algo, split: SplitWorld, resume_run: bool) -> Path:
     from prco_mega import build
-    from prco_mega.bridge.sync import send_weights
+    from prco_mega.bridge.sync import cast_dtype, send_weights
     from prco_mega.eval.report import plot_metrics
     from prco_mega.learner.checkpoint import latest_checkpoint
     from prco_mega.learner.policy import NonFiniteLoss
@@ -141,8 +140,8 @@ def _learner_main(cfg, dirs, algo, split: SplitWorld, resume_run: bool) -> Path:
     split.link.broadcast_object(str(model), src=0)
     policy = build.make_policy(cfg, model, objective="ppo", settings=build.loss_settings(cfg, algo))
     logger = build.run_loggers(cfg, dirs, algo)
-    dp = learner_dp_ranks(split, policy.pg)
-    dtype = _engine_dtype(cfg)
+    learner_dp_ranks(split, policy.pg)  # collective: the engines route trajectories by it
+    dtype = cast_dtype(cfg.engine.dtype)
     path = latest_checkpoint(dirs.checkpoints) if resume_run else None
     state = policy.load(path) if path is not None else {"step": 0, "data_state": None}
     start = int(state["step"])
@@ -240,7 +239,3 @@ def _engine_main(cfg, dirs, algo, split: SplitWorld) -> None:
     split.link.broadcast_object(after, src=split.learner_size)
     split.link.all_gather(None)
 
-
-def _engine_dtype(cfg):
-    """The engine's weight dtype as the sync casts to it (None for "auto": the learner's)."""
-    return None if cfg.engine.dtype == "auto" else getattr(torch, cfg.engine.dtype)

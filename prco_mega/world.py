@@ -92,25 +92,36 @@ def exchange(outbox: list[Any], group: Any = None) -> list[Any]:
     returns `inbox[s]`, what rank s sent here. Each object is pickled once and crosses the network
     once, to its destination only (sizes first, then one `all_to_all_single` of bytes); in a world
     of one it is returned as is."""
-    import pickle
-
-    import torch
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_world_size(group) == 1:
         return list(outbox)
-    size = dist.get_world_size(group)
+
+    def all_to_all(out, inp, out_splits, in_splits):
+        dist.all_to_all_single(out, inp, output_split_sizes=out_splits,
+                               input_split_sizes=in_splits, group=group)
+
+    return exchange_objects(outbox, dist.get_world_size(group), all_to_all)
+
+
+def exchange_objects(outbox: list[Any], size: int, all_to_all) -> list[Any]:
+    """`exchange` over any transport: `all_to_all(out, inp, out_splits, in_splits)` moves uint8
+    tensors between the `size` members (a registered group's `all_to_all_single`, or a link's)."""
+    import pickle
+
+    import torch
+
     if len(outbox) != size:
-        raise ValueError(f"exchange needs one object per rank ({size}), got {len(outbox)}")
+        raise ValueError(f"exchange needs one object per member ({size}), got {len(outbox)}")
     blobs = [pickle.dumps(o, protocol=pickle.HIGHEST_PROTOCOL) for o in outbox]
     send_sizes = torch.tensor([len(b) for b in blobs], dtype=torch.int64)
     recv_sizes = torch.empty(size, dtype=torch.int64)
-    dist.all_to_all_single(recv_sizes, send_sizes, group=group)
-    send = torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8) if sum(map(len, blobs)) \
-        else torch.empty(0, dtype=torch.uint8)
+    all_to_all(recv_sizes, send_sizes, [1] * size, [1] * size)
+    joined = b"".join(blobs)
+    send = (torch.frombuffer(bytearray(joined), dtype=torch.uint8) if joined
+            else torch.empty(0, dtype=torch.uint8))
     recv = torch.empty(int(recv_sizes.sum()), dtype=torch.uint8)
-    dist.all_to_all_single(recv, send, output_split_sizes=recv_sizes.tolist(),
-                           input_split_sizes=send_sizes.tolist(), group=group)
+    all_to_all(recv, send, recv_sizes.tolist(), send_sizes.tolist())
     out, offset = [], 0
     for n in recv_sizes.tolist():
         out.append(pickle.loads(recv[offset:offset + n].numpy().tobytes()))

@@ -341,29 +341,47 @@ def _convert_unit(offset: int, params, ctx: _Ctx) -> list[Slab]:
         return _fetch(slabs, ctx)
 
 
-def _broadcast_unit(slabs: list[Slab] | None, src_stage: int, ctx: _Ctx) -> list[Slab] | None:
-    """One unit from pipeline stage `src_stage` to the others of this rank's PP group: its slabs'
-    metadata, then their data (None = the stage has no more units). The owner fetched the rows
-    every stage of the group needs (`ctx.tp_slots` spans the PP group), so receivers use them as
-    they come."""
-    pp = ctx.pg.pp
-    src = dist.get_global_rank(pp, src_stage)
-    mine = pp.rank() == src_stage
-    with ctx.clock("gather"):
-        box = [None if slabs is None else
-               [(s.name, s.kind, s.member, s.shape, s.span, tuple(s.data.shape), s.data.dtype)
-                for s in slabs]]
-        dist.broadcast_object_list(box, src=src, group=pp)
-        if box[0] is None:
-            return None
-        out = []
-        for i, (name, kind, member, shape, span, data_shape, dtype) in enumerate(box[0]):
-            t = slabs[i].data.contiguous() if mine else torch.empty(data_shape, dtype=dtype,
-                                                                   device=ctx.device)
-            dist.broadcast(t, src=src, group=pp)
-            ctx.received += 0 if mine else nbytes(t)
-            out.append(Slab(name, kind, member, shape, span, t))
+class _GroupChannel:
+    """A registered process group with the broadcasts `_stream_unit` uses (a `link.Link` has the
+    same two methods, for groups outside torch's world)."""
+
+    def __init__(self, group):
+        self.group, self.rank = group, group.rank()
+
+    def broadcast_object(self, obj, src: int):
+        box = [obj]
+        dist.broadcast_object_list(box, src=dist.get_global_rank(self.group, src), group=self.group)
+        return box[0]
+
+    def broadcast(self, tensor: torch.Tensor, src: int) -> None:
+        dist.broadcast(tensor, src=dist.get_global_rank(self.group, src), group=self.group)
+
+
+def _stream_unit(channel, slabs: list[Slab] | None, src: int, ctx: _Ctx) -> list[Slab] | None:
+    """One unit from member `src` of `channel` to the other members: its slabs' metadata, then
+    their data (None = the sender has no more units). Counts what this rank received."""
+    box = channel.broadcast_object(
+        None if slabs is None else [(s.name, s.kind, s.member, s.shape, s.span,
+                                     tuple(s.data.shape), s.data.dtype) for s in slabs], src)
+    if box is None:
+        return None
+    mine = channel.rank == src
+    out = []
+    for i, (name, kind, member, shape, span, data_shape, dtype) in enumerate(box):
+        t = slabs[i].data.contiguous() if mine else torch.empty(data_shape, dtype=dtype,
+                                                               device=ctx.device)
+        channel.broadcast(t, src)
+        ctx.received += 0 if mine else nbytes(t)
+        out.append(Slab(name, kind, member, shape, span, t))
     return out
+
+
+def _broadcast_unit(slabs: list[Slab] | None, src_stage: int, ctx: _Ctx) -> list[Slab] | None:
+    """One unit from pipeline stage `src_stage` to the others of this rank's PP group. The owner
+    fetched the rows every stage of the group needs (`ctx.tp_slots` spans the PP group), so
+    receivers use them as they come."""
+    with ctx.clock("gather"):
+        return _stream_unit(_GroupChannel(ctx.pg.pp), slabs, src_stage, ctx)
 
 
 def _model_units(chunks, ctx: _Ctx) -> Iterator[list[Slab]]:
@@ -426,6 +444,12 @@ def _refuse_nonfinite(chunks, ctx: _Ctx) -> None:
 
 
 # ----------------------------------------------------------------------------- entry points
+def cast_dtype(engine_dtype: str) -> torch.dtype | None:
+    """The dtype a sync casts to for an engine of `engine.dtype` (None for "auto": the learner's
+    parameters' dtype)."""
+    return None if engine_dtype == "auto" else getattr(torch, engine_dtype)
+
+
 def engine_slot(global_rank: int, engine_tp: int) -> tuple[int, int]:
     """(rank within its engine, engine TP) of a rank in colocated placement: engines are
     `engine_tp` consecutive ranks (`rollout.placement`)."""
@@ -459,10 +483,17 @@ def sync_weights(chunks, pg_collection, hf_config, engine, *,
                                for i in range(pp.size())], group=pg_collection.tp)
     with ctx.clock("check"):
         _refuse_nonfinite(chunks, ctx)
+    return _push_units(engine, _model_units(chunks, ctx), ctx, bucket_bytes, t0)
+
+
+def _push_units(engine, units: Iterator[list[Slab]], ctx: _Ctx, bucket_bytes: int,
+                t0: float) -> SyncStats:
+    """Lay each unit's slabs into checkpoint-shaped tensors, push them to `engine` in buckets of
+    whole fused groups, reset its caches; this rank's `SyncStats` (the sync began at `t0`)."""
     assembler = GroupAssembler(engine.weight_groups())
 
     def groups() -> Iterator[FusedGroup]:
-        for slabs in _model_units(chunks, ctx):
+        for slabs in units:
             with ctx.clock("convert"):
                 done = assembler.add_all(_materialize(s, ctx) for s in slabs)
             yield from done
@@ -523,11 +554,11 @@ def send_weights(chunks, pg_collection, hf_config, split, *,
             for e, link in enumerate(links):
                 rows = [_rows_for(s, e, engine_tp, ctx) for s in slabs]
                 with ctx.clock("push"):
-                    _link_unit(link, rows)
+                    _stream_unit(link, rows, 0, ctx)
                 pushed += sum(nbytes(s.data) for s in rows)
         if sending:
             for link in links:
-                _link_unit(link, None)
+                _stream_unit(link, None, 0, ctx)
     s = ctx.clock.seconds
     return SyncStats(0, pushed, 0, 0, s["gather"], s["convert"], s["push"], s["check"],
                      time.perf_counter() - t0, ctx.received)
@@ -540,24 +571,6 @@ def _rows_for(s: Slab, engine_rank: int, engine_tp: int, ctx: _Ctx) -> Slab:
     if need.whole:
         return s
     return Slab(s.name, s.kind, s.member, s.shape, need, s.piece(need).contiguous())
-
-
-def _link_unit(link, slabs: list[Slab] | None, ctx: _Ctx | None = None) -> list[Slab] | None:
-    """One unit over a weight link from its member 0 (the stage's sender): metadata, then data."""
-    box = link.broadcast_object(
-        None if slabs is None else [(s.name, s.kind, s.member, s.shape, s.span,
-                                     tuple(s.data.shape), s.data.dtype) for s in slabs], src=0)
-    if box is None:
-        return None
-    out = []
-    for i, (name, kind, member, shape, span, data_shape, dtype) in enumerate(box):
-        t = slabs[i].data.contiguous() if link.rank == 0 else torch.empty(
-            data_shape, dtype=dtype, device=ctx.device)
-        link.broadcast(t, src=0)
-        if ctx is not None:
-            ctx.received += nbytes(t)
-        out.append(Slab(name, kind, member, shape, span, t))
-    return out
 
 
 @torch.no_grad()
@@ -577,24 +590,15 @@ def receive_weights(engine, hf_config, split, *,
         senders = _weight_senders(split, None)
     if bad is not None:
         raise ValueError(bad)
-    assembler = GroupAssembler(engine.weight_groups())
 
-    def groups() -> Iterator[FusedGroup]:
+    def units() -> Iterator[list[Slab]]:
         for stage, sender in enumerate(senders):
             link = split.weight_link(stage, sender, *ctx.slot)
             while True:
                 with ctx.clock("gather"):
-                    slabs = _link_unit(link, None, ctx)
+                    slabs = _stream_unit(link, None, 0, ctx)
                 if slabs is None:
                     break
-                with ctx.clock("convert"):
-                    done = assembler.add_all(_materialize(s, ctx) for s in slabs)
-                yield from done
-        assembler.finish()
+                yield slabs
 
-    tensors, total, count, largest = push_buckets(engine, groups(), bucket_bytes, ctx.clock)
-    with ctx.clock("push"):
-        engine.reset_caches()
-    s = ctx.clock.seconds
-    return SyncStats(tensors, total, count, largest, s["gather"], s["convert"], s["push"],
-                     s["check"], time.perf_counter() - t0, ctx.received, ctx.engine_bytes)
+    return _push_units(engine, units(), ctx, bucket_bytes, t0)

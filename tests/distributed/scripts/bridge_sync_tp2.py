@@ -91,6 +91,33 @@ def hf_greedy(model_dir: Path, processor, text: str, image) -> tuple[list[int], 
     return out[0, inputs["input_ids"].shape[1]:].tolist(), inputs
 
 
+def sync_and_compare(chunks, pg, cfg, ckpt: Path, engine, processor, image, work: Path,
+                     res: dict, hf_greedy=hf_greedy) -> None:
+    """The engine's greedy tokens before and after `sync_weights` (every rank), the sync's
+    statistics, transformers' greedy tokens with the learner's exported weights (`hf_greedy` of
+    the family) and the learner's own log-probs of the engine's sequence, into `res`."""
+    from prco_mega.bridge.hf_io import export_megatron_to_hf
+    from prco_mega.bridge.sync import sync_weights
+
+    res["before"] = gathered(host_generate(engine, processor, image)["tokens"])
+    t = time.time()
+    stats = sync_weights(chunks, pg, cfg, engine, bucket_bytes=BUCKET_BYTES)
+    res["sync_s"] = time.time() - t
+    res["stats"] = gathered({**stats.__dict__, "bytes_per_second": stats.bytes_per_second})
+    export_megatron_to_hf(chunks, work / "learner_hf", pg, cfg, copy_files_from=ckpt)
+    after = host_generate(engine, processor, image)
+    res["after"], res["vllm_logprobs"] = gathered(after["tokens"]), gathered(after["logprobs"])
+    seq = [None]
+    if dist.get_rank() == 0:
+        res["hf"], inputs = hf_greedy(work / "learner_hf", processor, after["text"], image)
+        res["prompt_ids_equal_hf"] = inputs["input_ids"][0].tolist() == after["prompt_ids"]
+        seq = [{"prompt_ids": after["prompt_ids"], "response": after["tokens"],
+                "pixel_values": inputs["pixel_values"].tolist(),
+                "grid_thw": inputs["image_grid_thw"].tolist()}]
+    dist.broadcast_object_list(seq, src=0)
+    res["learner_logprobs"] = learner_logprobs(chunks, pg, cfg, seq[0])
+
+
 def nan_refusal(chunks, pg, cfg, engine) -> str:
     """Put one NaN into rank 1's shard of a fused QKV weight; the sync must refuse on every rank."""
     from prco_mega.bridge.sync import sync_weights
@@ -149,9 +176,8 @@ def main() -> None:
     ensure_torchvision_importable()
     from transformers import AutoProcessor
 
-    from prco_mega.bridge.hf_io import export_megatron_to_hf, load_hf_config, load_hf_into_megatron
+    from prco_mega.bridge.hf_io import load_hf_config, load_hf_into_megatron
     from prco_mega.learner.mismatch import logprob_mismatch
-    from prco_mega.bridge.sync import sync_weights
     from prco_mega.learner.model import build_model
     from prco_mega.learner.parallel import init_parallel
 
@@ -175,21 +201,7 @@ def main() -> None:
     load_hf_into_megatron(chunks, ckpt, pg, cfg)
     perturb(chunks, pg, cfg.model_type)
     processor, image = AutoProcessor.from_pretrained(ckpt), make_image()
-    res["before"] = gathered(host_generate(engine, processor, image)["tokens"])
-    stats = sync_weights(chunks, pg, cfg, engine, bucket_bytes=BUCKET_BYTES)
-    res["stats"] = gathered({**stats.__dict__, "bytes_per_second": stats.bytes_per_second})
-    export_megatron_to_hf(chunks, work / "learner_hf", pg, cfg, copy_files_from=ckpt)
-    after = host_generate(engine, processor, image)
-    res["after"], res["vllm_logprobs"] = gathered(after["tokens"]), gathered(after["logprobs"])
-    seq = [None]
-    if rank == 0:
-        res["hf"], inputs = hf_greedy(work / "learner_hf", processor, after["text"], image)
-        res["prompt_ids_equal_hf"] = inputs["input_ids"][0].tolist() == after["prompt_ids"]
-        seq = [{"prompt_ids": after["prompt_ids"], "response": after["tokens"],
-                "pixel_values": inputs["pixel_values"].tolist(),
-                "grid_thw": inputs["image_grid_thw"].tolist()}]
-    dist.broadcast_object_list(seq, src=0)
-    res["learner_logprobs"] = learner_logprobs(chunks, pg, cfg, seq[0])
+    sync_and_compare(chunks, pg, cfg, ckpt, engine, processor, image, work, res)
     if rank == 0:
         n = len(res["after"][0])
         m = logprob_mismatch(torch.tensor(res["learner_logprobs"]),

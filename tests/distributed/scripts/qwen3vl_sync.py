@@ -46,8 +46,7 @@ def main() -> None:
     ensure_torchvision_importable()
     from transformers import AutoProcessor
 
-    from prco_mega.bridge.hf_io import export_megatron_to_hf, load_hf_config, load_hf_into_megatron
-    from prco_mega.bridge.sync import sync_weights
+    from prco_mega.bridge.hf_io import load_hf_config, load_hf_into_megatron
     from prco_mega.data.tokenizer import demo_corpus, make_tiny_checkpoint
     from prco_mega.learner.parallel import init_parallel
     from prco_mega.learner.provider import build_model
@@ -69,24 +68,8 @@ def main() -> None:
     load_hf_into_megatron(chunks, ckpt, pg, cfg)
     bs.perturb(chunks, pg, cfg.model_type)
     processor, image = AutoProcessor.from_pretrained(ckpt), bs.make_image()
-    res["before"] = bs.gathered(bs.host_generate(engine, processor, image)["tokens"])
-    t = time.time()
-    stats = sync_weights(chunks, pg, cfg, engine, bucket_bytes=bs.BUCKET_BYTES)
-    res["sync_s"] = time.time() - t
-    res["stats"] = bs.gathered(stats.__dict__)
-    export_megatron_to_hf(chunks, work / "learner_hf", pg, cfg, copy_files_from=ckpt)
-    after = bs.host_generate(engine, processor, image)
-    res["after"] = bs.gathered(after["tokens"])
-    res["vllm_logprobs"] = bs.gathered(after["logprobs"])
-    seq = [None]
-    if rank == 0:
-        res["hf"], inputs = hf_greedy(work / "learner_hf", processor, after["text"], image)
-        res["prompt_ids_equal_hf"] = inputs["input_ids"][0].tolist() == after["prompt_ids"]
-        seq = [{"prompt_ids": after["prompt_ids"], "response": after["tokens"],
-                "pixel_values": inputs["pixel_values"].tolist(),
-                "grid_thw": inputs["image_grid_thw"].tolist()}]
-    dist.broadcast_object_list(seq, src=0)
-    res["learner_logprobs"] = bs.learner_logprobs(chunks, pg, cfg, seq[0])
+    bs.sync_and_compare(chunks, pg, cfg, ckpt, engine, processor, image, work, res,
+                        hf_greedy=hf_greedy)
     if rank == 0:
         res["checkpoint_tensors"] = len(engine.shapes)
         res["total_s"] = time.time() - T0
