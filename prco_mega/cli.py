@@ -51,7 +51,7 @@ def _train(args: argparse.Namespace) -> int:
     data = check_data(cfg.data)  # so is bad data: before the world, learner and engines
     if os.environ.get("RANK", "0") == "0":
         print(data.line(), flush=True)
-    from prco_mega.controller import main as run_main
+    from prco_mega.runtime.loop import main as run_main
 
     run_main(cfg, resume_run=args.resume)
     return 0
@@ -67,7 +67,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from prco_mega.plan import plan_config
+    from prco_mega.cluster.plan import plan_config
 
     plan = plan_config(args.config, args.overrides)
     print(plan.table())
@@ -82,7 +82,7 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_launch(sub: argparse._SubParsersAction) -> None:
-    from prco_mega import launch
+    from prco_mega.cluster import launch
 
     parser = sub.add_parser("launch", help="torchrun / Slurm launch of a cluster config")
     launch.add_arguments(parser)

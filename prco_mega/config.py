@@ -282,7 +282,7 @@ class RewardSection:
 @dataclass
 class AlgoSection:
     """The algorithm and its loss. Fields left at None take the algorithm's preset
-    (`prco_mega.algorithms.REGISTRY`); a value given here overrides the preset. The resolved values
+    (`prco_mega.algo.registry.REGISTRY`); a value given here overrides the preset. The resolved values
     are printed when a run starts and written to its `config.json`."""
 
     name: Literal["prco", "prco_shared", "grpo", "dapo"] = "prco"
@@ -369,7 +369,7 @@ class WarmStartSection:
     """Probability that a demonstrated caption misstates a needed fact."""
     bias: float = 0.0
     """Probability that the demonstrator states a fact through its systematic confusion
-    (`misreads`); see `prco_mega.data.demos.DemoNoise.bias`."""
+    (`misreads`); see `prco_mega.tiny.demos.DemoNoise.bias`."""
     misreads: dict[str, dict[int, int]] = field(default_factory=dict)
     """The demonstrator's systematic confusions, family -> {true value: value it states}, applied
     with probability `bias`: {polygons: {3: 4}} reads triangles as squares."""
@@ -402,7 +402,7 @@ class WarmStartSection:
 
 # Sections owned by their components; plain dataclasses, cheap to import.
 from prco_mega.learner.config import LearnerConfig  # noqa: E402
-from prco_mega.cluster import ClusterSection  # noqa: E402
+from prco_mega.cluster.config import ClusterSection  # noqa: E402
 from prco_mega.rollout.config import EngineConfig, RolloutSection  # noqa: E402
 from prco_mega.tracking.config import SavedRolloutsSection  # noqa: E402
 

@@ -9,10 +9,10 @@ import random
 
 import torch
 
-from prco_mega.data.demos import DemoNoise, observer_demo, perceived_facts, solver_demo
+from prco_mega.tiny.demos import DemoNoise, observer_demo, perceived_facts, solver_demo
 from prco_mega.data.synthetic import SyntheticConfig, SyntheticTaskSource
 from prco_mega.rewards.leakage import RuleLeakageChecker
-from prco_mega.scoring import PRCOCredit, Scored
+from prco_mega.algo.credit import PRCOCredit, Scored
 from prco_mega.types import Role, Task, TaskRollout, Trajectory
 
 NOISE = DemoNoise(drop=0.15, corrupt=0.3)

@@ -5,14 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prco_mega import algorithms, build
+from prco_mega.algo import registry as algorithms
+from prco_mega.runtime import samplers
+
+from prco_mega.runtime import build
 from prco_mega.algo.losses import prco_loss
 from prco_mega.config import RunConfig, from_dict
 from prco_mega.data.stream import TaskStream
-from prco_mega.scoring import SingleRoleCredit
+from prco_mega.algo.credit import SingleRoleCredit
 from prco_mega.rollout.placement import single_engine
 from prco_mega.rollout.two_stage import group_id
-from prco_mega.timing import PhaseTimer
+from prco_mega.tracking.timing import PhaseTimer
 from prco_mega.types import Role, Task, TaskRollout, Trajectory
 
 RIGHT, WRONG = "<think>x</think> \\boxed{3}", "<think>x</think> \\boxed{4}"
@@ -89,7 +92,7 @@ def _stream(batch: int) -> TaskStream:
 
 def test_refill_draws_more_prompts_until_the_batch_is_full():
     rollout = _ScriptedRollout(uniform=set(range(0, 6)))  # the first 6 tasks carry no signal
-    sample = algorithms.DynamicSampling(rollout, SingleRoleCredit(dynamic_sampling=True),
+    sample = samplers.DynamicSampling(rollout, SingleRoleCredit(dynamic_sampling=True),
                                         target=4, max_extra_draws=4, shard=single_engine())
     stream = _stream(4)
     scored = sample(stream, step=3, timer=PhaseTimer())
@@ -104,7 +107,7 @@ def test_refill_draws_more_prompts_until_the_batch_is_full():
 
 def test_refill_stops_at_its_bound_with_a_short_batch():
     rollout = _ScriptedRollout(uniform=set(range(100)))  # nothing ever has signal
-    sample = algorithms.DynamicSampling(rollout, SingleRoleCredit(dynamic_sampling=True),
+    sample = samplers.DynamicSampling(rollout, SingleRoleCredit(dynamic_sampling=True),
                                         target=4, max_extra_draws=2, shard=single_engine())
     scored = sample(_stream(4), step=0, timer=PhaseTimer())
     assert rollout.draws == [0, 1, 2]  # the first draw and two extra

@@ -82,7 +82,7 @@ _TINY_CONFIG: list[str] = []
 
 def tiny_config_json() -> str:
     if not _TINY_CONFIG:
-        from prco_mega.models.tiny import tiny_qwen25vl_config
+        from prco_mega.families.qwen2_5_vl.tiny import tiny_qwen25vl_config
 
         _TINY_CONFIG.append(tiny_qwen25vl_config().to_json_string())
     return _TINY_CONFIG[0]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "prco_mega"
-CONFIG_MODULES = ["config.py", "cluster.py", "learner/config.py", "rollout/config.py",
+CONFIG_MODULES = ["config.py", "cluster/config.py", "learner/config.py", "rollout/config.py",
                   "tracking/config.py"]
 
 

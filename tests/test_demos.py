@@ -4,7 +4,7 @@ import random
 import pytest
 
 from prco_mega.data.captions import perception_accuracy
-from prco_mega.data.demos import DemoNoise, demonstrations
+from prco_mega.tiny.demos import DemoNoise, demonstrations
 from prco_mega.data.synthetic import SyntheticConfig, SyntheticTaskSource
 from prco_mega.rewards import format_score, rule_leak, verify
 
@@ -52,7 +52,7 @@ POLYGON_TASKS = [SyntheticTaskSource(SyntheticConfig(image_size=224, seed=5, dif
 
 def _stated(noise: DemoNoise, seed: int) -> list[tuple[int, int]]:
     """(true corners, demonstrated corners) of every needed polygon the demonstration keeps."""
-    from prco_mega.data.demos import perceived_facts
+    from prco_mega.tiny.demos import perceived_facts
 
     rng, out = random.Random(seed), []
     for task in POLYGON_TASKS:

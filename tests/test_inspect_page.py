@@ -119,7 +119,7 @@ def test_the_filters_keep_the_tasks_they_name(chromium, page, run_dir, tmp_path)
 
 
 def test_compare_puts_the_warm_start_beside_the_trained_captions(tmp_path):
-    from prco_mega.build import eval_tasks
+    from prco_mega.runtime.build import eval_tasks
     from prco_mega.eval.synthetic import EvalRecord
 
     cfg = RunConfig()

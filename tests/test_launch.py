@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from prco_mega.config import load_yaml
-from prco_mega.launch import build_launch, execute
+from prco_mega.cluster.launch import build_launch, execute
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CLUSTER_CONFIGS = ["qwen25vl_3b_h100x8.yaml", "qwen25vl_7b_h100x8.yaml",

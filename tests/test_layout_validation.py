@@ -3,7 +3,7 @@ with a ValueError that names the numbers."""
 import pytest
 
 from prco_mega.learner.parallel import ModelDims, validate_layout
-from prco_mega.models.tiny import TinySizes
+from prco_mega.families.qwen2_5_vl.tiny import TinySizes
 
 # Qwen2.5-VL-7B's language model, as its config.json states it
 QWEN25VL_7B = {"model_type": "qwen2_5_vl", "text_config": {

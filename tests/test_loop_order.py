@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from prco_mega import controller
+from prco_mega.runtime import loop as controller
 from prco_mega.bridge import sync as bridge_sync
 from prco_mega.rollout.placement import single_engine
-from prco_mega.scoring import Scored
+from prco_mega.algo.credit import Scored
 from prco_mega.types import Role, Trajectory
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from prco_mega.learner.parallel import check_deepstack_placement
-from prco_mega.learner.qwen3vl_parts import add_deepstack, interleaved_mrope_freqs
+from prco_mega.families.qwen3_vl.parts import add_deepstack, interleaved_mrope_freqs
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -63,7 +63,7 @@ def test_deepstack_layers_off_the_first_stage_are_refused_with_the_numbers():
 
 def test_the_planner_refuses_a_layout_that_splits_the_deepstack_layers():
     from prco_mega.config import load_yaml
-    from prco_mega.plan import plan_inputs_from_config
+    from prco_mega.cluster.plan import plan_inputs_from_config
 
     data = load_yaml(CONFIGS / "qwen3vl_32b_h100x32.yaml", [
         "learner.parallel.tensor_parallel=4", "learner.parallel.pipeline_parallel=8",
@@ -74,15 +74,15 @@ def test_the_planner_refuses_a_layout_that_splits_the_deepstack_layers():
 
 @pytest.mark.parametrize("name,published", [("qwen3-vl-8b", 8.77e9), ("qwen3-vl-32b", 33.4e9)])
 def test_qwen3vl_parameter_counts_match_the_published_model_sizes(name, published):
-    from prco_mega.plan.models import QWEN3_VL, total_params
+    from prco_mega.cluster.dims import QWEN3_VL, total_params
 
     assert total_params(QWEN3_VL[name]) == pytest.approx(published, rel=0.005)
 
 
 def test_planner_counts_every_parameter_of_the_tiny_qwen3vl():
     from prco_mega.bridge.convert import expected_hf_tensors
-    from prco_mega.models.tiny_qwen3vl import tiny_qwen3vl_config
-    from prco_mega.plan.models import dims_from_hf_config, total_params
+    from prco_mega.families.qwen3_vl.tiny import tiny_qwen3vl_config
+    from prco_mega.cluster.dims import dims_from_hf_config, total_params
 
     cfg = tiny_qwen3vl_config()
     shapes = expected_hf_tensors(cfg)
@@ -93,7 +93,7 @@ def test_planner_counts_every_parameter_of_the_tiny_qwen3vl():
 def test_model_family_must_match_the_checkpoint(tmp_path):
     import json
 
-    from prco_mega.warm_start import check_family
+    from prco_mega.runtime.warm_start import check_family
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
     check_family(tmp_path, None)  # the checkpoint decides

@@ -7,15 +7,9 @@ import math
 
 import pytest
 
-from prco_mega.eval.report import (
-    MetricsLogger,
-    comparison_table,
-    format_table,
-    plot_metrics,
-    read_metrics,
-    running_mean,
-    step_line,
-)
+from prco_mega.eval.report import comparison_table, format_table
+from prco_mega.tracking.metrics import (MetricsLogger, plot_metrics, read_metrics, running_mean,
+                                        step_line)
 from prco_mega.eval.synthetic import EvalRecord, EvalResult
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from prco_mega.rewards.format import format_score
-from prco_mega.scoring import PRCOCredit, SingleRoleCredit
+from prco_mega.algo.credit import PRCOCredit, SingleRoleCredit
 from prco_mega.types import Role, Task, TaskRollout, Trajectory
 
 RIGHT, WRONG = "<think>count</think> \\boxed{3}", "<think>count</think> \\boxed{4}"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prco_mega.data.tokenizer import (SPECIAL_TOKENS, demo_corpus, make_tiny_checkpoint,
+from prco_mega.tiny.tokenizer import (SPECIAL_TOKENS, demo_corpus, make_tiny_checkpoint,
                                       save_processor, special_token_ids, train_tokenizer)
 
 
@@ -112,7 +112,7 @@ def test_hf_tokenizer_splits_exactly_like_sentencepiece():
     and on text it never saw (byte fallback, double spaces, newlines)."""
     import sentencepiece as spm
 
-    from prco_mega.data.tokenizer import sentencepiece_to_hf, train_sentencepiece
+    from prco_mega.tiny.tokenizer import sentencepiece_to_hf, train_sentencepiece
 
     corpus = demo_corpus(1500, seed=0)
     proto = train_sentencepiece(corpus, 600)

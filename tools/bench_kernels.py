@@ -25,8 +25,12 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from _kernels_import import import_prco_kernels  # tools/ is on sys.path when run as a script
+
+# A bare checkout (a GPU machine given only the repo, no `pip install -e .`) imports the kernels
+# from their folder: kernels/prco_kernels/ is the package `prco_kernels`.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "kernels"))
 
 import torch
 
@@ -47,7 +51,7 @@ def head_inputs(T, H, V, dtype, device, seed=0):
 
 def head_step(design, inputs, chunk_tokens=None, impl="triton"):
     """One forward+backward of the LM head + PPO loss in the given design; returns a closure."""
-    pk = import_prco_kernels()
+    import prco_kernels as pk
     hidden, weight, targets, old, adv, w = inputs
 
     def ref():
@@ -181,7 +185,7 @@ def bench_gpu(quick):
 
 
 def bench_gpu_elementwise(gbps, quick):
-    pk = import_prco_kernels()
+    import prco_kernels as pk
     print(f"\n{'kernel':26s} {'size':>10s} {'impl':7s} {'ms':>8s} {'GB/s':>7s} {'roofline':>8s}")
     for T in ([1 << 20] if quick else [1 << 16, 1 << 20, 1 << 24]):
         lp, old, adv, ref = (torch.randn(T, device="cuda") for _ in range(4))

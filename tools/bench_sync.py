@@ -7,7 +7,7 @@ measured in the same process, and prints a table. Each (model, engine) case runs
 process with a one-rank learner (TP=1, gloo world of 1):
 
 - `inprocess`: `VllmEngine` in the learner's process (works with a world of 1);
-- `process`: `rollout.engine_host.EngineProcess`, the engine in a child process with its own
+- `process`: `EngineProcess` of tools/engine_host.py, the engine in a child process with its own
   world (tensors cross through shared memory): the cost of a process boundary.
 
     python tools/bench_sync.py [--models tiny,synthetic] [--engines inprocess,process]
@@ -39,9 +39,9 @@ def make_checkpoint(name: str, out: Path) -> Path:
     tokenizer's (ids the tokenizer never produces are still rows the sync must move)."""
     import dataclasses
 
-    from prco_mega.data.tokenizer import (demo_corpus, save_processor, special_token_ids,
+    from prco_mega.tiny.tokenizer import (demo_corpus, save_processor, special_token_ids,
                                           train_tokenizer)
-    from prco_mega.models.tiny import TinySizes, build_tiny_qwen25vl, tiny_qwen25vl_config
+    from prco_mega.families.qwen2_5_vl.tiny import TinySizes, build_tiny_qwen25vl, tiny_qwen25vl_config
 
     if (out / "model.safetensors").exists():
         return out
@@ -86,7 +86,7 @@ def run_case(model: str, engine_kind: str, work: Path, repeats: int, bucket_byte
     if engine_kind == "inprocess":
         from prco_mega.rollout import VllmEngine as Engine
     else:
-        from prco_mega.rollout.engine_host import EngineProcess as Engine
+        from engine_host import EngineProcess as Engine  # beside this script (tools/)
     cfg = load_hf_config(ckpt)
     pg = init_parallel(tp=1, hf_config=cfg)
     engine = Engine(ckpt, config)

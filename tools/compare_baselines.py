@@ -18,7 +18,7 @@ ALGORITHMS = ("prco", "grpo", "dapo", "prco_shared")
 
 
 def run(config: str, algo: str, overrides: list[str]) -> Path:
-    from prco_mega.build import resolved_algo, resolved_config
+    from prco_mega.runtime.build import resolved_algo, resolved_config
     from prco_mega.config import load_config
 
     name = f"{load_config(config, overrides).run.name}-{algo}"

@@ -14,13 +14,15 @@ import io
 import os
 import re
 import sys
+from pathlib import Path
 
-from _kernels_import import import_prco_kernels  # tools/ is on sys.path when run as a script
+# A bare checkout (a GPU machine given only the repo, no `pip install -e .`) imports the kernels
+# from their folder: kernels/prco_kernels/ is the package `prco_kernels`.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "kernels"))
 
 
 def kernel_specs():
     """(label, jit fn, signature, constexprs, options) for every kernel, at its production config."""
-    import prco_kernels  # noqa: F401  (mapped by import_prco_kernels)
     from prco_kernels import _logprob_triton as lt
     from prco_kernels import advantage, ppo_loss
 
@@ -99,7 +101,7 @@ def main(argv=None):
     import triton
 
     triton.knobs.nvidia.dump_ptxas_log = True  # ptxas -v report goes to stdout, captured per kernel
-    import_prco_kernels()
+    import prco_kernels  # noqa: F401
     failures = []
     print(f"{'kernel':32s} {'regs':>5s} {'spill st':>9s} {'spill ld':>9s} {'smem B':>8s}  wgmma")
     for label, fn, sig, consts, opts in kernel_specs():

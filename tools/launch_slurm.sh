@@ -10,6 +10,6 @@ if [[ $# -lt 1 ]]; then
 fi
 PYTHON=${PYTHON:-python}
 if [[ -n "${DRY_RUN:-}" ]]; then
-  exec "$PYTHON" -m prco_mega.launch --mode slurm --dry-run "$@"
+  exec "$PYTHON" -m prco_mega.cluster.launch --mode slurm --dry-run "$@"
 fi
-exec "$PYTHON" -m prco_mega.launch --mode slurm "$@"
+exec "$PYTHON" -m prco_mega.cluster.launch --mode slurm "$@"

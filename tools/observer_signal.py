@@ -27,14 +27,16 @@ def main(argv: list[str]) -> int:
     if bad:
         parser.error(f"expected key=value overrides after the config, got {bad}")
 
-    from prco_mega import build, world
+    from prco_mega.runtime import build
+
+    from prco_mega.dist import world
     from prco_mega.config import load_config
     from prco_mega.eval.report import format_table
     from prco_mega.eval.synthetic import observer_signal, reward_by_perception
     from prco_mega.rollout.two_stage import settings_from_section
 
     cfg = load_config(config, overrides)
-    from prco_mega.warm_start import prepare_model
+    from prco_mega.runtime.warm_start import prepare_model
 
     world.init_world()
     engine = build.start_engine(cfg, prepare_model(cfg))

@@ -1,7 +1,7 @@
 """GRPO and DAPO on one outcome reward per trajectory (role SINGLE): the ablation baselines.
 
 Both use `prco_loss` with the single role; what differs is the advantage, the filtering of groups
-and the clip/aggregation settings (their presets are the entries of `prco_mega.algorithms`).
+and the clip/aggregation settings (their presets are the entries of `prco_mega.algo.registry`).
 """
 from __future__ import annotations
 

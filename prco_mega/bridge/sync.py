@@ -45,8 +45,8 @@ import torch.distributed as dist
 from prco_mega.bridge.mapping import megatron_shards_to_hf, resolve, family_table
 from prco_mega.bridge.slices import (Span, engine_span, full_shape_of, held_span, hull, intersect,
                                      kind_of, local_heads)
-from prco_mega.timing import PhaseTimer
-from prco_mega.world import all_gather, device
+from prco_mega.tracking.timing import PhaseTimer
+from prco_mega.dist.world import all_gather, device
 
 _PHASES = ("gather", "convert", "push", "check")
 

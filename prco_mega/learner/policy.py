@@ -20,7 +20,7 @@ from prco_mega.learner.loss_paths import LossPath
 from prco_mega.learner.train_step import NonFiniteLoss  # noqa: F401  (raised by step)
 from prco_mega.learner.packing import pack_plan, shape_of
 from prco_mega.types import Trajectory
-from prco_mega.world import rank as dist_rank
+from prco_mega.dist.world import rank as dist_rank
 
 LoadWeights = Callable[[list, Any], Any]
 """`load_weights(chunks, pg)`: set the freshly built chunks' weights (e.g. from a Hugging Face
@@ -149,7 +149,7 @@ class MegatronPolicy:
         the data-parallel replica that trains them. Step-wide ids follow each trajectory's
         (draw, task position) slot, the order one engine sampling the whole step lists them in,
         so the plan does not depend on how the step was split over engines."""
-        from prco_mega.world import all_gather, exchange
+        from prco_mega.dist.world import all_gather, exchange
 
         parts = all_gather(part_shapes(part))
         step_id, shapes = step_order(parts)
@@ -165,7 +165,7 @@ class MegatronPolicy:
 
     def _dp_of_ranks(self) -> list[int]:
         """The data-parallel rank of every rank of the world (rank order)."""
-        from prco_mega.world import all_gather
+        from prco_mega.dist.world import all_gather
 
         if not hasattr(self, "_dp_ranks"):
             self._dp_ranks = all_gather(self.pg.dp.rank())

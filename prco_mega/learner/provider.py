@@ -21,7 +21,7 @@ def build_model(hf_config, pg_collection, **kwargs) -> list:
     """This rank's model chunks for `hf_config` (see `learner.model.build_model`)."""
     check_family(hf_config.model_type)
     if hf_config.model_type == "qwen3_vl":
-        from prco_mega.learner.qwen3vl import build_qwen3vl_model
+        from prco_mega.families.qwen3_vl.provider import build_qwen3vl_model
 
         return build_qwen3vl_model(hf_config, pg_collection, **kwargs)
     from prco_mega.learner.model import build_model as build_qwen25vl

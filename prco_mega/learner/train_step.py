@@ -26,7 +26,7 @@ from torch import Tensor
 from prco_mega.learner.forward import qwen_vl_forward, to_device, token_logprobs
 from prco_mega.learner.loss_paths import LossPath
 from prco_mega.types import TrainBatch
-from prco_mega.world import device
+from prco_mega.dist.world import device
 
 ModelForward = Callable[[torch.nn.Module, TrainBatch], Tensor]
 """`model_forward(model_chunk, batch)`: the chunk's output for a packed micro-batch: on the last

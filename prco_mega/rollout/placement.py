@@ -80,7 +80,7 @@ class Shard:
     def gather(self, obj: object) -> list:
         """`obj` of every engine's leader (the other ranks of a TP engine hold the same), in
         engine order; collective over the world."""
-        from prco_mega.world import all_gather
+        from prco_mega.dist.world import all_gather
 
         p = self.placement
         got = all_gather(obj if p.is_engine_leader else None)

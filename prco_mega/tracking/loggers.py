@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from prco_mega.eval.report import MetricsLogger
+from prco_mega.tracking.metrics import MetricsLogger
 
 
 class Logger(Protocol):
@@ -93,7 +93,7 @@ class ConsoleLogger:
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         from tqdm import tqdm
 
-        from prco_mega.eval.report import step_line
+        from prco_mega.tracking.metrics import step_line
 
         if self.bar is None:  # made at the first step, so evaluation output comes before it
             self.bar = tqdm(total=self.total, initial=self.first, desc="PRCO steps",

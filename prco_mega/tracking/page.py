@@ -223,7 +223,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 def held_out_tasks(run_dir: Path) -> dict[str, tuple[str, list[bytes]]]:
     """(question, PNG bytes of its images) of the run's held-out tasks by uid, redrawn from its
     `config.json` (held-out tasks are synthetic, drawn from the run's seed)."""
-    from prco_mega import build
+    from prco_mega.runtime import build
     from prco_mega.config import RunConfig, from_dict
 
     data = json.loads((Path(run_dir) / "config.json").read_text())

@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prco_mega.types import TaskRollout, Trajectory
-from prco_mega.world import is_host
+from prco_mega.dist.world import is_host
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
     from prco_mega.rollout.placement import Shard
-    from prco_mega.scoring import Scored
+    from prco_mega.algo.credit import Scored
     from prco_mega.tracking.config import SavedRolloutsSection
 
 RECORDS = "records.json"

@@ -26,7 +26,7 @@ MAX_NEW = 8
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    from prco_mega.data.tokenizer import demo_corpus, make_tiny_checkpoint
+    from prco_mega.tiny.tokenizer import demo_corpus, make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("convert") / "tiny",
                                 demo_corpus(3000, seed=0), seed=0, init_std=INIT_STD)

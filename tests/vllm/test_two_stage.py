@@ -13,7 +13,7 @@ from prco_mega.rollout.engine import SamplingSettings
 from prco_mega.rollout.judge import engine_generate_fn, engine_judge, judge_request
 from prco_mega.rollout.single import SingleRoleRollout
 from prco_mega.rollout.two_stage import TwoStageRollout, solver_caption, step_settings
-from prco_mega.scoring import TaskRollout
+from prco_mega.algo.credit import TaskRollout
 from prco_mega.types import Role, Trajectory
 
 pytestmark = pytest.mark.vllm
@@ -195,7 +195,7 @@ def test_fixed_seed_does_not_replay_samples_across_steps():
 def test_rollouts_feed_prco_credit_with_the_engine_judge(engine, after_rollouts):
     import torch
 
-    from prco_mega.scoring import PRCOCredit
+    from prco_mega.algo.credit import PRCOCredit
 
     judge = engine_judge(engine, max_new_tokens=3, template="C: {caption} Leak? VERDICT:")
     scored = PRCOCredit(judge, torch.Generator().manual_seed(0))(after_rollouts)

@@ -181,7 +181,7 @@ def main() -> None:
     from prco_mega.learner.model import build_model
     from prco_mega.learner.parallel import init_parallel
 
-    from prco_mega.data.tokenizer import demo_corpus, make_tiny_checkpoint
+    from prco_mega.tiny.tokenizer import demo_corpus, make_tiny_checkpoint
     from prco_mega.rollout import EngineConfig, VllmEngine
 
     ckpt, res = work / "tiny", {}

@@ -89,7 +89,7 @@ def measure(policy) -> dict:
 
 def planned(hf_dir: Path, tp: int, dp: int) -> dict:
     """The planner's weight, gradient and optimizer rows for this layout, fp32 as on CPU."""
-    from prco_mega.plan import PlanInputs, model_dims, plan_memory
+    from prco_mega.cluster.plan import PlanInputs, model_dims, plan_memory
 
     x = PlanInputs(model=model_dims(str(hf_dir)), tp=tp, pp=1, dp=dp, sequence_parallel=False,
                    micro_batch_tokens=64, max_model_len=64, param_bytes=4, grad_bytes=4,
@@ -105,7 +105,7 @@ def trajectories():
 
 
 def run_layout(hf_dir: Path, tp: int) -> dict:
-    from prco_mega.build import policy_from_hf
+    from prco_mega.runtime.build import policy_from_hf
     from prco_mega.learner.config import LearnerConfig
     from prco_mega.learner.loss_paths import LossSettings, TorchPPO
     from prco_mega.learner.parallel import destroy_parallel

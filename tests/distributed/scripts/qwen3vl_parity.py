@@ -168,7 +168,7 @@ def main() -> None:
     install_megatron_cpu_compat()
     from transformers import Qwen3VLForConditionalGeneration
 
-    from prco_mega.models.tiny_qwen3vl import save_tiny_qwen3vl
+    from prco_mega.families.qwen3_vl.tiny import save_tiny_qwen3vl
 
     work = Path(args.out).parent
     ckpt = work / "tiny-qwen3vl"

@@ -251,7 +251,7 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = False  # fp32 parity: no TF32 in the patch conv
     dist.init_process_group("nccl" if DEV.type == "cuda" else "gloo")
     compat = [install_megatron_cpu_compat(), install_megatron_cpu_compat()]
-    from prco_mega.models.tiny import TinySizes, save_tiny_qwen25vl
+    from prco_mega.families.qwen2_5_vl.tiny import TinySizes, save_tiny_qwen25vl
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     work = Path(args.out).parent

@@ -42,7 +42,7 @@ def k3(policy_lp: torch.Tensor, ref_lp: torch.Tensor) -> float:
 
 
 def main() -> None:
-    from prco_mega.build import policy_from_hf
+    from prco_mega.runtime.build import policy_from_hf
     from prco_mega.learner.config import LearnerConfig
     from prco_mega.learner.loss_paths import LossSettings, TorchPPO
     from prco_mega.learner.parallel import destroy_parallel

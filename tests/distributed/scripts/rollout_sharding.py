@@ -25,10 +25,12 @@ def main() -> None:
     p.add_argument("--algo", default="prco")
     p.add_argument("--out", required=True)
     a = p.parse_args()
-    from prco_mega import algorithms, build, world
+    from prco_mega.runtime import samplers
+    from prco_mega.runtime import build
+    from prco_mega.dist import world
     from prco_mega.config import load_config
-    from prco_mega.timing import PhaseTimer
-    from prco_mega.warm_start import base_model
+    from prco_mega.tracking.timing import PhaseTimer
+    from prco_mega.runtime.warm_start import base_model
 
     world.init_world()
     cfg = load_config(ROOT / "configs/tiny_cpu.yaml", [
@@ -39,7 +41,7 @@ def main() -> None:
     model = base_model(cfg)
     shard = build.shard_of(cfg)
     engine = build.start_engine(cfg, model)  # every rank, at the same moment
-    sampler = algorithms.build_sampler(cfg, build.resolved_algo(cfg), engine,
+    sampler = samplers.build_sampler(cfg, build.resolved_algo(cfg), engine,
                                        build.prompt_set(cfg), build.leakage_checker(cfg, engine),
                                        torch.Generator(), shard)
     stream = build.task_stream(cfg, cfg.data.prompts_per_step)

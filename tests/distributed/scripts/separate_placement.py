@@ -32,11 +32,13 @@ def main() -> None:
     p.add_argument("--engine-tp", type=int, default=1)
     p.add_argument("--out", required=True)
     a = p.parse_args()
-    from prco_mega import algorithms, build, link, separate, world
+    from prco_mega.runtime import samplers
+    from prco_mega.runtime import build, remote as separate
+    from prco_mega.dist import link, world
     from prco_mega.bridge.sync import receive_weights, send_weights
     from prco_mega.config import load_config
-    from prco_mega.timing import PhaseTimer
-    from prco_mega.warm_start import base_model
+    from prco_mega.tracking.timing import PhaseTimer
+    from prco_mega.runtime.warm_start import base_model
 
     split = link.split_world(a.learners)
     cfg = load_config(ROOT / "configs/tiny_cpu.yaml", [
@@ -77,7 +79,7 @@ def main() -> None:
     else:
         engine = build.start_engine(cfg, model)
         shard = build.shard_of(cfg)
-        sampler = algorithms.build_sampler(cfg, build.resolved_algo(cfg), engine,
+        sampler = samplers.build_sampler(cfg, build.resolved_algo(cfg), engine,
                                            build.prompt_set(cfg), build.leakage_checker(cfg, engine),
                                            torch.Generator(), shard)
         stream = build.task_stream(cfg, cfg.data.prompts_per_step)

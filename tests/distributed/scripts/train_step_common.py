@@ -21,7 +21,7 @@ PATCH_DIM = 3 * 2 * 14 * 14  # channels * temporal patch * patch * patch
 
 
 def hf_config():
-    from prco_mega.models.tiny import tiny_qwen25vl_config
+    from prco_mega.families.qwen2_5_vl.tiny import tiny_qwen25vl_config
 
     return tiny_qwen25vl_config()
 

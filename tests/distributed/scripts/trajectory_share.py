@@ -15,7 +15,7 @@ from tiny_world import start, text_trajectories
 
 def main() -> None:
     out, hf_dir = start()
-    from prco_mega.build import policy_from_hf
+    from prco_mega.runtime.build import policy_from_hf
     from prco_mega.learner.config import LearnerConfig
     from prco_mega.learner.loss_paths import LossSettings, TorchPPO
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from prco_mega.plan.inputs import ClusterSection, SlurmSection, plan_inputs_from_config
-from prco_mega.plan.memory import check_fits, plan_memory
+from prco_mega.cluster.plan_inputs import ClusterSection, SlurmSection, plan_inputs_from_config
+from prco_mega.cluster.memory import check_fits, plan_memory
 
 Mode = Literal["torchrun", "slurm"]
 HEAD_PLACEHOLDER = "HEAD_NODE_ADDR"
@@ -193,7 +193,7 @@ def execute(spec: LaunchSpec, script_path: str | None = None) -> int:
 
 # ----------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `prco-mega launch` (also `python -m prco_mega.launch`)."""
+    """Arguments of `prco-mega launch` (also `python -m prco_mega.cluster.launch`)."""
     parser.add_argument("config", help="YAML run config with a cluster: section")
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides of the config")
     parser.add_argument("--mode", choices=["torchrun", "slurm"], default="torchrun")
@@ -219,7 +219,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prco_mega.launch", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m prco_mega.cluster.launch", description=__doc__)
     add_arguments(parser)
     try:
         return run_from_args(parser.parse_intermixed_args(argv))

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prco_mega import build
+from prco_mega.runtime import build
 from prco_mega.config import RunConfig
-from prco_mega.scoring import combine_metrics
-from prco_mega.timing import PhaseTimer
-from prco_mega.world import all_gather, broadcast, init_world, is_host
+from prco_mega.algo.credit import combine_metrics
+from prco_mega.tracking.timing import PhaseTimer
+from prco_mega.dist.world import all_gather, broadcast, init_world, is_host
 
 
 def sync(run: build.Run):
@@ -98,8 +98,8 @@ def train(run: build.Run, start: int) -> None:
 
 def main(cfg: RunConfig, resume_run: bool = False) -> Path:
     """Warm start (cached) -> RL -> evaluation table. Returns the run directory."""
-    from prco_mega.eval.report import plot_metrics
-    from prco_mega.warm_start import prepare_model
+    from prco_mega.tracking.metrics import plot_metrics
+    from prco_mega.runtime.warm_start import prepare_model
 
     dirs = build.RunDirs(Path(cfg.run.output_dir) / cfg.run.name)
     if dirs.root.exists() and not resume_run and (dirs.checkpoints.exists()):
@@ -107,7 +107,7 @@ def main(cfg: RunConfig, resume_run: bool = False) -> Path:
                          "--resume to continue it, or choose another run.name")
     algo = build.resolved_algo(cfg)  # a bad preset override is refused before anything starts
     if cfg.cluster is not None and cfg.cluster.rollout_placement == "separate":
-        from prco_mega import separate  # learner ranks and engine ranks run their own loops
+        from prco_mega.runtime import remote as separate  # learner ranks and engine ranks run their own loops
 
         separate.main(cfg, dirs, algo, resume_run)
         return dirs.root

@@ -29,9 +29,9 @@ from typing import Any, Sequence
 
 import torch
 
-from prco_mega import algorithms
+from prco_mega.runtime import samplers
 from prco_mega.learner.policy import part_shapes, step_order
-from prco_mega.link import ROLE_LEARNER, SplitWorld, split_world
+from prco_mega.dist.link import ROLE_LEARNER, SplitWorld, split_world
 from prco_mega.types import Trajectory
 
 
@@ -125,15 +125,15 @@ def main(cfg, dirs, algo, resume_run: bool) -> Path | None:
 
 
 def _learner_main(cfg, dirs, algo, split: SplitWorld, resume_run: bool) -> Path:
-    from prco_mega import build
+    from prco_mega.runtime import build
     from prco_mega.bridge.sync import cast_dtype, send_weights
-    from prco_mega.eval.report import plot_metrics
+    from prco_mega.tracking.metrics import plot_metrics
     from prco_mega.learner.checkpoint import latest_checkpoint
     from prco_mega.learner.policy import NonFiniteLoss
-    from prco_mega.scoring import combine_metrics
-    from prco_mega.timing import PhaseTimer
-    from prco_mega.warm_start import prepare_model
-    from prco_mega.world import is_host
+    from prco_mega.algo.credit import combine_metrics
+    from prco_mega.tracking.timing import PhaseTimer
+    from prco_mega.runtime.warm_start import prepare_model
+    from prco_mega.dist.world import is_host
 
     build.announce(cfg, dirs, algo)
     model = prepare_model(cfg)
@@ -189,19 +189,19 @@ def _learner_main(cfg, dirs, algo, split: SplitWorld, resume_run: bool) -> Path:
 
 
 def _engine_main(cfg, dirs, algo, split: SplitWorld) -> None:
-    from prco_mega import build
+    from prco_mega.runtime import build
     from prco_mega.bridge.hf_io import load_hf_config
     from prco_mega.bridge.sync import receive_weights
-    from prco_mega.timing import PhaseTimer
+    from prco_mega.tracking.timing import PhaseTimer
     from prco_mega.tracking.rollouts import RolloutSaver
-    from prco_mega.world import is_host
+    from prco_mega.dist.world import is_host
 
     model = Path(split.link.broadcast_object(None, src=0))
     hf_config = load_hf_config(model)
     shard = build.shard_of(cfg)
     engine = build.start_engine(cfg, model)
     stream = build.task_stream(cfg, cfg.data.prompts_per_step)
-    sample = algorithms.build_sampler(cfg, algo, engine, build.prompt_set(cfg),
+    sample = samplers.build_sampler(cfg, algo, engine, build.prompt_set(cfg),
                                       build.leakage_checker(cfg, engine), torch.Generator(), shard)
     samples = RolloutSaver(cfg.saved_rollouts, dirs.root / "rollouts", shard,
                            cfg.data.prompts_per_step)

@@ -4,10 +4,10 @@
     inputs, cluster = plan_inputs_from_config(data)
     plan = plan_memory(inputs); print(plan.table()); check_fits(plan)
 """
-from prco_mega.plan.inputs import (ClusterSection, MemoryAssumptions, PlanInputs,
+from prco_mega.cluster.plan_inputs import (ClusterSection, MemoryAssumptions, PlanInputs,
                                    SlurmSection, data_parallel_size, plan_inputs_from_config)
-from prco_mega.plan.memory import MemoryPlan, Row, check_fits, plan_memory
-from prco_mega.plan.models import QWEN25_VL, ModelDims, VisionDims, model_dims, total_params
+from prco_mega.cluster.memory import MemoryPlan, Row, check_fits, plan_memory
+from prco_mega.cluster.dims import QWEN25_VL, ModelDims, VisionDims, model_dims, total_params
 
 __all__ = [
     "ClusterSection", "MemoryAssumptions", "PlanInputs", "SlurmSection",

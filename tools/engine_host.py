@@ -1,6 +1,6 @@
 """A rollout engine in a child process of the calling rank, with a torch.distributed world of its
 own. The run does not use it: in a torchrun world every rank hosts its engine in-process through
-vLLM's `external_launcher` (`rollout.placement`). It stays for `tools/bench_sync.py`, which
+vLLM's `external_launcher` (`rollout.placement`). It lives beside `tools/bench_sync.py`, its one user, which
 measures what a push through a process boundary costs (the way to reach an engine that does not
 share the learner's world).
 

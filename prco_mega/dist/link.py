@@ -25,7 +25,7 @@ import pickle
 from dataclasses import dataclass
 from typing import Any
 
-from prco_mega.world import ensure_world, exchange_objects
+from prco_mega.dist.world import ensure_world, exchange_objects
 
 ROLE_LEARNER = "learner"
 ROLE_ENGINE = "engine"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prco_mega.models.tiny import SpecialTokenIds
+from prco_mega.families.qwen2_5_vl.tiny import SpecialTokenIds
 
 
 @dataclass(frozen=True)

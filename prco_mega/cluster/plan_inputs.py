@@ -1,6 +1,6 @@
 """Typed inputs of the memory planner and the launchers.
 
-`ClusterSection` (`prco_mega.cluster`) is the `cluster:` section of a run config (machines, placement,
+`ClusterSection` (`prco_mega.cluster.config`) is the `cluster:` section of a run config (machines, placement,
 launch settings, memory assumptions). `PlanInputs` is the flat set of numbers the memory formulas need; it is built
 from a whole config mapping by `plan_inputs_from_config`, which reads the `learner:` section through
 the learner's own typed config, the `engine:` section through the rollout engine's typed config,
@@ -13,8 +13,8 @@ from typing import Literal
 
 from prco_mega.config import AlgoSection, KernelsSection, from_dict
 from prco_mega.learner.config import LearnerConfig
-from prco_mega.cluster import ClusterSection, MemoryAssumptions, SlurmSection  # noqa: F401
-from prco_mega.plan.models import ModelDims, model_dims
+from prco_mega.cluster.config import ClusterSection, MemoryAssumptions, SlurmSection  # noqa: F401
+from prco_mega.cluster.dims import ModelDims, model_dims
 from prco_mega.rollout.config import EngineConfig
 
 GiB = 2**30

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prco_mega.models.tiny import SpecialTokenIds, TinySizes
+from prco_mega.families.qwen2_5_vl.tiny import SpecialTokenIds, TinySizes
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -213,7 +213,7 @@ def make_tiny_checkpoint(out_dir: str | Path, corpus: Iterable[str], seed: int =
     out = Path(out_dir)
     tokenizer = train_tokenizer(corpus, vocab_size=vocab_size)
     if family == "qwen3_vl":
-        from prco_mega.models import tiny_qwen3vl as q3
+        from prco_mega.families.qwen3_vl import tiny as q3
 
         sizes = dataclasses.replace(sizes or q3.TinyQwen3VLSizes(), vocab_size=len(tokenizer))
         config = q3.tiny_qwen3vl_config(sizes, special_token_ids(tokenizer))
@@ -223,7 +223,7 @@ def make_tiny_checkpoint(out_dir: str | Path, corpus: Iterable[str], seed: int =
         return out
     if family != "qwen2_5_vl":
         raise ValueError(f"no tiny model of family {family!r}; known: qwen2_5_vl, qwen3_vl")
-    from prco_mega.models.tiny import build_tiny_qwen25vl, tiny_qwen25vl_config
+    from prco_mega.families.qwen2_5_vl.tiny import build_tiny_qwen25vl, tiny_qwen25vl_config
 
     sizes = dataclasses.replace(sizes or TinySizes(), vocab_size=len(tokenizer))
     config = tiny_qwen25vl_config(sizes, special_token_ids(tokenizer))

@@ -35,7 +35,7 @@ from prco_mega.learner.model import (Qwen25VLModel, RMSNorm, build_chunks, decod
 from megatron.core.models.huggingface.module import HuggingFaceModule  # noqa: E402
 from megatron.core.transformer.transformer_config import TransformerConfig  # noqa: E402
 from prco_mega.learner.parallel import check_deepstack_placement
-from prco_mega.learner.qwen3vl_parts import add_deepstack, interleaved_mrope_freqs
+from prco_mega.families.qwen3_vl.parts import add_deepstack, interleaved_mrope_freqs
 
 
 def qwen3vl_transformer_config(hf_config, **kwargs) -> TransformerConfig:

@@ -18,7 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prco_mega import build, world
+from prco_mega.runtime import build
+
+from prco_mega.dist import world
 from prco_mega.config import RunConfig
 from prco_mega.types import Task, Trajectory
 
@@ -46,7 +48,7 @@ def build_cached(out: Path, build: Callable[[Path], None], *, is_writer: bool = 
 
 def training_corpus(tasks: list[Task], prompts: Any, seed: int) -> list[str]:
     """Text the tokenizer is trained on: the role prompts and demonstrations of synthetic tasks."""
-    from prco_mega.data.demos import demonstrations
+    from prco_mega.tiny.demos import demonstrations
 
     rng, corpus = random.Random(seed), []
     for task in tasks:
@@ -59,9 +61,9 @@ def tiny_checkpoint(cache_dir: str | Path, tasks: list[Task], prompts: Any, seed
                     sizes: dict[str, Any] | None = None, family: str = "qwen2_5_vl") -> Path:
     """Build (once) the tiny random model of `family` with a tokenizer trained on the synthetic
     corpus; `sizes` overrides fields of its sizes (`TinySizes`, `TinyQwen3VLSizes`)."""
-    from prco_mega.data.tokenizer import make_tiny_checkpoint
-    from prco_mega.models.tiny import TinySizes
-    from prco_mega.models.tiny_qwen3vl import TinyQwen3VLSizes
+    from prco_mega.tiny.tokenizer import make_tiny_checkpoint
+    from prco_mega.families.qwen2_5_vl.tiny import TinySizes
+    from prco_mega.families.qwen3_vl.tiny import TinyQwen3VLSizes
 
     sizes_cls = TinyQwen3VLSizes if family == "qwen3_vl" else TinySizes
     tiny = sizes_cls(**{k: tuple(v) if isinstance(v, list) else v
@@ -79,7 +81,7 @@ def demonstration_trajectories(tasks: list[Task], prompts: Any, tokenizer: Any, 
                                rng: random.Random, noise: Any) -> list[Trajectory]:
     """One Observer and one Solver demonstration per task; the Solver sees the image half the time
     (the caption-first warm-up and the later phase both start from here)."""
-    from prco_mega.data.demos import demonstrations
+    from prco_mega.tiny.demos import demonstrations
     from prco_mega.learner.vision_inputs import expand_image_pads
 
     out = []
@@ -100,7 +102,7 @@ def warm_start(policy: Any, stream: Any, prompts: Any, tokenizer: Any, section: 
                log: Callable[[int, dict], None]) -> None:
     """`section.steps` supervised steps (the policy's loss path is `loss_paths.Supervised`:
     cross-entropy on responses, per-role global means)."""
-    from prco_mega.data.demos import DemoNoise
+    from prco_mega.tiny.demos import DemoNoise
 
     rng, noise = random.Random(seed), DemoNoise(section.drop, section.corrupt, section.bias,
                                                   section.misreads)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from prco_mega.plan.inputs import GiB, PlanInputs
-from prco_mega.plan.models import ModelDims, decoder_layer_params, total_params, vision_params
+from prco_mega.cluster.plan_inputs import GiB, PlanInputs
+from prco_mega.cluster.dims import ModelDims, decoder_layer_params, total_params, vision_params
 
 
 # ----------------------------------------------------------------------------- pure formulas

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from prco_mega import algorithms
+from prco_mega.algo import registry as algorithms
+from prco_mega.runtime import samplers
 from prco_mega.config import RunConfig
-from prco_mega.link import ROLE_ENGINE, current
+from prco_mega.dist.link import ROLE_ENGINE, current
 from prco_mega.roles import PromptSet
 from prco_mega.types import Role
-from prco_mega.world import broadcast, is_host, rank
+from prco_mega.dist.world import broadcast, is_host, rank
 
 if TYPE_CHECKING:
     from prco_mega.data.stream import TaskStream
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from prco_mega.learner.policy import MegatronPolicy
     from prco_mega.rollout.engine import RolloutEngine
     from prco_mega.rollout.placement import Shard
-    from prco_mega.scoring import LeakageFn
+    from prco_mega.algo.credit import LeakageFn
     from prco_mega.tracking.loggers import Loggers
     from prco_mega.tracking.rollouts import RolloutSaver
 
@@ -61,7 +62,7 @@ class Run:
     shard: Shard
     """This rank's engine among all engines: its block of a step, and gathering over engines."""
     stream: TaskStream
-    sample: algorithms.Sampler
+    sample: samplers.Sampler
     logger: Loggers
     """The step metrics' loggers (`run.loggers`); used on the host rank (rank 0) only."""
     samples: RolloutSaver
@@ -143,7 +144,7 @@ def make_policy(cfg: RunConfig, model_dir: Path, *, objective: str, settings: Lo
     """The Megatron learner on `model_dir` with the loss path of `objective` ("ppo" or "sft"),
     chosen once here (`kernels.impl` for PPO; supervised steps run the torch path)."""
     from prco_mega.learner.loss_paths import make_loss_path
-    from prco_mega.world import device
+    from prco_mega.dist.world import device
 
     impl = cfg.kernels.impl if objective == "ppo" else "torch"
     path = make_loss_path(objective, impl, settings, device())
@@ -213,7 +214,7 @@ def build_run(cfg: RunConfig, dirs: RunDirs, model_dir: Path, logger: Loggers) -
     policy = make_policy(cfg, model_dir, objective="ppo", settings=loss_settings(cfg, algo))
     engine = start_engine(cfg, model_dir)
     stream = task_stream(cfg, cfg.data.prompts_per_step)
-    sample = algorithms.build_sampler(cfg, algo, engine, prompt_set(cfg),
+    sample = samplers.build_sampler(cfg, algo, engine, prompt_set(cfg),
                                       leakage_checker(cfg, engine), torch.Generator(), shard)
     samples = RolloutSaver(cfg.saved_rollouts, dirs.root / "rollouts", shard,
                            cfg.data.prompts_per_step)

@@ -60,7 +60,7 @@ class MemoryAssumptions:
 @dataclass
 class ClusterSection:
     model: str = "qwen2.5-vl-7b"
-    """Architecture to plan for: a preset in prco_mega.plan.models or a path to a config.json."""
+    """Architecture to plan for: a preset in prco_mega.cluster.dims or a path to a config.json."""
     nodes: int = 1
     """Learner nodes; the learner's world size is nodes * gpus_per_node."""
     gpus_per_node: int = 8

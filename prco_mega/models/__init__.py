@@ -1,1 +1,0 @@
-"""Model configs shared by the learner, the bridge and the rollout engines."""
