@@ -16,6 +16,13 @@ from typing import Any, Literal
 
 import yaml
 
+from prco_mega.cluster.config import ClusterSection
+from prco_mega.data.images import PIL_MAX_IMAGE_PIXELS
+from prco_mega.data.synthetic_families import FAMILIES, POLYGONS
+from prco_mega.learner.config import LearnerConfig
+from prco_mega.rollout.config import EngineConfig, RolloutSection
+from prco_mega.tracking.config import SavedRolloutsSection, check_loggers
+
 
 # ----------------------------------------------------------------------------- generic machinery
 def _type_name(tp: Any) -> str:
@@ -192,12 +199,8 @@ class RunSection:
         if self.steps < 0 or self.eval_tasks < 0:
             raise ValueError(f"run.steps ({self.steps}) and run.eval_tasks ({self.eval_tasks}) "
                              "must be >= 0")
-        from prco_mega.tracking.config import check_loggers  # stdlib-only module
 
         check_loggers(self.loggers)
-
-
-_PIL_MAX_IMAGE_PIXELS = 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS (config.py imports no PIL)
 
 
 @dataclass
@@ -218,15 +221,15 @@ class DataSection:
     """Synthetic family mix weights, e.g. {shapes: 1, bars: 1}; empty = all families equally."""
     prompts_per_step: int = 8
     """Tasks per RL step."""
-    max_image_pixels: int = _PIL_MAX_IMAGE_PIXELS
+    max_image_pixels: int = PIL_MAX_IMAGE_PIXELS
     """Largest image (width x height) a file source may hold; a larger one is a bad row
     (`image_too_large`), refused before decoding. Default: PIL's decompression-bomb threshold;
     PIL itself refuses images over twice its threshold whatever this says."""
 
     def validate(self) -> None:
-        if not 1 <= self.max_image_pixels <= 2 * _PIL_MAX_IMAGE_PIXELS:
+        if not 1 <= self.max_image_pixels <= 2 * PIL_MAX_IMAGE_PIXELS:
             raise ValueError(f"data.max_image_pixels ({self.max_image_pixels}) must be in "
-                             f"[1, {2 * _PIL_MAX_IMAGE_PIXELS}] (PIL refuses larger images)")
+                             f"[1, {2 * PIL_MAX_IMAGE_PIXELS}] (PIL refuses larger images)")
         if self.image_size % 28:
             raise ValueError(f"data.image_size ({self.image_size}) must be a multiple of 28")
         if self.source != "synthetic" and not self.path:
@@ -384,7 +387,6 @@ class WarmStartSection:
         if self.bias > 0 and not any(self.misreads.values()):
             raise ValueError(f"warm_start.bias ({self.bias}) needs warm_start.misreads, the values "
                              "the demonstrator confuses (e.g. {polygons: {3: 4}})")
-        from prco_mega.data.synthetic_families import FAMILIES, POLYGONS  # stdlib-only module
 
         for family, pairs in self.misreads.items():
             if family not in FAMILIES:
@@ -398,13 +400,6 @@ class WarmStartSection:
                     where = f" and in {corners} (corners)" if family == "polygons" else ""
                     raise ValueError(f"warm_start.misreads.{family}.{true} ({stated}): a confusion "
                                      f"maps a value to a different one, both >= 0{where}")
-
-
-# Sections owned by their components; plain dataclasses, cheap to import.
-from prco_mega.learner.config import LearnerConfig  # noqa: E402
-from prco_mega.cluster.config import ClusterSection  # noqa: E402
-from prco_mega.rollout.config import EngineConfig, RolloutSection  # noqa: E402
-from prco_mega.tracking.config import SavedRolloutsSection  # noqa: E402
 
 
 @dataclass

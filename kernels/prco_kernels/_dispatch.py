@@ -17,14 +17,6 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def available(device: torch.device | str) -> bool:
     """Whether the Triton kernels can run on tensors living on `device`.
 
@@ -32,8 +24,6 @@ def available(device: torch.device | str) -> bool:
     before triton is first imported).
     """
     device = torch.device(device)
-    if not _triton_importable():
-        return False
     if device.type == "cuda":
         return torch.cuda.is_available()
     return device.type == "cpu" and interpreting()

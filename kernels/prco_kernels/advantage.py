@@ -8,6 +8,8 @@ with std_k the population std of the segment's rewards. Per token t of sequence 
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
 from ._dispatch import check_impl, interpreting
 
@@ -43,9 +45,6 @@ def token_advantages_reference(rewards, group_ids, role_ids, cu_seqlens, loss_ma
 
 # ---------------------------------------------------------------- Triton kernels
 def _kernels():
-    import triton
-    import triton.language as tl
-
     @triton.jit
     def segment_sum_kernel(x_ptr, seg_ptr, mean_ptr, out_ptr, N, CENTRED_SQUARES: tl.constexpr,
                            BLOCK: tl.constexpr):

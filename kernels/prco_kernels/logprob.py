@@ -104,6 +104,14 @@ def chunk_tokens_for(vocab_local, chunk_tokens=None):
 
 
 # ---------------------------------------------------------------- forward statistics
+def _kernels():
+    """The Triton kernels, imported on first use: `@triton.jit` reads TRITON_INTERPRET when it
+    decorates them, and the interpreter may be switched on after this module is imported."""
+    from . import _logprob_triton
+
+    return _logprob_triton
+
+
 def _fwd_blocks(T, V, device):
     """Tile sizes and vocab splits for the fused forward: enough programs to fill the GPU."""
     if interpreting():
@@ -117,8 +125,6 @@ def _fwd_blocks(T, V, device):
 
 def local_stats_triton(hidden, weight, targets, inv_temp, vocab_start):
     """Partial statistics [4, T] of this shard by the fused Triton kernel (no logits in memory)."""
-    from ._logprob_triton import fused_fwd_kernel
-
     T, H = hidden.shape
     V = weight.shape[0]
     block_t, block_v, block_h, n_split = _fwd_blocks(T, V, hidden.device)
@@ -126,7 +132,7 @@ def local_stats_triton(hidden, weight, targets, inv_temp, vocab_start):
     per_split = -(-n_tiles // n_split)
     n_split = -(-n_tiles // per_split)
     stats = torch.empty(n_split, 4, T, device=hidden.device, dtype=torch.float32)
-    fused_fwd_kernel[(-(-T // block_t), n_split)](
+    _kernels().fused_fwd_kernel[(-(-T // block_t), n_split)](
         hidden, weight, targets, stats, T, V, H, vocab_start, inv_temp, hidden.stride(0),
         weight.stride(0), per_split, BLOCK_T=block_t, BLOCK_V=block_v, BLOCK_H=block_h,
         UPCAST=interpreting(), IEEE=hidden.dtype == torch.float32,
@@ -138,12 +144,10 @@ def chunk_stats(z_chunk, targets, vocab_start, inv_temp, impl):
     """Partial statistics [4, C] of materialised logits rows, by Triton or torch."""
     if impl == "torch":
         return chunk_stats_torch(z_chunk, targets, vocab_start, inv_temp)
-    from ._logprob_triton import chunk_stats_kernel
-
     C, V = z_chunk.shape
     stats = torch.empty(4, C, device=z_chunk.device, dtype=torch.float32)
-    chunk_stats_kernel[(C,)](z_chunk, targets, stats, C, V, z_chunk.stride(0), vocab_start, inv_temp,
-                             BLOCK_V=64 if interpreting() else 2048)
+    _kernels().chunk_stats_kernel[(C,)](z_chunk, targets, stats, C, V, z_chunk.stride(0),
+                                        vocab_start, inv_temp, BLOCK_V=64 if interpreting() else 2048)
     return stats
 
 
@@ -151,11 +155,9 @@ def chunk_grad(z_chunk, targets, vocab_start, inv_temp, lse, mu, g_lp, g_ent, im
     """Overwrite logits rows [C, V_local] with the gradient wrt the pre-temperature logits."""
     if impl == "torch":
         return chunk_grad_torch(z_chunk, targets, vocab_start, inv_temp, lse, mu, g_lp, g_ent)
-    from ._logprob_triton import chunk_grad_kernel
-
     C, V = z_chunk.shape
     block = 64 if interpreting() else 2048
-    chunk_grad_kernel[(C, -(-V // block))](
+    _kernels().chunk_grad_kernel[(C, -(-V // block))](
         z_chunk, targets, lse, mu, g_lp, g_ent if g_ent is not None else g_lp, V, z_chunk.stride(0),
         vocab_start, inv_temp, HAS_ENT=g_ent is not None, BLOCK_V=block)
 

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from ._dispatch import check_impl
 from .logprob import (chunk_grad, chunk_logits_fp32, chunk_stats, chunk_tokens_for, finish_stats,
                       grad_logits_into, reduce_stats_tp, validate, vocab_start_of)
+from .ppo_loss import ppo_kl_loss_and_grad, ppo_kl_loss_reference
 
 # loss_fn(logprob [C], entropy [C], start, end) -> (loss [], dL/dlogprob [C], dL/dentropy [C] | None)
 LossFn = Callable[[torch.Tensor, torch.Tensor, int, int],
@@ -86,8 +87,6 @@ def ppo_kl_loss_fn(old_logprobs, advantages, loss_weights, *, ref_logprobs=None,
     Its value and d L / d logprob come from the fused PPO kernel in one pass (impl="triton") or
     from torch autograd on the reference (impl="torch"). All tensors are [T], indexed by chunk.
     """
-    from .ppo_loss import ppo_kl_loss_and_grad, ppo_kl_loss_reference
-
     def loss_fn(lp, ent, a, b):
         ref = None if ref_logprobs is None else ref_logprobs[a:b]
         w = loss_weights[a:b]

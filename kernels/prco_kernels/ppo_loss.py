@@ -13,6 +13,8 @@ sequence-level normalisation one kernel:
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
 from ._dispatch import check_impl, interpreting
 
@@ -87,9 +89,6 @@ def ppo_kl_loss_reference(logprobs, old_logprobs, advantages, loss_weights, *, c
 
 # ---------------------------------------------------------------- Triton kernel
 def _kernels():
-    import triton
-    import triton.language as tl
-
     @triton.jit
     def ppo_kl_fwd_kernel(lp_ptr, old_ptr, adv_ptr, w_ptr, ref_ptr, dlp_ptr, stats_ptr, T,
                           clip_low, clip_high, dual_clip, kl_coef,

@@ -15,6 +15,7 @@ import torch
 
 from prco_mega.algo import (dapo_keep_mask, group_advantages, grpo_advantages, overlong_penalty,
                             select_solver_groups)
+from prco_mega.data.captions import misread_keeps_answer, perception_accuracy
 from prco_mega.rewards.format import format_score
 from prco_mega.rewards.observer import (observer_utility_rewards, shared_outcome_observer_rewards,
                                         solver_reward)
@@ -99,8 +100,6 @@ def _weights(answers: int, captions: int = 0, perceived: int = 0) -> dict[str, f
 def _caption_metrics(rollouts: list[TaskRollout]) -> dict[str, float]:
     """Perception of the sampled captions, and the share whose misreads keep the answer (which
     the utility reward cannot see); empty without scene facts."""
-    from prco_mega.data.captions import misread_keeps_answer, perception_accuracy
-
     pairs = [(c.text, r.task.facts) for r in rollouts if r.task.facts for c in r.observer]
     if not pairs:
         return {}

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from prco_mega.types import Role
+
 KL_KINDS = ("k1", "k2", "k3")
 LEVELS = ("token", "sequence")
 
@@ -142,8 +144,6 @@ def aggregate(
 
 
 def _role_name(role: int) -> str:
-    from prco_mega.types import Role  # light: the types module imports no heavy packages
-
     try:
         return Role(int(role)).name.lower()
     except ValueError:

@@ -31,8 +31,17 @@ import shutil
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
 
-from prco_mega.bridge.mapping import family_table, hub_name
+from prco_mega.bridge.hf_io import (INDEX_NAME, HFCheckpointReader, layer_offset, load_hf_config,
+                                    load_hf_into_megatron, mapping_args, megatron_params, unwrap)
+from prco_mega.bridge.mapping import family_table, hub_name, megatron_shards_to_hf, tp_split_dim
+from prco_mega.learner.checkpoint import (COMPLETE_MARKER, _finalize, is_complete,
+                                          latest_checkpoint, load_checkpoint,
+                                          model_sharded_state_dict)
+from prco_mega.learner.parallel import destroy_parallel, init_parallel
+from prco_mega.learner.provider import build_model
 
 ARCHITECTURES: dict[str, tuple[str, ...]] = {
     "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration",),
@@ -103,8 +112,6 @@ def _some(names: list[str], n: int = 5) -> str:
 
 def source_manifest(hf_dir: str | Path) -> tuple[dict[str, tuple], torch.dtype]:
     """({hub name: shape}, dtype of the floating tensors) from the safetensors headers only."""
-    from prco_mega.bridge.hf_io import HFCheckpointReader
-
     reader = HFCheckpointReader(hf_dir)
     shapes, dtypes = {}, set()
     for name in reader.names():
@@ -121,8 +128,6 @@ def source_manifest(hf_dir: str | Path) -> tuple[dict[str, tuple], torch.dtype]:
 def check_hf_source(hf_dir: str | Path):
     """Load and check a Hugging Face checkpoint's config and tensor manifest against the mapping;
     returns `(hf_config, dtype)`. Reads headers only, so it is cheap at any model size."""
-    from prco_mega.bridge.hf_io import load_hf_config
-
     hf_dir = Path(hf_dir)
     _refuse_interrupted(hf_dir)
     if not (hf_dir / "config.json").is_file():
@@ -141,8 +146,6 @@ def check_hf_source(hf_dir: str | Path):
 
 
 def _refuse_interrupted(path: Path) -> None:
-    from prco_mega.learner.checkpoint import COMPLETE_MARKER, is_complete
-
     if path.name.endswith(".tmp") and not is_complete(path):
         raise ValueError(f"{str(path)!r} is an interrupted conversion (a .tmp directory without "
                          f"the {COMPLETE_MARKER!r} marker); refusing to read it")
@@ -151,9 +154,6 @@ def _refuse_interrupted(path: Path) -> None:
 def mapped_hf_tensors(chunks, hf_config) -> dict[str, tuple[int, ...]]:
     """{hub name: full shape} of every HF tensor the mapping reads for this rank's chunks: the
     mapping applied to meta tensors of the TP shard shapes (no data)."""
-    from prco_mega.bridge.hf_io import unwrap, layer_offset, mapping_args, megatron_params
-    from prco_mega.bridge.mapping import megatron_shards_to_hf, tp_split_dim
-
     args = mapping_args(hf_config)
     out = {}
     for chunk in chunks:
@@ -169,8 +169,6 @@ def mapped_hf_tensors(chunks, hf_config) -> dict[str, tuple[int, ...]]:
 
 def _check_mapping_covers(chunks, hf_config, source: dict[str, tuple]) -> None:
     """Collective: the union over ranks of what the mapping reads must be exactly the source."""
-    import torch.distributed as dist
-
     parts = [None] * dist.get_world_size()
     dist.all_gather_object(parts, mapped_hf_tensors(chunks, hf_config))
     mapped = {k: v for part in parts for k, v in part.items()}
@@ -192,8 +190,6 @@ def check_output(out: str | Path) -> Path:
 
 def _begin_output(out: Path) -> Path:
     """Collective: `<out>.tmp/`, emptied by rank 0 (a stale one is an interrupted conversion)."""
-    import torch.distributed as dist
-
     tmp = out.with_name(out.name + ".tmp")
     if dist.get_rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -204,10 +200,6 @@ def _begin_output(out: Path) -> Path:
 
 def _publish(tmp: Path, out: Path) -> None:
     """Collective: after every rank is done, rank 0 fsyncs, marks COMPLETE and renames."""
-    import torch.distributed as dist
-
-    from prco_mega.learner.checkpoint import _finalize
-
     dist.barrier()
     if dist.get_rank() == 0:
         _finalize(tmp, out)
@@ -223,8 +215,6 @@ def _copy_side_files(src: Path, dst: Path) -> None:
 
 
 def _build(hf_config, pg, vpp: int | None, dtype: torch.dtype, use_te: bool | None):
-    from prco_mega.learner.provider import build_model
-
     # no random init: every parameter is overwritten, and init of a large model takes minutes
     chunks = build_model(hf_config, pg, vpp=vpp, use_te=use_te, params_dtype=dtype,
                          config_overrides={"perform_initialization": False})
@@ -242,12 +232,7 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, tp: int, pp: int,
     result loads with `learner.checkpoint.load_checkpoint` at any layout (no optimizer state;
     `meta.json` records step 0). Returns `out_dir`.
     """
-    import torch.distributed as dist
     from megatron.core import dist_checkpointing
-
-    from prco_mega.bridge.hf_io import load_hf_into_megatron
-    from prco_mega.learner.checkpoint import model_sharded_state_dict
-    from prco_mega.learner.parallel import destroy_parallel, init_parallel
 
     hf_config, dtype = check_hf_source(hf_dir)
     out = check_output(out_dir)
@@ -278,8 +263,6 @@ def _write_megatron_meta(tmp: Path, hf_dir: Path, dtype: torch.dtype, tp: int, p
 # ----------------------------------------------------------------------------- Megatron -> HF
 def resolve_megatron_checkpoint(path: str | Path) -> Path:
     """`path` if it is a complete checkpoint, else the newest complete `step_*` under it."""
-    from prco_mega.learner.checkpoint import COMPLETE_MARKER, is_complete, latest_checkpoint
-
     path = Path(path)
     if is_complete(path):
         return path
@@ -294,8 +277,6 @@ def resolve_megatron_checkpoint(path: str | Path) -> Path:
 def reference_config(ckpt: Path, reference_hf_dir: str | Path | None):
     """(HF config, its directory) describing a Megatron checkpoint: `reference_hf_dir`, or the
     `hf/` files a conversion stored with it. Checked against the mapping."""
-    from prco_mega.bridge.hf_io import load_hf_config
-
     ref = Path(reference_hf_dir) if reference_hf_dir else ckpt / HF_FILES_DIR
     if not (ref / "config.json").is_file():
         raise ValueError(f"no Hugging Face config at {str(ref)!r}: pass the original HF "
@@ -323,9 +304,6 @@ def megatron_to_hf(ckpt_dir: str | Path, out_dir: str | Path, tp: int, pp: int,
     (default: those stored by `hf_to_megatron`). `dtype`: of the exported tensors (default: the
     converted checkpoint's, else the config's). Returns `out_dir`.
     """
-    from prco_mega.learner.checkpoint import load_checkpoint
-    from prco_mega.learner.parallel import destroy_parallel, init_parallel
-
     ckpt = resolve_megatron_checkpoint(ckpt_dir)
     hf_config, ref = reference_config(ckpt, reference_hf_dir)
     dtype = dtype or _checkpoint_dtype(ckpt, hf_config)
@@ -364,8 +342,6 @@ class _ShardWriter:
             self.size += nbytes
 
     def flush(self) -> None:
-        from safetensors.torch import save_file
-
         if not self.buf:
             return
         fname = f"stage{self.stage:03d}-{len(self.files):05d}.safetensors"
@@ -376,8 +352,6 @@ class _ShardWriter:
 
 def _gather_on_tp0(param: torch.Tensor, dim: int | None, tp_group) -> list[torch.Tensor]:
     """The TP shards [tp] of `param` on TP rank 0 (others get []); replicated: its own copy."""
-    import torch.distributed as dist
-
     if dim is None or tp_group.size() == 1:
         return [param.detach()]
     first = tp_group.rank() == 0
@@ -392,11 +366,6 @@ def _write_hf_shards(chunks, out: Path, pg, hf_config, shard_bytes: int) -> dict
     """Collective: stream every parameter into safetensors files, then rank 0 names the files
     `model-0000i-of-0000n.safetensors` (pipeline order) and writes the index. Returns the
     written {hub name: shape} on every rank."""
-    import torch.distributed as dist
-
-    from prco_mega.bridge.hf_io import unwrap, layer_offset, mapping_args, megatron_params
-    from prco_mega.bridge.mapping import megatron_shards_to_hf, tp_split_dim
-
     args = mapping_args(hf_config)
     is_writer = pg.tp.rank() == 0 and pg.dp.rank() == 0
     writer = _ShardWriter(out, pg.pp.rank(), shard_bytes)
@@ -418,8 +387,6 @@ def _write_hf_shards(chunks, out: Path, pg, hf_config, shard_bytes: int) -> dict
 
 
 def _write_index(out: Path, files: list[tuple[int, tuple[str, list[str], int]]]) -> None:
-    from prco_mega.bridge.hf_io import INDEX_NAME
-
     weight_map, total = {}, 0
     for i, (_, (fname, names, size)) in enumerate(files):
         final = f"model-{i + 1:05d}-of-{len(files):05d}.safetensors"

@@ -15,9 +15,12 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
-from prco_mega.bridge.mapping import (Heads, hf_to_megatron_shard, hub_name,
-                                      megatron_shards_to_hf, tp_split_dim)
+from prco_mega.bridge.mapping import (Heads, hf_to_megatron_shard, hub_name, megatron_shards_to_hf,
+                                      tp_split_dim)
+from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -32,8 +35,6 @@ class HFCheckpointReader:
     """
 
     def __init__(self, hf_dir: str | Path, model_type: str | None = None):
-        from safetensors import safe_open
-
         hf_dir = Path(hf_dir)
         model_type = model_type or _model_type(hf_dir)
         index = hf_dir / INDEX_NAME
@@ -43,7 +44,7 @@ class HFCheckpointReader:
             files = [WEIGHTS_NAME]
         else:
             raise ValueError(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {hf_dir}")
-        self._handles = {f: _open_safetensors(hf_dir / f, safe_open) for f in files}
+        self._handles = {f: _open_safetensors(hf_dir / f) for f in files}
         self._where: dict[str, tuple[str, str]] = {}
         for f, handle in self._handles.items():
             for stored in handle.keys():
@@ -75,11 +76,9 @@ def _indexed_files(index: Path) -> list[str]:
                          f"'weight_map' mapping): {err!r}") from err
 
 
-def _open_safetensors(path: Path, safe_open):
+def _open_safetensors(path: Path):
     """A lazy handle on one weight file. safetensors checks the header and that the file covers
     every tensor it lists, so a truncated or corrupt file is refused here by name."""
-    from safetensors import SafetensorError
-
     if not path.is_file():
         raise ValueError(f"weight file {path} does not exist")
     try:
@@ -91,8 +90,6 @@ def _open_safetensors(path: Path, safe_open):
 
 def load_hf_config(hf_dir: str | Path):
     """The transformers config of a checkpoint directory (local files only)."""
-    from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable
-
     ensure_torchvision_importable()
     from transformers import AutoConfig
 
@@ -112,7 +109,6 @@ def layer_offset(chunk) -> int:
     """Global index of the chunk's first decoder layer (Megatron numbers layers from 1)."""
     layers = chunk.language_model.decoder.layers
     return layers[0].layer_number - 1 if len(layers) else 0
-
 
 
 def unwrap(chunk):
@@ -185,8 +181,6 @@ def export_megatron_to_hf(chunks, out_dir: str | Path, pg_collection, hf_config,
 
 
 def _write_stage(out: Path, tensors: dict, pp_group, hf_config, copy_files_from) -> None:
-    from safetensors.torch import save_file
-
     out.mkdir(parents=True, exist_ok=True)
     pp_rank, pp_size = pp_group.rank(), pp_group.size()
     fname = (WEIGHTS_NAME if pp_size == 1
