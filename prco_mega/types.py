@@ -42,6 +42,19 @@ class Task:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, order=True)
+class Slot:
+    """Where a sample sits in its RL step, whichever engine drew it: the batch of the step it
+    came from and the task's position in that batch. The step's trajectories are ordered by
+    their slots (then by their order within a slot), which is the order one engine sampling the
+    whole step lists them in, so routing and the learner's plan do not depend on the engines."""
+
+    draw: int
+    """Which batch of the step (dynamic sampling's extra draws count up; else 0)."""
+    task: int
+    """The task's position in the batch (`TaskRollout.index`)."""
+
+
 @dataclass
 class Trajectory:
     """One sampled response of the policy, with everything the learner needs."""
@@ -64,6 +77,8 @@ class Trajectory:
     """Solver only: which of the task's Observer captions this answer was conditioned on."""
     images: list[Image] = field(default_factory=list)
     """Images in the prompt (empty for a Solver during the caption-first warm-up)."""
+    slot: Slot | None = None
+    """Its place in the step (set by the rollout); routing a step over engines needs it."""
     meta: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,4 +1,4 @@
-"""Weight-sync bucketing (`bridge.sync`): a push can never split a fused engine layer.
+"""Weight-sync bucketing (`bridge.buckets`): a push can never split a fused engine layer.
 
 The engine (vLLM) finalises a fused layer (q/k/v weights + biases; gate + up) from the tensors of
 one push only, so the bucketing unit is a `FusedGroup`, released by `GroupAssembler` only when
@@ -13,7 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prco_mega.bridge.sync import FusedGroup, GroupAssembler, bucketize, unit_key
+from prco_mega.bridge.buckets import FusedGroup, GroupAssembler, bucketize
+from prco_mega.bridge.units import unit_key
 
 LAYERS, HIDDEN, KV, FFN = 3, 8, 4, 16
 

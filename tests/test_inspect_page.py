@@ -21,6 +21,7 @@ from rollout_fixtures import scored_block, step_tasks
 
 from prco_mega.cli import main as cli
 from prco_mega.config import RunConfig, to_dict
+from prco_mega.data.synthetic import held_out_tasks
 from prco_mega.rollout.placement import single_engine
 from prco_mega.tracking.config import SavedRolloutsSection
 from prco_mega.tracking.rollouts import RolloutSaver, read_step, write_eval_records
@@ -45,6 +46,10 @@ def chromium() -> str:
                    check=True, env=env, timeout=1200, capture_output=True)
     return shutil.which("chromium")
 
+
+
+def held_out(cfg: RunConfig):
+    return held_out_tasks(cfg.data, cfg.run.seed, cfg.run.eval_tasks)
 
 def browse(chromium: str, url: str, profile: Path, *extra: str) -> str:
     """Chromium's stdout for `url` with a fresh profile."""
@@ -119,7 +124,6 @@ def test_the_filters_keep_the_tasks_they_name(chromium, page, run_dir, tmp_path)
 
 
 def test_compare_puts_the_warm_start_beside_the_trained_captions(tmp_path):
-    from prco_mega.runtime.build import eval_tasks
     from prco_mega.eval.synthetic import EvalRecord
 
     cfg = RunConfig()
@@ -132,7 +136,7 @@ def test_compare_puts_the_warm_start_beside_the_trained_captions(tmp_path):
                            caption_tokens=3, perception=correct, leak=0, caption_format_ok=True,
                            response=f"\\boxed{{{t.answer if correct else 0}}}",
                            response_tokens=4, correct=correct, format=1.0, truncated=False)
-                for t in eval_tasks(cfg)]
+                for t in held_out(cfg)]
 
     write_eval_records(tmp_path / "eval_start.json", records("- a square <before>", 0.0))
     write_eval_records(tmp_path / "eval_end.json", records("- a triangle", 1.0))
@@ -141,7 +145,7 @@ def test_compare_puts_the_warm_start_beside_the_trained_captions(tmp_path):
     assert compare.count("<section class='task' data-changed=\"1\"") == 3
     assert "- a square &lt;before&gt;" in compare and "- a triangle" in compare
     assert compare.count("data:image/png;base64,") == 3
-    assert all(html.escape(t.question) in compare for t in eval_tasks(cfg))
+    assert all(html.escape(t.question) in compare for t in held_out(cfg))
 
 
 def test_a_run_without_saved_rollouts_is_named(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Weight-sync benchmark: Megatron learner -> `bridge.sync` -> vLLM engine, on this machine.
+"""Weight-sync benchmark: Megatron learner -> `bridge.colocated` -> vLLM engine, on this machine.
 
 For the tiny Qwen2.5-VL and a larger synthetic one (hidden 1024, 8 layers, vocab 32k, ~160M
 parameters, fp32), measures the sync's wall time and bytes/s with its gather / convert / push
@@ -76,7 +76,7 @@ def run_case(model: str, engine_kind: str, work: Path, repeats: int, bucket_byte
     import torch
 
     from prco_mega.bridge.hf_io import load_hf_config, load_hf_into_megatron
-    from prco_mega.bridge.sync import sync_weights
+    from prco_mega.bridge.colocated import sync_weights
     from prco_mega.learner.model import build_model
     from prco_mega.learner.parallel import init_parallel
     from prco_mega.rollout import EngineConfig

@@ -15,6 +15,8 @@ import argparse
 import dataclasses
 import sys
 
+from prco_mega.data.synthetic import held_out_tasks
+
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,7 +42,7 @@ def main(argv: list[str]) -> int:
 
     world.init_world()
     engine = build.start_engine(cfg, prepare_model(cfg))
-    tasks = build.eval_tasks(cfg)[: args.tasks]
+    tasks = held_out_tasks(cfg.data, cfg.run.seed, args.tasks)
 
     def sample(section):  # the rollout's settings, without log-probs (nothing trains)
         return dataclasses.replace(settings_from_section(section, seed=cfg.run.seed),

@@ -147,3 +147,22 @@ class SyntheticTaskSource:
 
     def __iter__(self) -> Iterator[Task]:
         return self.iter()
+
+
+def source_of(data: Any, seed: int) -> SyntheticTaskSource:
+    """The synthetic tasks a run config's data section (`config.DataSection`) asks for, drawn
+    from `seed` (training, the held-out tasks and the warm start each use their own)."""
+    kwargs = {"family_weights": data.families} if data.families else {}
+    return SyntheticTaskSource(SyntheticConfig(image_size=data.image_size,
+                                               difficulty=data.difficulty, seed=seed, **kwargs))
+
+
+HELD_OUT_SEED_OFFSET = 10_007
+"""Held-out tasks are drawn from the run's seed plus this: never a training task."""
+
+
+def held_out_tasks(data: Any, run_seed: int, n: int) -> list[Task]:
+    """The run's `n` held-out tasks: another seed than training's, the same families and
+    difficulty."""
+    source = source_of(data, run_seed + HELD_OUT_SEED_OFFSET)
+    return [source.task(i) for i in range(n)]

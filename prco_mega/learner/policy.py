@@ -1,10 +1,12 @@
 """The learner as the loop sees it: trajectories in, metrics out; save, load.
 
 `MegatronPolicy` owns the Megatron model chunks, optimizer and LR schedule of this rank and hides
-the packing, the schedules and the process groups behind a few calls. Every rank of the world
-builds one and makes the same calls in the same order (the calls are collective). Reading and
-writing Hugging Face checkpoints and the engine sync belong to the bridge: the build layer hands
-the policy a `load_weights(chunks, pg)` function, and the loop syncs `policy.chunks` itself.
+the packing, the schedules and the process groups behind a few calls. Every rank of the learner's
+world builds one and makes the same calls in the same order (the calls are collective). It knows
+nothing of engines, links or routing: it takes its replica's trajectories and the step's plan.
+Reading and writing Hugging Face checkpoints and the engine sync belong to the bridge: the build
+layer hands the policy a `load_weights(chunks, pg)` function, and a publisher
+(`bridge.colocated`, `bridge.remote`) reads `policy.chunks`.
 """
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ from prco_mega.learner.loss_paths import LossPath
 from prco_mega.learner.train_step import NonFiniteLoss  # noqa: F401  (raised by step)
 from prco_mega.learner.packing import pack_plan, shape_of
 from prco_mega.types import Trajectory
-from prco_mega.dist.world import rank as dist_rank
 
 LoadWeights = Callable[[list, Any], Any]
 """`load_weights(chunks, pg)`: set the freshly built chunks' weights (e.g. from a Hugging Face
@@ -86,29 +87,23 @@ class MegatronPolicy:
         return [dataclasses.replace(b, ref_logprobs=r) for b, r in zip(batches, ref, strict=True)]
 
     # ------------------------------------------------------------------ training
-    def step(self, trajectories: Sequence[Trajectory], *, part_of_step: bool = False
-             ) -> dict[str, float]:
-        """The RL step's optimizer updates: one per mini-batch (`batching.mini_batches`). Raises
-        `NonFiniteLoss` (naming the roles) instead of applying a NaN/inf update; the updates of
-        the mini-batches before it stay applied. Metrics are means over the mini-batches, with
-        the train/rollout mismatch of the step's log-probs before the first update.
-
-        Every rank passes the whole step (`part_of_step=False`), or its own part of it (the
-        trajectories its engine scored; [] on the others): then the ranks exchange only their
-        shapes, plan the step alike, and each rank receives, once, the trajectories its
-        data-parallel replica trains (`receive`).
+    def step(self, trajectories: Sequence[Trajectory]) -> dict[str, float]:
+        """The RL step's optimizer updates on the whole step (every rank passes the same list):
+        one per mini-batch (`batching.mini_batches`). Raises `NonFiniteLoss` (naming the roles)
+        instead of applying a NaN/inf update; the updates of the mini-batches before it stay
+        applied. Metrics are means over the mini-batches, with the train/rollout mismatch of the
+        step's log-probs before the first update. A run whose ranks each hold a part of the step
+        routes it first (`dist.routing`) and calls `train`.
 
         The learner's pre-update log-probs (mismatch metric, TIS weights) come from the training
         forward itself when the step is one mini-batch; with several, one pass before the first
         update serves both (the later mini-batches' forwards see updated weights)."""
-        mine, plan = (self.receive(trajectories) if part_of_step else
-                      (dict(enumerate(trajectories)), self.plan([shape_of(t) for t in trajectories])))
-        return self.train(mine, plan)
+        return self.train(dict(enumerate(trajectories)),
+                          self.plan([shape_of(t) for t in trajectories]))
 
     def train(self, mine: dict[int, Trajectory], plan) -> dict[str, float]:
         """`step` on this replica's trajectories (by step-wide id) of a planned step (`plan`,
-        the same on every rank): from `receive`, or from the engines' ranks under separate
-        placement (`separate.collect`)."""
+        the same on every rank; `dist.routing.Router.route` gives both)."""
         from prco_mega.learner.mismatch import finish_mismatch
         from prco_mega.learner.train_step import train_step
 
@@ -141,35 +136,6 @@ class MegatronPolicy:
                              "overflow the budget")
         return plan_step(shapes, mini_batches=b.mini_batches, token_budget=b.micro_batch_tokens,
                          dp_size=self.pg.dp.size(), level=self.path.settings.level)
-
-    def receive(self, part: Sequence[Trajectory]):
-        """(this replica's trajectories by step-wide id, the step's plan) from every rank's part
-        of the step. Collective over the world: shapes are all-gathered (a few numbers per
-        trajectory), trajectories (with their images) cross the network once, to the ranks of
-        the data-parallel replica that trains them. Step-wide ids follow each trajectory's
-        (draw, task position) slot, the order one engine sampling the whole step lists them in,
-        so the plan does not depend on how the step was split over engines."""
-        from prco_mega.dist.world import all_gather, exchange
-
-        parts = all_gather(part_shapes(part))
-        step_id, shapes = step_order(parts)
-        plan = self.plan(shapes)
-        owner, dp_of, me = plan.owner(), self._dp_of_ranks(), dist_rank()
-        outbox = [{} for _ in dp_of]
-        for j, traj in enumerate(part):
-            i = step_id[me, j]
-            for rank, dp in enumerate(dp_of):
-                if owner[i] == dp:
-                    outbox[rank][i] = traj
-        return {i: t for box in exchange(outbox) for i, t in box.items()}, plan
-
-    def _dp_of_ranks(self) -> list[int]:
-        """The data-parallel rank of every rank of the world (rank order)."""
-        from prco_mega.dist.world import all_gather
-
-        if not hasattr(self, "_dp_ranks"):
-            self._dp_ranks = all_gather(self.pg.dp.rank())
-        return self._dp_ranks
 
     def _pre_step_pass(self, packed: list[list[Any]]) -> tuple[list[list[Any]], dict[str, float]]:
         """One no-gradient pass over every mini-batch before the first update: the mismatch
@@ -215,28 +181,6 @@ def _frozen_chunks(hf_config: Any, pg: Any, par: Any, load_weights: LoadWeights
     for chunk in chunks:
         chunk.requires_grad_(False).eval()
     return chunks
-
-
-def part_shapes(part: Sequence[Trajectory]) -> list[tuple[tuple, Any]]:
-    """(step-wide sort key, `packing.shape_of`) of each trajectory of a rank's part: the key is
-    its (draw, task position) slot and its place among that slot's samples."""
-    seen: dict = {}
-    keys = [(*t.meta.get("slot", (0, 0)), _count(seen, t.meta.get("slot"))) for t in part]
-    return [(k, shape_of(t)) for k, t in zip(keys, part)]
-
-
-def step_order(parts: list[list[tuple[tuple, Any]]]) -> tuple[dict[tuple[int, int], int], list]:
-    """From every rank's `part_shapes` (rank order): {(rank, index in its part): step-wide id},
-    and the step's shapes in step-wide order (what one engine sampling the whole step lists)."""
-    order = sorted((k, r, j) for r, p in enumerate(parts) for j, (k, _) in enumerate(p))
-    return ({(r, j): i for i, (_, r, j) in enumerate(order)},
-            [parts[r][j][1] for _, r, j in order])
-
-
-def _count(seen: dict, key) -> int:
-    """How many times `key` was seen before (and count this one)."""
-    seen[key] = seen.get(key, 0) + 1
-    return seen[key] - 1
 
 
 class _NoPipeline:

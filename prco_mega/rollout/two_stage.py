@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from prco_mega.roles.prompts import Prompt, PromptSet
 from prco_mega.rollout.engine import Generation, GenerationRequest, RolloutEngine, SamplingSettings
-from prco_mega.types import Role, Task, TaskRollout, Trajectory
+from prco_mega.types import Role, Slot, Task, TaskRollout, Trajectory
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -90,10 +90,9 @@ def group_id(step: int, draw: int, solver: bool, key: int) -> int:
 
 def trajectory_of(gen: Generation, role: Role, task: Task, group_id: int, policy_version: int,
                   step: int, images: Sequence[Image], caption_index: int | None = None,
-                  slot: tuple[int, int] = (0, 0)) -> Trajectory:
-    """One engine sample as a Trajectory (prompt ids as the engine saw them); `slot` = (draw,
-    task position in the step) orders the step's trajectories the same whichever engine drew
-    them (`meta["slot"]`)."""
+                  slot: Slot | None = None) -> Trajectory:
+    """One engine sample as a Trajectory (prompt ids as the engine saw them) at `slot`, its
+    place in the step."""
     if gen.logprobs is None or len(gen.logprobs) != len(gen.token_ids) or not gen.prompt_ids:
         raise ValueError(f"{role.name.lower()} sample of task {task.uid!r} lacks rollout log-probs "
                          f"({None if gen.logprobs is None else len(gen.logprobs)} for "
@@ -103,7 +102,7 @@ def trajectory_of(gen: Generation, role: Role, task: Task, group_id: int, policy
         role=role, task_uid=task.uid, group_id=group_id, prompt_ids=list(gen.prompt_ids),
         response_ids=list(gen.token_ids), rollout_logprobs=list(gen.logprobs), text=gen.text,
         policy_version=policy_version, caption_index=caption_index, images=list(images),
-        meta={"step": step, "finish_reason": gen.finish_reason, "slot": slot})
+        slot=slot, meta={"step": step, "finish_reason": gen.finish_reason})
 
 
 def require_logprobs(**settings: SamplingSettings) -> None:
@@ -121,7 +120,7 @@ def sample_groups(engine: RolloutEngine, tasks: Sequence[Task], prompts: Sequenc
     samples = engine.generate([request_of(p, k) for p, k in zip(prompts, keys, strict=True)],
                               step_settings(settings, step, draw))
     return [[trajectory_of(g, role, task, group_id(step, draw, False, key), policy_version, step,
-                           prompt.images, slot=(draw, key)) for g in gens]
+                           prompt.images, slot=Slot(draw, key)) for g in gens]
             for task, prompt, key, gens in zip(tasks, prompts, keys, samples, strict=True)]
 
 
@@ -179,5 +178,5 @@ class TwoStageRollout:
                 group, prompt = group_id(step, 0, True, next(key_iter)), next(prompt_iter)
                 r.solver.append([trajectory_of(g, Role.SOLVER, r.task, group, policy_version, step,
                                                prompt.images, caption_index=k,
-                                               slot=(r.draw, r.index))
+                                               slot=Slot(r.draw, r.index))
                                  for g in next(samples)])

@@ -19,6 +19,7 @@ import torch
 from prco_mega.algo import registry as algorithms
 from prco_mega.runtime import samplers
 from prco_mega.config import RunConfig
+from prco_mega.data.synthetic import held_out_tasks, source_of
 from prco_mega.dist.link import ROLE_ENGINE, current
 from prco_mega.roles import PromptSet
 from prco_mega.types import Role
@@ -49,24 +50,22 @@ class RunDirs:
 
 
 @dataclass
-class Run:
-    """The parts of a built run, on every rank: each rank hosts one rank of a rollout engine,
-    walks the same task stream and samples its engine's block of each step (`shard`)."""
+class EngineSide:
+    """A rank's rollout engine and what samples with it (every rank in colocated placement, the
+    engine ranks in separate placement): the rank hosts one rank of an engine, walks the same
+    task stream as every other engine rank and samples its engine's block of each step."""
 
     cfg: RunConfig
     algo: algorithms.AlgoSettings
     """The algorithm's resolved preset (config values over the registry's)."""
-    dirs: RunDirs
-    policy: MegatronPolicy
     engine: RolloutEngine
     shard: Shard
     """This rank's engine among all engines: its block of a step, and gathering over engines."""
     stream: TaskStream
     sample: samplers.Sampler
-    logger: Loggers
-    """The step metrics' loggers (`run.loggers`); used on the host rank (rank 0) only."""
     samples: RolloutSaver
-    """Saves a sample of every Nth step's scored rollouts (`saved_rollouts`); collective."""
+    """Saves a sample of every Nth step's scored rollouts (`saved_rollouts`); collective over
+    the engines' world."""
 
 
 # ----------------------------------------------------------------------------- data and prompts
@@ -77,33 +76,19 @@ def prompt_set(cfg: RunConfig) -> PromptSet:
                                         Role.SINGLE: r.single_template})
 
 
-def synthetic_source(cfg: RunConfig, seed_offset: int = 0):
-    from prco_mega.data.synthetic import SyntheticConfig, SyntheticTaskSource
-
-    d = cfg.data
-    kwargs = {"family_weights": d.families} if d.families else {}
-    return SyntheticTaskSource(SyntheticConfig(image_size=d.image_size, difficulty=d.difficulty,
-                                               seed=cfg.run.seed + seed_offset, **kwargs))
-
-
 def task_stream(cfg: RunConfig, batch_size: int, seed_offset: int = 0) -> TaskStream:
     """The training stream: synthetic tasks by index, or a seeded walk over a local data file."""
     from prco_mega.data.stream import TaskStream, list_stream
 
     if cfg.data.source == "synthetic":
-        return TaskStream(synthetic_source(cfg, seed_offset).task, batch_size, seed=cfg.run.seed)
+        source = source_of(cfg.data, cfg.run.seed + seed_offset)
+        return TaskStream(source.task, batch_size, seed=cfg.run.seed)
     from prco_mega.data.reader import read_tasks
     from prco_mega.data.validate import reader_config
 
     tasks, stats = read_tasks(cfg.data.path, reader_config(cfg.data))
     print(f"data: {len(tasks)} tasks from {cfg.data.path} ({stats})")
     return list_stream(tasks, batch_size, cfg.run.seed)
-
-
-def eval_tasks(cfg: RunConfig) -> list:
-    """Held-out synthetic tasks: another seed than training's, the same families and difficulty."""
-    source = synthetic_source(cfg, seed_offset=10_007)
-    return [source.task(i) for i in range(cfg.run.eval_tasks)]
 
 
 def leakage_checker(cfg: RunConfig, engine: Any) -> LeakageFn:
@@ -206,19 +191,20 @@ def run_loggers(cfg: RunConfig, dirs: RunDirs, algo: algorithms.AlgoSettings) ->
                         config=resolved_config(cfg, algo))
 
 
-def build_run(cfg: RunConfig, dirs: RunDirs, model_dir: Path, logger: Loggers) -> Run:
+def engine_side(cfg: RunConfig, dirs: RunDirs, model_dir: Path,
+                algo: algorithms.AlgoSettings) -> EngineSide:
+    """This rank's engine (built at the same moment on every rank of its world), the task
+    stream, the algorithm's sampler and the rollout saver."""
     from prco_mega.tracking.rollouts import RolloutSaver
 
-    algo = resolved_algo(cfg)
     shard = shard_of(cfg)
-    policy = make_policy(cfg, model_dir, objective="ppo", settings=loss_settings(cfg, algo))
     engine = start_engine(cfg, model_dir)
     stream = task_stream(cfg, cfg.data.prompts_per_step)
     sample = samplers.build_sampler(cfg, algo, engine, prompt_set(cfg),
-                                      leakage_checker(cfg, engine), torch.Generator(), shard)
+                                    leakage_checker(cfg, engine), torch.Generator(), shard)
     samples = RolloutSaver(cfg.saved_rollouts, dirs.root / "rollouts", shard,
                            cfg.data.prompts_per_step)
-    return Run(cfg, algo, dirs, policy, engine, shard, stream, sample, logger, samples)
+    return EngineSide(cfg, algo, engine, shard, stream, sample, samples)
 
 
 def announce(cfg: RunConfig, dirs: RunDirs, algo: algorithms.AlgoSettings) -> None:
@@ -239,7 +225,7 @@ def resolved_config(cfg: RunConfig, algo: algorithms.AlgoSettings) -> dict:
 
 
 # ----------------------------------------------------------------------------- evaluation
-def evaluate_policy(run: Run, path: Path, *, cache: bool) -> dict | None:
+def evaluate_policy(side: EngineSide, path: Path, *, cache: bool) -> dict | None:
     """Greedy Observer -> Solver (with the image) on held-out tasks, plus the perception of
     captions sampled at the rollout's settings. Every engine evaluates its block of the tasks;
     the host gathers the records, writes the JSON and returns the summary (None elsewhere)."""
@@ -250,18 +236,18 @@ def evaluate_policy(run: Run, path: Path, *, cache: bool) -> dict | None:
     cached = broadcast(cache and is_host() and path.exists())
     if cached:
         return json.loads(path.read_text()) if is_host() else None
-    cfg = run.cfg
-    tasks = eval_tasks(cfg)
+    cfg = side.cfg
+    tasks = held_out_tasks(cfg.data, cfg.run.seed, cfg.run.eval_tasks)
     # Captions sampled as the rollout samples them (no log-probs: nothing trains on them).
     sampled = dataclasses.replace(settings_from_section(cfg.observer, seed=cfg.run.seed),
                                   logprobs=False)
-    block = run.shard.block(len(tasks))
+    block = side.shard.block(len(tasks))
     mode = algorithms.REGISTRY[cfg.algo.name].eval_mode
-    mine = evaluate(run.engine, prompt_set(cfg), tasks[block.start:block.stop],
+    mine = evaluate(side.engine, prompt_set(cfg), tasks[block.start:block.stop],
                     observer_max_tokens=cfg.observer.max_new_tokens,
                     solver_max_tokens=cfg.solver.max_new_tokens, mode=mode,
                     sampled_captions=sampled, offset=block.start).records if len(block) else []
-    records = [r for part in run.shard.gather(mine) for r in part]
+    records = [r for part in side.shard.gather(mine) for r in part]
     if not is_host():
         return None
     summary = EvalResult(mode, records).summary()

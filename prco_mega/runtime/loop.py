@@ -1,128 +1,102 @@
-"""The RL loop: sample, learn, sync. Reads like single-process code; every rank runs it.
+"""The RL run: one learner loop for every placement. Reads like single-process code.
 
-Every rank hosts one rank of a rollout engine and samples its engine's block of the step; the
-engines' metrics are combined, each trajectory goes once to the data-parallel replica that trains
-it, and every rank receives the weights its engine loads. Colocated engines sleep while the
-learner trains and wake for the sync (weights first, then the KV cache). Rank 0 writes the logs.
-The parts come from the build layer (`build.build_run`); the checkpoint RL starts from comes from
-the warm-start stage (`warm_start.prepare_model`). This is colocated placement; under
-`cluster.rollout_placement: separate` the learner's and the engines' ranks run the two halves of
-the loop in `separate.main` instead.
+    restore -> evaluate -> for each step: trajectories in, learn, publish weights, log, save
+            -> evaluate -> report
+
+Where trajectories come from and where weights go is the placement's (`placement.Placement`):
+`colocated.Colocated` (engines on the learner's ranks) or `remote.Remote` (engines on ranks of
+their own, which run `engine_worker` instead of this loop). Every learner rank runs the loop; the
+host (rank 0) writes logs and reports. The checkpoint RL starts from comes from the warm-start
+stage (`warm_start.prepare_model`), inside the placement's set-up.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from prco_mega.runtime import build
 from prco_mega.config import RunConfig
-from prco_mega.algo.credit import combine_metrics
+from prco_mega.dist.link import ROLE_ENGINE, split_world
+from prco_mega.dist.world import is_host
+from prco_mega.learner.checkpoint import latest_checkpoint
+from prco_mega.learner.train_step import NonFiniteLoss
+from prco_mega.runtime import build
+from prco_mega.runtime.colocated import Colocated
+from prco_mega.runtime.engine_worker import run_engine_worker
+from prco_mega.runtime.placement import Placement
+from prco_mega.runtime.remote import Remote, learner_world_size
+from prco_mega.tracking.metrics import plot_metrics
 from prco_mega.tracking.timing import PhaseTimer
-from prco_mega.dist.world import all_gather, broadcast, init_world, is_host
 
 
-def sync(run: build.Run):
-    """Learner -> bridge -> engine: the weights this rank's engine loads (collective). The engine
-    wakes its weights first and its KV cache after the push (vLLM's order)."""
-    from prco_mega.bridge.sync import cast_dtype, sync_weights
-
-    p, e = run.policy, run.cfg.engine
-    run.engine.wake_up(["weights"])
-    stats = sync_weights(p.chunks, p.pg, p.hf_config, run.engine,
-                         bucket_bytes=e.sync_bucket_mib * 2**20, dtype=cast_dtype(e.dtype))
-    run.engine.wake_up(["kv_cache"])
-    return stats
-
-
-def rl_step(run: build.Run, step: int) -> dict[str, float]:
-    """One PRCO (or baseline) step; returns its metrics (the same on every rank)."""
+def rl_step(place: Placement, step: int) -> dict[str, float]:
+    """One PRCO (or baseline) step; returns its metrics (the same on every learner rank)."""
     timer = PhaseTimer()
-    scored = run.sample(run.stream, step, timer)
-    run.samples.save(step, scored)  # on its steps: sampled tasks from every engine, for rank 0
-    # a TP engine's ranks drew the same samples: its leader's part is the engine's
-    part = scored.train if run.shard.placement.is_engine_leader else []
-    engines = run.shard.gather((scored.metrics, scored.weights, len(part),
-                                min((t.policy_version for t in part), default=step)))
-    metrics = {"step": step, **combine_metrics([(m, w) for m, w, _, _ in engines])}
-    if not sum(n for _, _, n, _ in engines):  # e.g. dynamic sampling found nothing informative
+    got = place.next_step(step, timer)
+    metrics = {"step": step, **got.metrics}
+    if got.plan is None:  # e.g. dynamic sampling found nothing informative
         return {**metrics, **timer.metrics(), "update_successful": 0.0}
-    run.engine.sleep(run.cfg.engine.sleep_level)
+    place.before_learn()
     with timer("learn"):
-        learned = run.policy.step(part, part_of_step=True)
+        learned = place.policy.train(got.mine, got.plan)
     with timer("sync"):
-        synced = sync(run)
-    lag = step - min(v for _, _, _, v in engines)
-    received = all_gather(synced.received_bytes)  # what crossed the network, per rank
-    return {**metrics, **learned, **timer.metrics(), "train/policy_lag": float(lag),
-            "sync/bytes": synced.bytes, "sync/seconds": synced.seconds,
-            "sync/received_bytes_max": float(max(received)),
-            "sync/received_bytes_mean": sum(received) / len(received)}
+        synced = place.publish()
+    return {**metrics, **learned, **timer.metrics(),
+            "train/policy_lag": float(step - got.policy_version), **synced}
 
 
-def save(run: build.Run, step: int) -> Path:
-    # every rank walks the same stream; rank 0's position is everyone's
-    state = {"stream": run.stream.state_dict() if is_host() else None}
-    return run.policy.save(run.dirs.checkpoints, step, data_state=broadcast(state))
-
-
-def resume(run: build.Run) -> int:
-    """Load the newest complete checkpoint; returns the step to continue from (0 if none)."""
-    from prco_mega.learner.checkpoint import latest_checkpoint
-
-    path = latest_checkpoint(run.dirs.checkpoints)
-    if path is None:
-        return 0
-    state = run.policy.load(path)
-    run.stream.load_state_dict(state["data_state"]["stream"])
-    sync(run)
-    print(f"resumed from {path} at step {state['step']}")
+def restore(place: Placement, checkpoints: Path, resume_run: bool) -> int:
+    """Load the newest complete checkpoint (when resuming); the step to continue from."""
+    path = latest_checkpoint(checkpoints) if resume_run else None
+    state = place.policy.load(path) if path is not None else {"step": 0, "data_state": None}
+    place.restore(int(state["step"]), state["data_state"])
+    if path is not None:
+        print(f"resumed from {path} at step {state['step']}")
     return int(state["step"])
 
 
-def train(run: build.Run, start: int) -> None:
-    from prco_mega.learner.policy import NonFiniteLoss
-
-    every = run.cfg.learner.checkpoint.interval
-    for step in range(start, run.cfg.run.steps):
+def train(place: Placement, cfg: RunConfig, dirs: build.RunDirs, start: int) -> None:
+    every = cfg.learner.checkpoint.interval
+    for step in range(start, cfg.run.steps):
         try:
-            metrics = rl_step(run, step)
-        except NonFiniteLoss as e:
-            path = save(run, step)  # the update was refused: this is the last good state
+            metrics = rl_step(place, step)
+        except NonFiniteLoss as e:  # the update was refused: this is the last good state
+            path = place.policy.save(dirs.checkpoints, step, data_state=place.data_state())
             raise SystemExit(f"stopping: {e}; state before the step saved to {path}") from e
         if is_host():
-            run.logger.log(metrics)  # the step's metrics, already combined: no collective
-        if (every and (step + 1) % every == 0) or step + 1 == run.cfg.run.steps:
-            save(run, step + 1)
+            place.logger.log(metrics)  # the step's metrics, already combined: no collective
+        if (every and (step + 1) % every == 0) or step + 1 == cfg.run.steps:
+            place.policy.save(dirs.checkpoints, step + 1, data_state=place.data_state())
     if is_host():
-        run.logger.close()
+        place.logger.close()
+
+
+def run(place: Placement, cfg: RunConfig, dirs: build.RunDirs, resume_run: bool) -> None:
+    """The learner's whole run over `place`."""
+    start = restore(place, dirs.checkpoints, resume_run)
+    if is_host():  # what an earlier attempt logged at steps >= start is dropped
+        place.logger.start(start)
+    # The starting policy's scores: measured now, or (resuming) read from the first attempt.
+    before = place.evaluate(dirs.root / "eval_start.json", cache=start > 0)
+    train(place, cfg, dirs, start)
+    after = place.evaluate(dirs.root / "eval_end.json", cache=False)
+    if is_host():
+        plot_metrics(dirs.metrics, dirs.root / "curves.png")
+        build.write_report(dirs.root, cfg, before, after)
+    place.close()
 
 
 def main(cfg: RunConfig, resume_run: bool = False) -> Path:
     """Warm start (cached) -> RL -> evaluation table. Returns the run directory."""
-    from prco_mega.tracking.metrics import plot_metrics
-    from prco_mega.runtime.warm_start import prepare_model
-
     dirs = build.RunDirs(Path(cfg.run.output_dir) / cfg.run.name)
     if dirs.root.exists() and not resume_run and (dirs.checkpoints.exists()):
         raise ValueError(f"run directory {str(dirs.root)!r} already has checkpoints: pass "
                          "--resume to continue it, or choose another run.name")
     algo = build.resolved_algo(cfg)  # a bad preset override is refused before anything starts
-    if cfg.cluster is not None and cfg.cluster.rollout_placement == "separate":
-        from prco_mega.runtime import remote as separate  # learner ranks and engine ranks run their own loops
-
-        separate.main(cfg, dirs, algo, resume_run)
+    if cfg.cluster is None or cfg.cluster.rollout_placement == "colocated":
+        run(Colocated(cfg, dirs, algo), cfg, dirs, resume_run)
         return dirs.root
-    init_world()
-    build.announce(cfg, dirs, algo)
-    run = build.build_run(cfg, dirs, prepare_model(cfg), build.run_loggers(cfg, dirs, algo))
-    start = resume(run) if resume_run else 0
-    if is_host():  # what an earlier attempt logged or saved at steps >= start is dropped
-        run.logger.start(start)
-        run.samples.start(start)
-    # The starting policy's scores: measured now, or (resuming) read from the first attempt.
-    before = build.evaluate_policy(run, dirs.root / "eval_start.json", cache=start > 0)
-    train(run, start)
-    after = build.evaluate_policy(run, dirs.root / "eval_end.json", cache=False)
-    if is_host():
-        plot_metrics(dirs.metrics, dirs.root / "curves.png")
-        build.write_report(dirs.root, cfg, before, after)
+    split = split_world(learner_world_size(cfg))
+    if split.role == ROLE_ENGINE:
+        run_engine_worker(cfg, dirs, algo, split)
+    else:
+        run(Remote(cfg, dirs, algo, split), cfg, dirs, resume_run)
     return dirs.root

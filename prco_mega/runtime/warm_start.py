@@ -22,6 +22,7 @@ from prco_mega.runtime import build
 
 from prco_mega.dist import world
 from prco_mega.config import RunConfig
+from prco_mega.data.synthetic import source_of
 from prco_mega.types import Task, Trajectory
 
 CACHE_VERSION = "5"  # bump when the recipe below changes
@@ -118,7 +119,7 @@ def base_model(cfg: RunConfig) -> Path:
     if cfg.model.hf_path:
         check_family(Path(cfg.model.hf_path), cfg.model.family)
         return Path(cfg.model.hf_path)
-    source = build.synthetic_source(cfg, seed_offset=30_011)
+    source = source_of(cfg.data, cfg.run.seed + 30_011)
     corpus_tasks = [source.task(i) for i in range(1500)]
     out = None
     if world.is_host():

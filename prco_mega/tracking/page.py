@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from prco_mega.data import synthetic
 from prco_mega.tracking.rollouts import eval_records_path, png_bytes, read_step, saved_steps
 
 _CSS = """
@@ -223,14 +224,13 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 def held_out_tasks(run_dir: Path) -> dict[str, tuple[str, list[bytes]]]:
     """(question, PNG bytes of its images) of the run's held-out tasks by uid, redrawn from its
     `config.json` (held-out tasks are synthetic, drawn from the run's seed)."""
-    from prco_mega.runtime import build
     from prco_mega.config import RunConfig, from_dict
 
     data = json.loads((Path(run_dir) / "config.json").read_text())
     # the sections the held-out draw reads (JSON turned some int keys elsewhere into strings)
     cfg = from_dict(RunConfig, {"run": data["run"], "data": data["data"]})
     return {t.uid: (t.question, [png_bytes(im) for im in t.images])
-            for t in build.eval_tasks(cfg)}
+            for t in synthetic.held_out_tasks(cfg.data, cfg.run.seed, cfg.run.eval_tasks)}
 
 
 def _eval_cell(r: dict[str, Any]) -> str:

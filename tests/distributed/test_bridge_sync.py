@@ -2,7 +2,7 @@
 in each rank (`external_launcher`, engine TP=1).
 
 The learner loads the tiny checkpoint and is perturbed; the engines start on the original
-checkpoint. After `bridge.sync.sync_weights` on every rank: each engine's greedy tokens for an
+checkpoint. After `bridge.colocated.sync_weights` on every rank: each engine's greedy tokens for an
 image+text prompt equal Hugging Face transformers' greedy tokens with the learner's weights, its
 sampled-token log-probs equal the learner's own TP=2 log-probs within 1e-4, and no rank received
 more weight bytes than its engine loads plus one bucket (at TP=2 a rank receives the other half

@@ -1,6 +1,6 @@
 """Each rank receives exactly its data-parallel replica's share of a step, once (issue 18):
-two ranks each pass the part of the step their engine scored to `MegatronPolicy.receive` (learner
-DP=2); the plan gives every trajectory one replica, and each rank gets those ids and no others,
+two ranks each pass the part of the step their engine scored to `dist.routing.Router.route`
+(learner DP=2); the plan gives every trajectory one replica, and each rank gets those ids and no others,
 each the very trajectory that was sent."""
 import pytest
 

@@ -1,5 +1,5 @@
 """2 ranks, each hosting its own vLLM engine (`external_launcher`, TP=1: two engines) and one half
-of a Megatron learner at TP=2 -> `bridge.sync` -> every rank's engine.
+of a Megatron learner at TP=2 -> `bridge.colocated` -> every rank's engine.
 
 The learner loads the tiny HF checkpoint and is then perturbed (every parameter moves); the
 engines start on the ORIGINAL checkpoint. After the sync each engine's greedy tokens and log-probs
@@ -97,7 +97,7 @@ def sync_and_compare(chunks, pg, cfg, ckpt: Path, engine, processor, image, work
     statistics, transformers' greedy tokens with the learner's exported weights (`hf_greedy` of
     the family) and the learner's own log-probs of the engine's sequence, into `res`."""
     from prco_mega.bridge.hf_io import export_megatron_to_hf
-    from prco_mega.bridge.sync import sync_weights
+    from prco_mega.bridge.colocated import sync_weights
 
     res["before"] = gathered(host_generate(engine, processor, image)["tokens"])
     t = time.time()
@@ -120,7 +120,7 @@ def sync_and_compare(chunks, pg, cfg, ckpt: Path, engine, processor, image, work
 
 def nan_refusal(chunks, pg, cfg, engine) -> str:
     """Put one NaN into rank 1's shard of a fused QKV weight; the sync must refuse on every rank."""
-    from prco_mega.bridge.sync import sync_weights
+    from prco_mega.bridge.colocated import sync_weights
 
     if dist.get_rank() == 1:
         qkv = chunks[0].language_model.decoder.layers[1].self_attention.linear_qkv.weight
@@ -143,7 +143,7 @@ def pp2_phase(cfg, ckpt: Path, work: Path, engine, processor, image, res: dict) 
     each engine must then generate what transformers generates with that learner's export."""
 
     from prco_mega.bridge.hf_io import export_megatron_to_hf, load_hf_into_megatron
-    from prco_mega.bridge.sync import sync_weights
+    from prco_mega.bridge.colocated import sync_weights
     from prco_mega.learner.model import build_model
     from prco_mega.learner.parallel import destroy_parallel, init_parallel
 

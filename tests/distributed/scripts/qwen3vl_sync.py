@@ -1,5 +1,5 @@
 """2 ranks hosting vLLM (`external_launcher`: `--engine-tp 1` an engine per rank, 2 one engine
-over both) and a Megatron Qwen3-VL learner at TP=2 -> `bridge.sync` -> every rank's engine.
+over both) and a Megatron Qwen3-VL learner at TP=2 -> `bridge.colocated` -> every rank's engine.
 
 The learner loads the tiny Qwen3-VL checkpoint and is perturbed (every parameter moves, QK-norm and
 deepstack mergers included); the engines start on the original checkpoint. After the sync each

@@ -25,9 +25,9 @@ def main() -> None:
     p.add_argument("--algo", default="prco")
     p.add_argument("--out", required=True)
     a = p.parse_args()
-    from prco_mega.runtime import samplers
-    from prco_mega.runtime import build
     from prco_mega.dist import world
+    from prco_mega.dist.routing import part_shapes
+    from prco_mega.runtime import build, samplers
     from prco_mega.config import load_config
     from prco_mega.tracking.timing import PhaseTimer
     from prco_mega.runtime.warm_start import base_model
@@ -42,21 +42,19 @@ def main() -> None:
     shard = build.shard_of(cfg)
     engine = build.start_engine(cfg, model)  # every rank, at the same moment
     sampler = samplers.build_sampler(cfg, build.resolved_algo(cfg), engine,
-                                       build.prompt_set(cfg), build.leakage_checker(cfg, engine),
-                                       torch.Generator(), shard)
+                                     build.prompt_set(cfg), build.leakage_checker(cfg, engine),
+                                     torch.Generator(), shard)
     stream = build.task_stream(cfg, cfg.data.prompts_per_step)
     steps = {}
     for step in (0, 1):
         scored = sampler(stream, step, PhaseTimer())
         part = scored.train if shard.placement.is_engine_leader else []
-        seen: dict = {}
         rows = [{"task": t.task_uid, "role": int(t.role), "group": t.group_id,
                  "response": t.response_ids, "logprobs": t.rollout_logprobs,
                  "reward": t.reward, "advantage": t.advantage, "images": len(t.images),
-                 "slot": [*t.meta["slot"], seen.setdefault(t.meta["slot"], []).append(1)
-                          or len(seen[t.meta["slot"]]) - 1]}
-                for t in part]
-        # the learner's step-wide order (`MegatronPolicy.receive`): by (draw, task, position)
+                 "slot": list(key)}
+                for t, (key, _) in zip(part, part_shapes(part))]
+        # the learner's step-wide order (`dist.routing`): by (draw, task, place in the slot)
         gathered = sorted((r for rs in shard.gather(rows) for r in rs), key=lambda r: r["slot"])
         steps[step] = {"trajectories": gathered, "stream_position": stream.position}
     if world.rank() == 0:

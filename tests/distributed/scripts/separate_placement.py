@@ -1,7 +1,7 @@
 """Separate placement on two ranks: rank 0 is the learner's world, rank 1 the engines' world
 (`link.split_world`). Two RL steps of the tiny PRCO run (the caption-first warm-up, then with
-images): the engine samples, delivers its part over the link (`separate.deliver`/`collect`), the
-learner trains and streams its weights to the engine (`bridge.sync.send_weights` /
+images): the engine samples, routes its part over the link (`dist.routing.Router`), the
+learner trains and streams its weights to the engine (`bridge.remote.send_weights` /
 `receive_weights`). `--off-policy 1` samples step 1 before update 1's weights arrive. The untrained
 tiny model's advantages are all zero, so the learner perturbs its weights after step 0's update:
 the engine must sample step 1 with them (on-policy) or without them (off-policy).
@@ -32,10 +32,12 @@ def main() -> None:
     p.add_argument("--engine-tp", type=int, default=1)
     p.add_argument("--out", required=True)
     a = p.parse_args()
-    from prco_mega.runtime import samplers
-    from prco_mega.runtime import build, remote as separate
     from prco_mega.dist import link, world
-    from prco_mega.bridge.sync import receive_weights, send_weights
+    from prco_mega.dist.routing import Router
+    from prco_mega.runtime import build, samplers
+    from prco_mega.runtime.engine_worker import sampling_version, stamp
+    from prco_mega.runtime.placement import EngineReport
+    from prco_mega.bridge.remote import receive_weights, send_weights
     from prco_mega.config import load_config
     from prco_mega.tracking.timing import PhaseTimer
     from prco_mega.runtime.warm_start import base_model
@@ -53,11 +55,12 @@ def main() -> None:
         algo = build.resolved_algo(cfg)
         policy = build.make_policy(cfg, model, objective="ppo",
                                    settings=build.loss_settings(cfg, algo))
-        dp = separate.learner_dp_ranks(split, policy.pg)
+        router = Router(split.link, policy.pg.dp.rank())
         out = {"steps": {}}
         for step in (0, 1):
-            mine, plan, reports = separate.collect(split, policy)
-            metrics = policy.train(mine, plan)
+            routed = router.route([], plan_step=policy.plan)
+            mine, reports = routed.mine, routed.reports
+            metrics = policy.train(mine, routed.plan)
             if step == 0:  # the untrained tiny model's advantages are all zero: make update 1 move
                 perturb(policy.chunks)
             stats = send_weights(policy.chunks, policy.pg, policy.hf_config, split,
@@ -80,23 +83,23 @@ def main() -> None:
         engine = build.start_engine(cfg, model)
         shard = build.shard_of(cfg)
         sampler = samplers.build_sampler(cfg, build.resolved_algo(cfg), engine,
-                                           build.prompt_set(cfg), build.leakage_checker(cfg, engine),
-                                           torch.Generator(), shard)
+                                         build.prompt_set(cfg), build.leakage_checker(cfg, engine),
+                                         torch.Generator(), shard)
         stream = build.task_stream(cfg, cfg.data.prompts_per_step)
-        dp = separate.learner_dp_ranks(split, None)
+        router = Router(split.link, None)
         syncs = []
         for step in (0, 1):
-            version = separate.sampling_version(step, cfg.rollout.off_policy_steps)
+            version = sampling_version(step, cfg.rollout.off_policy_steps)
             if step and not cfg.rollout.off_policy_steps:
                 syncs.append(receive_weights(engine, engine_config(model), split).__dict__)
             scored = sampler(stream, step, PhaseTimer())
             if step and cfg.rollout.off_policy_steps:
                 syncs.append(receive_weights(engine, engine_config(model), split).__dict__)
             leader = shard.placement.is_engine_leader
-            part = separate.stamp(scored.train, version) if leader else []
-            report = separate.EngineReport(scored.metrics, scored.weights, len(part), version,
-                                           stream.state_dict()) if leader else None
-            separate.deliver(split, part, report, dp)
+            part = stamp(scored.train, version) if leader else []
+            report = EngineReport(scored.metrics, scored.weights, version,
+                                  stream.state_dict()) if leader else None
+            router.route(part, report)
         syncs.append(receive_weights(engine, engine_config(model), split).__dict__)
         split.link.broadcast_object(world.all_gather(syncs), src=a.learners)
     split.link.all_gather(None)  # no engine.close(): vLLM's shutdown destroys the default group

@@ -1,0 +1,82 @@
+"""Weight sync in colocated placement: every rank of the world hosts one rank of a rollout engine
+(`rollout.placement`) and streams into it the rows its engine rank loads.
+
+vLLM's weight loader takes checkpoint-shaped tensors and narrows them to its own TP rank's rows,
+so every rank calls `sync_weights(chunks, pg_collection, hf_config, engine)` with its own engine
+and fetches only those rows (`bridge.units`), one unit at a time, stage by stage, then pushes
+them in buckets of whole fused groups (`bridge.buckets`).
+
+What crosses the network per rank: the rows its engine loads that the rank does not hold (other TP
+shards, other stages' units), never more than its engine loads (`SyncStats.engine_bytes`), except
+that a pipeline group whose stages feed different engine ranks shares one hull of rows. Peak extra
+memory is about one unit plus one bucket.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+
+from prco_mega.bridge.buckets import push_units
+from prco_mega.bridge.hf_io import mapping_args
+from prco_mega.bridge.units import (DEFAULT_BUCKET_BYTES, SyncContext, SyncStats, cast_dtype,
+                                    engine_slot, model_units, refuse_nonfinite)
+from prco_mega.dist.world import all_gather, device
+
+if TYPE_CHECKING:
+    from prco_mega.rollout.config import EngineConfig
+    from prco_mega.rollout.engine import RolloutEngine
+
+
+@torch.no_grad()
+def sync_weights(chunks, pg_collection, hf_config, engine, *,
+                 bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+                 dtype: torch.dtype | None = None, engine_tp: int | None = None) -> SyncStats:
+    """Stream the model's weights into this rank's `engine` (a `RolloutEngine`).
+
+    Collective: every rank of the world calls it with its own engine (colocated placement).
+    `dtype` casts before anything moves (e.g. bf16 for a bf16 engine); None keeps the
+    parameters' dtype. `engine_tp`: ranks per engine (default: the engine's
+    `config.tensor_parallel_size`, else 1); each rank fetches only the rows its engine rank
+    loads. Returns this rank's `SyncStats`.
+    """
+    if engine is None:
+        raise ValueError(f"rank {dist.get_rank()} has no engine: every rank of a colocated run "
+                         "hosts one engine rank and receives the weights it loads")
+    t0 = time.perf_counter()
+    if engine_tp is None:
+        engine_tp = getattr(getattr(engine, "config", None), "tensor_parallel_size", 1)
+    pp = pg_collection.pp
+    ctx = SyncContext(mapping_args(hf_config), pg_collection, dtype, device(),
+                      slot=engine_slot(dist.get_rank(), engine_tp))
+    ctx.tp_slots = all_gather([engine_slot(dist.get_global_rank(pp, i), engine_tp)
+                               for i in range(pp.size())], group=pg_collection.tp)
+    with ctx.clock("check"):
+        refuse_nonfinite(chunks, ctx)
+    return push_units(engine, model_units(chunks, ctx), ctx, bucket_bytes, t0)
+
+
+def sync_metrics(stats: SyncStats, received: list[int]) -> dict[str, float]:
+    """The step's sync metrics: what this rank pushed, and what every rank received from other
+    ranks (`received`, one entry per rank of the run, engines included)."""
+    return {"sync/bytes": stats.bytes, "sync/seconds": stats.seconds,
+            "sync/received_bytes_max": float(max(received)),
+            "sync/received_bytes_mean": sum(received) / len(received)}
+
+
+class ColocatedPublisher:
+    """Publishes the learner's weights to the engine on this rank (collective over the world).
+    The engine wakes its weights first and its KV cache after the push (vLLM's order)."""
+
+    def __init__(self, engine: RolloutEngine, config: EngineConfig):
+        self.engine, self.config = engine, config
+
+    def publish(self, policy: Any) -> dict[str, float]:
+        self.engine.wake_up(["weights"])
+        stats = sync_weights(policy.chunks, policy.pg, policy.hf_config, self.engine,
+                             bucket_bytes=self.config.sync_bucket_mib * 2**20,
+                             dtype=cast_dtype(self.config.dtype))
+        self.engine.wake_up(["kv_cache"])
+        return sync_metrics(stats, all_gather(stats.received_bytes))
