@@ -18,6 +18,7 @@ import threading
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 BACKENDS = ("pil", "dali")
@@ -51,8 +52,6 @@ def normalize_image(image: Image.Image) -> Image.Image:
         out = Image.new("RGB", rgba.size, WHITE)
         out.paste(rgba, mask=rgba.getchannel("A"))
     elif image.mode.startswith("I;16"):
-        import numpy as np
-
         top_byte = (np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8)  # [H, W]
         out = Image.fromarray(top_byte, mode="L").convert("RGB")
     else:
@@ -167,8 +166,6 @@ class _DaliDecoder:
         return pipe
 
     def __call__(self, data: bytes, name: str) -> Image.Image:
-        import numpy as np
-
         with self._lock:
             if self._pipe is None:
                 self._pipe = self._build()

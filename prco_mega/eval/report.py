@@ -6,6 +6,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from prco_mega.data.captions import value_label, value_name
+
 # ---------------------------------------------------------------- tables
 
 
@@ -94,8 +96,6 @@ def comparison_table(before: Any, after: Any, per_family: bool = True,
 
 def _misread_cell(misreads: Mapping[str, int], family: str) -> str:
     """The commonest wrong readings, "hexagon 36, square 18"."""
-    from prco_mega.data.captions import value_name
-
     top = sorted(misreads.items(), key=lambda kv: -kv[1])[:2]
     return ", ".join(f"{value_name(family, v) or v} {n}" for v, n in top) or "-"
 
@@ -105,8 +105,6 @@ def value_table(before: Mapping[str, Any], after: Mapping[str, Any],
     """Perception per true value of the needed facts (greedy caption, then sampled captions),
     with the two commonest greedy misreadings before and after: which values RL teaches the
     Observer to read, and which it reads as something else (`perception_by_value`)."""
-    from prco_mega.data.captions import value_label
-
     rows = []
     for family in sorted(set(before) & set(after)):
         for value in after[family]:

@@ -30,7 +30,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
 
 COMPLETE_MARKER = "COMPLETE"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -80,14 +82,13 @@ def prune_checkpoints(root: str | Path, keep_last: int) -> list[Path]:
 def model_sharded_state_dict(model_chunks: Sequence[torch.nn.Module]) -> dict:
     """Megatron sharded state dict of all chunks; tensors are keyed by global names, so the
     chunk grouping (VPP) does not matter for resharding."""
-    from prco_mega.learner.model import unwrap
+    from prco_mega.learner.model import unwrap  # imports Megatron at its top
 
     return {f"chunk{i}": unwrap(c).sharded_state_dict() for i, c in enumerate(model_chunks)}
 
 
 def rng_state() -> dict[str, Any]:
     """This rank's RNG states: python, numpy, torch CPU (and CUDA), Megatron's tracker."""
-    import numpy as np
     from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
     state = {"python": random.getstate(), "numpy": np.random.get_state(),
@@ -99,7 +100,6 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what `rng_state` returned (on the same rank of the same layout)."""
-    import numpy as np
     from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
     random.setstate(state["python"])
@@ -111,8 +111,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _layout(pg: Any) -> dict[str, int]:
-    import torch.distributed as dist
-
     return {"world": dist.get_world_size(), "tp": pg.tp.size(), "pp": pg.pp.size(),
             "dp": pg.dp.size()}
 
@@ -151,7 +149,6 @@ def save_checkpoint(
     complete `step_X/` is an error. With `keep_last`, older checkpoints are then pruned
     (`prune_checkpoints`).
     """
-    import torch.distributed as dist
     from megatron.core import dist_checkpointing
 
     final = checkpoint_path(root, step)
@@ -263,14 +260,13 @@ def load_checkpoint(
     Returns `{"step", "data_state", "rng_restored", "saved_layout"}`. Raises ValueError for a
     directory without the completion marker (an interrupted or foreign save).
     """
-    from prco_mega.learner.model import unwrap
+    from prco_mega.learner.model import unwrap  # imports Megatron at its top
 
     path = Path(path)
     if not is_complete(path):
         raise ValueError(f"checkpoint {str(path)!r} is incomplete: no {COMPLETE_MARKER!r} marker "
                          "(its save was interrupted, or it is not a checkpoint); refusing to load "
                          "it. Use latest_checkpoint() to find the newest complete one.")
-    import torch.distributed as dist
     from megatron.core import dist_checkpointing
 
     meta = json.loads((path / "meta.json").read_text())

@@ -21,7 +21,7 @@ def qwen_vl_forward(model: torch.nn.Module, batch: TrainBatch, return_hidden: bo
     `return_hidden`: see `model.forward` (the fused loss head's input)."""
     from megatron.core.packed_seq_params import PackedSeqParams
 
-    from prco_mega.learner.model import forward
+    from prco_mega.learner.model import forward  # imports Megatron at its top
 
     if batch.position_ids is None or batch.position_ids.dim() != 2:
         raise ValueError("qwen_vl_forward needs batch.position_ids [3, T] (mrope positions)")

@@ -26,6 +26,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+import prco_kernels
+from prco_kernels.ppo_loss import ppo_kl_loss_and_grad, sequence_level_weights, token_level_weights
 from prco_mega.learner.forward import qwen_vl_forward, with_loss_totals
 from prco_mega.learner.mismatch import mismatch_sums
 from prco_mega.types import Role, TrainBatch
@@ -39,8 +41,6 @@ def check_impl(impl: str, device: torch.device | str) -> None:
     if impl not in IMPLS:
         raise ValueError(f"kernels impl must be one of {IMPLS}, got {impl!r}")
     if impl == "triton":
-        import prco_kernels
-
         if not prco_kernels.available(device):
             raise RuntimeError(
                 f"impl='triton' was requested but Triton kernels cannot run on device {device} "
@@ -58,8 +58,6 @@ def role_token_weights(loss_mask: Tensor, role_ids: Tensor, role_denominators: d
     loss_mask, role_ids  # [T]
     cu_seqlens           # [N+1]
     """
-    from prco_kernels.ppo_loss import sequence_level_weights, token_level_weights
-
     if level not in ("token", "sequence"):
         raise ValueError(f"aggregation level {level!r} is not one of ('token', 'sequence')")
     out = {}
@@ -112,8 +110,6 @@ class _RoleChunks:
         self.learner_old = torch.zeros_like(self.old)
 
     def __call__(self, lp: Tensor, ent: Tensor, a: int, b: int):
-        from prco_kernels.ppo_loss import ppo_kl_loss_and_grad
-
         s = self.settings
         old, adv = self.old[a:b], self.adv[a:b]
         if self.from_forward:
@@ -160,7 +156,7 @@ class FusedPPO:
     def forward(self, model: torch.nn.Module, batch: TrainBatch) -> Any:
         """Last stage: a `LossHeadInput` (no output-layer GEMM); other stages: the hidden
         states Megatron sends on."""
-        from prco_mega.learner.model import unwrap
+        from prco_mega.learner.model import unwrap  # imports Megatron at its top
 
         out = qwen_vl_forward(model, batch, return_hidden=True)
         if isinstance(out, Tensor):  # not the last stage
@@ -188,8 +184,6 @@ def fused_prco_loss(hidden: Tensor, weight: Tensor, batch: TrainBatch, settings:
     returns (loss [] differentiable in hidden and weight, logprobs [T] detached and aligned
     with `batch.old_logprobs` (0 at sequence starts), the kernel's metrics per role)
     """
-    import prco_kernels
-
     check_impl("triton", hidden.device)
     if settings.kl_coef != 0.0 and batch.ref_logprobs is None:
         raise ValueError(f"kl_coef ({settings.kl_coef}) != 0 needs ref_logprobs")

@@ -23,7 +23,9 @@ from typing import Any, ClassVar, Literal, Protocol
 import torch
 from torch import Tensor
 
+from prco_mega.algo.losses import nll_loss, prco_loss, truncated_is_weights
 from prco_mega.learner.forward import qwen_vl_forward, token_logprobs, with_loss_totals
+from prco_mega.learner.loss_head import FusedPPO, check_impl
 from prco_mega.learner.mismatch import mismatch_sums
 from prco_mega.types import TrainBatch
 
@@ -80,8 +82,6 @@ def apply_tis(batch: TrainBatch, learner_old_logprobs: Tensor, cap: float) -> Tr
 
     learner_old_logprobs  # [T] the learner's log-probs of batch.tokens before the update
     """
-    from prco_mega.algo.losses import truncated_is_weights
-
     if learner_old_logprobs.shape != batch.old_logprobs.shape:
         raise ValueError(f"learner_old_logprobs shape {tuple(learner_old_logprobs.shape)} != "
                          f"old_logprobs shape {tuple(batch.old_logprobs.shape)}")
@@ -103,8 +103,6 @@ class TorchPPO:
         return qwen_vl_forward(model, batch)
 
     def loss(self, batch: TrainBatch, output: Tensor):
-        from prco_mega.algo.losses import prco_loss
-
         s = self.settings
         logprobs = token_logprobs(output, batch.tokens, batch.cu_seqlens, s.temperature)
         denominators, extra = _denominators(batch), {}
@@ -133,8 +131,6 @@ class Supervised:
         return qwen_vl_forward(model, batch)
 
     def loss(self, batch: TrainBatch, output: Tensor):
-        from prco_mega.algo.losses import nll_loss
-
         logprobs = token_logprobs(output, batch.tokens, batch.cu_seqlens,
                                   self.settings.temperature)
         loss, metrics = nll_loss(logprobs, batch.loss_mask, batch.role_ids, _denominators(batch),
@@ -146,8 +142,6 @@ def make_loss_path(objective: Literal["ppo", "sft"], impl: Literal["torch", "tri
                    settings: LossSettings, device: Any = None) -> LossPath:
     """The loss path of a run, checked once: "triton" raises where Triton cannot run on `device`
     (never a silent fallback), "sft" runs on the torch path without TIS."""
-    from prco_mega.learner.loss_head import FusedPPO, check_impl
-
     check_impl(impl, device if device is not None else torch.device("cpu"))
     if objective == "sft":
         if impl != "torch" or settings.tis_cap is not None:

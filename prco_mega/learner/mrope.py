@@ -9,6 +9,8 @@ Videos are not handled (the stack trains on images).
 """
 from __future__ import annotations
 
+import bisect
+
 import torch
 
 
@@ -52,8 +54,6 @@ def mrope_positions_1d(ids: torch.Tensor, grid_thw: torch.Tensor, image_token_id
 
 
 def _first_at_or_after(sorted_idx: list[int], i: int, default: int) -> int:
-    import bisect
-
     j = bisect.bisect_left(sorted_idx, i)
     return sorted_idx[j] if j < len(sorted_idx) else default
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-from prco_mega.learner.config import (
-    LearnerConfig, OptimizerConfig, ScheduleConfig, resolve_precision)
+from prco_mega.learner.config import (LearnerConfig, OptimizerConfig, ScheduleConfig,
+                                      resolve_precision)
+from prco_mega.learner.train_step import prepare_model_config
 
 
 def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, decay_steps: int | None,
@@ -83,8 +84,6 @@ def _wrap_chunks(model_chunks: Sequence[torch.nn.Module], cfg: LearnerConfig, pr
                  pg: Any) -> list[torch.nn.Module]:
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.transformer.module import Float16Module
-
-    from prco_mega.learner.train_step import prepare_model_config
 
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,

@@ -16,17 +16,21 @@ before DDP wraps the model) sets these.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
+from prco_mega.dist.world import device
 from prco_mega.learner.forward import qwen_vl_forward, to_device, token_logprobs
 from prco_mega.learner.loss_paths import LossPath
-from prco_mega.types import TrainBatch
-from prco_mega.dist.world import device
+from prco_mega.learner.mrope import mrope_position_ids
+from prco_mega.learner.packing import pad_to_length, padding_micro_batch
+from prco_mega.types import Role, TrainBatch
 
 ModelForward = Callable[[torch.nn.Module, TrainBatch], Tensor]
 """`model_forward(model_chunk, batch)`: the chunk's output for a packed micro-batch: on the last
@@ -83,8 +87,6 @@ def fit_to_pipeline(micro_batches: Sequence[TrainBatch], model_chunks: Sequence[
     """
     from megatron.core.utils import get_model_config
 
-    from prco_mega.learner.packing import pad_to_length, padding_micro_batch
-
     pp = get_model_config(model_chunks[0]).pipeline_model_parallel_size
     if pp == 1:
         return list(micro_batches)
@@ -130,8 +132,6 @@ def _is_last_stage(pp_group) -> bool:
 
 
 def _last_stage_rank(pp_group) -> int:
-    import torch.distributed as dist
-
     return dist.get_global_rank(pp_group, pp_group.size() - 1)
 
 
@@ -139,8 +139,6 @@ def reduce_metrics(store: list[dict[str, Tensor]], *, pp_group, dp_group) -> dic
     """Step metrics on every rank: sum of the micro-batch metrics (they are shares with global
     denominators) over micro-batches and data-parallel ranks, sent from the last pipeline stage;
     keys ending in `max_abs` take the max instead. The one host sync of the step."""
-    import torch.distributed as dist
-
     keys = [sorted(store[0])] if _is_last_stage(pp_group) else [None]
     if pp_group.size() > 1:
         dist.broadcast_object_list(keys, src=_last_stage_rank(pp_group), group=pp_group)
@@ -207,8 +205,6 @@ class NonFiniteLoss(RuntimeError):
 
 def raise_if_not_finite(metrics: dict[str, float]) -> None:
     """`NonFiniteLoss` naming every non-finite loss metric (per role), if there is one."""
-    import math
-
     bad = {k: v for k, v in metrics.items()
            if k.endswith(("loss", "nll")) and not math.isfinite(v)}
     if bad:
@@ -228,8 +224,6 @@ def compute_logprobs(
 
     returns  # list of [T_i] float32, one per micro-batch
     """
-    import torch.distributed as dist
-
     forward_step = make_forward_step(model_forward, partial(_logprobs_func, temperature))
     with torch.no_grad():
         store = run_schedule(model_chunks, micro_batches, forward_step, forward_only=True,
@@ -251,9 +245,6 @@ def sequence_logprobs(model_chunks: Sequence[torch.nn.Module], ids: Tensor, hf_c
     """[T] learner log-probs of one sequence `ids` [T] (with its images), no gradients, on every
     rank; position 0 is 0 (nothing predicts it). For checks against other implementations
     (conversion `--verify`, the engine-sync test)."""
-    from prco_mega.learner.mrope import mrope_position_ids
-    from prco_mega.types import Role
-
     T = ids.numel()
     pos = mrope_position_ids(ids[None], image_grid_thw, hf_config.image_token_id,
                              hf_config.vision_config.spatial_merge_size)[:, 0]

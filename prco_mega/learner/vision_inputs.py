@@ -15,6 +15,7 @@ import torch
 from prco_mega.data.images import require_normalized
 from prco_mega.learner.mrope import mrope_position_ids
 from prco_mega.learner.packing import SequenceInputs
+from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable
 from prco_mega.types import Trajectory
 
 
@@ -22,8 +23,6 @@ class VisionInputs:
     """`encode(traj) -> SequenceInputs` for `packing.plan_and_pack` (Qwen2.5-VL family)."""
 
     def __init__(self, hf_dir: str | Path, hf_config: Any):
-        from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable
-
         ensure_torchvision_importable()
         from transformers import AutoImageProcessor
 

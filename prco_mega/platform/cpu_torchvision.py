@@ -13,12 +13,12 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import torch
+
 _LIBRARY = None  # keeps the torch.library fragment alive for the life of the process
 
 
 def _extension_loads(package_dir: Path) -> bool:
-    import torch
-
     for lib in sorted(package_dir.glob("_C*.so")):
         try:
             torch.ops.load_library(str(lib))
@@ -38,8 +38,6 @@ def ensure_torchvision_importable() -> bool:
         return False
     if _extension_loads(Path(spec.origin).parent):
         return False
-    import torch
-
     lib = torch.library.Library("torchvision", "FRAGMENT")
     lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")

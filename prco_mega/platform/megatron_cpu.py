@@ -19,6 +19,12 @@ False when CUDA is available, and idempotent. Re-check it on every megatron-core
 from __future__ import annotations
 
 import contextlib
+import logging
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable
 
 _INSTALLED = False
 _MODE = None  # the entered TorchFunctionMode, kept alive for the life of the process
@@ -27,16 +33,12 @@ _MODE = None  # the entered TorchFunctionMode, kept alive for the life of the pr
 def install_megatron_cpu_compat() -> bool:
     """Install the CPU shims. Returns True if they are active (installed now or before)."""
     global _INSTALLED
-    import torch
-
     if torch.cuda.is_available():
         return False
     if _INSTALLED:
         return True
-    from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable
-
     ensure_torchvision_importable()  # megatron's imports reach transformers, hence torchvision
-    _stub_torch_cuda(torch)
+    _stub_torch_cuda()
     _patch_rng_tracker()
     _enter_device_mode()
     _INSTALLED = True
@@ -87,7 +89,7 @@ class _NullEvent:
         return 0.0
 
 
-def _stub_torch_cuda(torch) -> None:
+def _stub_torch_cuda() -> None:
     cuda = torch.cuda
     cuda.current_device = lambda: 0
     cuda.set_device = lambda device: None
@@ -101,23 +103,16 @@ def _stub_torch_cuda(torch) -> None:
 
 
 def _cpu_rng_state(device=None, clone: bool = False, graph_safe: bool = False):
-    state = torch_module().get_rng_state()
+    state = torch.get_rng_state()
     return state.clone() if clone else state
 
 
 def _set_cpu_rng_state(new_state, device=-1, graph_safe: bool = False) -> None:
-    torch_module().set_rng_state(new_state)
-
-
-def torch_module():
-    import torch
-
-    return torch
+    torch.set_rng_state(new_state)
 
 
 def _tracker_add(self, name: str, seed: int) -> None:
     """`CudaRNGStatesTracker.add` on the CPU generator: a fresh state seeded with `seed`."""
-    torch = torch_module()
     self._is_initialized = True
     if seed in self.seeds_:
         raise Exception(f"seed {seed} already exists")
@@ -139,8 +134,6 @@ class _DropCpuRngWarning:
 
 
 def _patch_rng_tracker() -> None:
-    import logging
-
     from megatron.core.tensor_parallel import random as mrandom
 
     logging.getLogger(mrandom.__name__).addFilter(_DropCpuRngWarning())
@@ -151,7 +144,6 @@ def _patch_rng_tracker() -> None:
 
 
 def _is_cuda_device(device) -> bool:
-    torch = torch_module()
     if isinstance(device, int) and not isinstance(device, bool):
         return True  # a bare int device means a CUDA ordinal in torch
     if isinstance(device, str):
@@ -167,36 +159,30 @@ _CUDA_TYPE_NAMES = {
 }
 
 
-def _make_mode_class():
-    torch = torch_module()
-    from torch.overrides import TorchFunctionMode
+_PASSTHROUGH = {torch.Tensor.cuda, torch.Tensor.pin_memory}
+_TENSOR_TO, _TENSOR_TYPE = torch.Tensor.to, torch.Tensor.type
 
-    tensor_to = torch.Tensor.to
-    tensor_type = torch.Tensor.type
-    passthrough = {torch.Tensor.cuda, torch.Tensor.pin_memory}
 
-    class CudaToCpuMode(TorchFunctionMode):
-        """Rewrites CUDA device arguments to the CPU for every torch call in the process."""
+class _CudaToCpuMode(TorchFunctionMode):
+    """Rewrites CUDA device arguments to the CPU for every torch call in the process."""
 
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            if func in passthrough:
-                return args[0]
-            if func is tensor_type and len(args) == 1 and not kwargs:
-                name = func(*args)
-                return _CUDA_TYPE_NAMES.get(name, name)
-            if _is_cuda_device(kwargs.get("device")):
-                kwargs = {**kwargs, "device": "cpu"}
-            if kwargs.get("pin_memory"):
-                kwargs = {**kwargs, "pin_memory": False}
-            if func is tensor_to and len(args) > 1 and _is_cuda_device(args[1]):
-                args = (args[0], "cpu", *args[2:])
-            return func(*args, **kwargs)
-
-    return CudaToCpuMode
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _PASSTHROUGH:
+            return args[0]
+        if func is _TENSOR_TYPE and len(args) == 1 and not kwargs:
+            name = func(*args)
+            return _CUDA_TYPE_NAMES.get(name, name)
+        if _is_cuda_device(kwargs.get("device")):
+            kwargs = {**kwargs, "device": "cpu"}
+        if kwargs.get("pin_memory"):
+            kwargs = {**kwargs, "pin_memory": False}
+        if func is _TENSOR_TO and len(args) > 1 and _is_cuda_device(args[1]):
+            args = (args[0], "cpu", *args[2:])
+        return func(*args, **kwargs)
 
 
 def _enter_device_mode() -> None:
     global _MODE
-    _MODE = _make_mode_class()()
+    _MODE = _CudaToCpuMode()
     _MODE.__enter__()  # stays on the mode stack: megatron creates CUDA tensors at any time

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from prco_mega.rewards.leakage import DEFAULT_JUDGE_TEMPLATE, LLMJudgeLeakageChecker
 from prco_mega.roles.prompts import render_chat
 from prco_mega.rollout.engine import GenerationRequest, RolloutEngine, SamplingSettings
 from prco_mega.rollout.two_stage import strip_control_tokens
@@ -41,8 +42,6 @@ def engine_generate_fn(engine: RolloutEngine, max_new_tokens: int = 256,
 def engine_judge(engine: RolloutEngine, max_new_tokens: int = 256, template: str | None = None,
                  unparseable_is_leak: bool = True):
     """`LLMJudgeLeakageChecker` served by `engine` (shipped judge template unless `template`)."""
-    from prco_mega.rewards.leakage import DEFAULT_JUDGE_TEMPLATE, LLMJudgeLeakageChecker
-
     return LLMJudgeLeakageChecker(engine_generate_fn(engine, max_new_tokens),
                                   template=template or DEFAULT_JUDGE_TEMPLATE,
                                   unparseable_is_leak=unparseable_is_leak)

@@ -23,12 +23,18 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from safetensors import safe_open
+
+from prco_mega.data.images import require_normalized
 from prco_mega.rollout.config import EngineConfig
 from prco_mega.rollout.engine import (Generation, GenerationRequest, PushStats, RolloutEngine,
                                       SamplingSettings)
 
 if TYPE_CHECKING:
     import torch
+
+# torch, and the torchvision shim that imports it, are imported in the functions that use them:
+# `prco_mega.rollout` imports this module, and loading a config or `prco-mega plan` needs no torch.
 
 # vLLM inspects model classes in a fresh interpreter; that interpreter needs the torchvision shim
 # too, so it runs the shim first and then vLLM's own registry entry point.
@@ -50,7 +56,7 @@ def _prepare_environment(config: EngineConfig, on_cpu: bool) -> None:
 
 
 def _import_vllm():
-    from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable
+    from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable  # (see imports)
 
     ensure_torchvision_importable()
     import vllm
@@ -63,8 +69,6 @@ def _import_vllm():
 
 def checkpoint_shapes(model_dir: str | Path) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor in a safetensors Hugging Face checkpoint (metadata only)."""
-    from safetensors import safe_open
-
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
         raise ValueError(f"no *.safetensors files in model dir {str(model_dir)!r}")
@@ -107,7 +111,7 @@ def _zero_kv_caches(worker) -> int:
 
 def _kv_summary(worker) -> dict[str, int]:
     """Runs on each worker: KV cache bytes and counts of its non-zero and non-finite values."""
-    import torch
+    import torch  # (see the note at the imports)
 
     out = {"bytes": 0, "nonzero": 0, "nonfinite": 0}
     for kv in worker.model_runner.kv_caches:
@@ -140,7 +144,7 @@ class VllmEngine(RolloutEngine):
     """A vLLM `LLM` over a Hugging Face model directory (weights, tokenizer, processor)."""
 
     def __init__(self, model_dir: str | Path, config: EngineConfig | None = None):
-        import torch
+        import torch  # (see the note at the imports)
 
         self.config = config or EngineConfig()
         self.model_dir = Path(model_dir)
@@ -204,8 +208,6 @@ class VllmEngine(RolloutEngine):
 
     @staticmethod
     def _vllm_prompt(request: GenerationRequest) -> dict[str, Any]:
-        from prco_mega.data.images import require_normalized
-
         # vLLM flattens a raw image its own way; the learner must see the engine's pixels.
         require_normalized(request.images or (), "vLLM engine request")
         if request.prompt_ids is not None:
@@ -247,7 +249,7 @@ class VllmEngine(RolloutEngine):
     def _validate_push(self, tensors: list[tuple[str, torch.Tensor]], checked_finite: bool) -> None:
         """Refuse unknown names, wrong shapes, non-finite values (unless the caller checked them)
         and incomplete fused layers."""
-        import torch
+        import torch  # (see the note at the imports)
 
         names = [n for n, _ in tensors]
         unknown = [n for n in names if n not in self.shapes]
@@ -314,7 +316,7 @@ def _launcher_kwargs() -> dict[str, Any]:
     every rank (so every rank must build its engine at the same moment) and splits the world
     into engines of `tensor_parallel_size` consecutive ranks. A world of one keeps vLLM's own
     in-process executor."""
-    import torch.distributed as dist
+    import torch.distributed as dist  # (see the note at the imports)
 
     if dist.is_initialized() and dist.get_world_size() > 1:
         return {"distributed_executor_backend": "external_launcher"}

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from prco_mega.tracking.metrics import MetricsLogger
+from tqdm import tqdm
+
+from prco_mega.tracking.metrics import MetricsLogger, step_line
 
 
 class Logger(Protocol):
@@ -91,10 +94,6 @@ class ConsoleLogger:
         self.first = step
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
-        from tqdm import tqdm
-
-        from prco_mega.tracking.metrics import step_line
-
         if self.bar is None:  # made at the first step, so evaluation output comes before it
             self.bar = tqdm(total=self.total, initial=self.first, desc="PRCO steps",
                             dynamic_ncols=True)
@@ -190,8 +189,6 @@ class WandbLogger:
     def _run_id(self, step: int) -> str:
         """The run's id: kept when resuming, new for a fresh run (whose earlier attempt, if
         any, died before its first checkpoint: its offline folders go as its metrics do)."""
-        import secrets
-
         old = self.id_file.read_text().strip() if self.id_file.exists() else None
         if step > 0 and old:
             return old

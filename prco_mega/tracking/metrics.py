@@ -197,6 +197,7 @@ def _draw_panel(ax, records: list[dict[str, Any]], title: str, curves: list[tupl
 def plot_metrics(jsonl_path: str | Path, png_path: str | Path, title: str | None = None) -> Path:
     """Write a 2x3 grid of curves (see `PANELS`) from a metrics file to `png_path` (Agg backend,
     no display needed). Metrics a run does not log show as "not logged"."""
+    # matplotlib is optional (only curves need it), and the backend is chosen before pyplot loads
     import matplotlib
 
     matplotlib.use("Agg")

@@ -28,14 +28,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prco_mega.types import TaskRollout, Trajectory
+from tqdm import tqdm
+
+from prco_mega.data.captions import perception_accuracy
 from prco_mega.dist.world import is_host
+from prco_mega.types import TaskRollout, Trajectory
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from prco_mega.rollout.placement import Shard
     from prco_mega.algo.credit import Scored
+    from prco_mega.rollout.placement import Shard
     from prco_mega.tracking.config import SavedRolloutsSection
 
 RECORDS = "records.json"
@@ -66,8 +69,6 @@ def _zero_variance(rewards: list[float]) -> bool:
 
 def _caption(c: Trajectory, answers: list[Trajectory], facts: dict | None,
              trained: set[int]) -> dict[str, Any]:
-    from prco_mega.data.captions import perception_accuracy
-
     return {"text": c.text, "tokens": len(c.response_ids),
             "perception": perception_accuracy(c.text, facts) if facts else None,
             "leak": int(c.meta.get("leak", 0)), "reward": c.reward, "advantage": c.advantage,
@@ -161,8 +162,6 @@ class RolloutSaver:
             self._write(step, records)
 
     def _write(self, step: int, records: list[dict[str, Any]]) -> None:
-        from tqdm import tqdm
-
         path = write_step(self.folder, step, records)
         kept = saved_steps(self.folder)
         for old in kept[: -self.section.keep]:
