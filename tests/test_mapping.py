@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from prco_mega.bridge.hf_io import HFCheckpointReader
-from prco_mega.bridge.mapping import (QWEN2_5_VL, Heads, family_table, hf_legacy_name,
-                                      hf_to_megatron_shard, megatron_shards_to_hf, resolve)
+from prco_mega.bridge.mapping import (Heads, family_table, hf_legacy_name, hf_to_megatron_shard,
+                                      megatron_shards_to_hf, resolve)
+from prco_mega.families.qwen2_5_vl.mapping import ROWS as QWEN2_5_VL
 
 HEADS = Heads(num_heads=4, num_kv_heads=2)
 ARGS = dict(model_type="qwen2_5_vl", heads=HEADS)

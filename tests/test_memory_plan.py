@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from prco_mega.config import load_yaml
-from prco_mega.cluster.plan import (QWEN25_VL, ModelDims, PlanInputs, check_fits, plan_config,
-                            plan_inputs_from_config, plan_memory, total_params)
+from prco_mega.cluster.plan import (ModelDims, PlanInputs, check_fits, plan_config,
+                                    plan_inputs_from_config, plan_memory, total_params)
+from prco_mega.families.qwen2_5_vl.preset import QWEN25_VL
 from prco_mega.cluster.memory import (fused_loss_head_bytes, inflight_chunks, kv_bytes_per_token,
                                    layer_activation_bytes, optimizer_bytes_per_param,
                                    recompute_input_bytes, unfused_loss_head_bytes)

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prco_mega.tiny.tokenizer import (SPECIAL_TOKENS, demo_corpus, make_tiny_checkpoint,
-                                      save_processor, special_token_ids, train_tokenizer)
+from prco_mega.tiny.checkpoint import make_tiny_checkpoint
+from prco_mega.tiny.tokenizer import (SPECIAL_TOKENS, demo_corpus, save_processor,
+                                      special_token_ids, train_tokenizer)
 
 
 @pytest.fixture(scope="module")

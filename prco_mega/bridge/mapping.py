@@ -1,8 +1,10 @@
-"""Megatron <-> Hugging Face weight mapping, as data: one table per model family.
+"""Megatron <-> Hugging Face weight mapping, as data: one table per model family, the machinery
+here. Each family's rows are in `families/<family>/mapping.py`; `family_table(model_type)` finds
+them through the families registry.
 
-A `ParamMap` row says which Megatron parameter (name relative to
-`prco_mega.learner.model.Qwen25VLModel`, `{i}` = layer index local to the chunk) holds which
-Hugging Face tensors (legacy hub names, `{i}` = global layer index) in which layout:
+A `ParamMap` row (`bridge.param_map`) says which Megatron parameter (name relative to
+`prco_mega.learner.model.VisionLanguageModel`, `{i}` = layer index local to the chunk) holds which
+Hugging Face tensors (`{i}` = global layer index) in which layout:
 
 - `replicated`: same tensor on every TP rank (norms, the vision tower).
 - `column` / `row`: split over TP along dim 0 / dim 1 (ColumnParallel / RowParallel linears).
@@ -19,8 +21,9 @@ Transformer Engine's fused specs name the pre-attention and pre-MLP norms
 Tied embeddings: the output layer maps to the embedding (`tied_hf`) and is not exported.
 
 Hugging Face tensors may be stored with transformers 5's nested names
-(`model.language_model.*`, `model.visual.*`); `hf_legacy_name` folds them onto the hub layout
-for Qwen2.5-VL. Qwen3-VL's table keeps the nested names (its hub checkpoints and vLLM use them);
+(`model.language_model.*`, `model.visual.*`); `hf_legacy_name` folds them onto the legacy hub
+layout (`model.layers.*`, `visual.*`) that Qwen2.5-VL's table uses. A family whose table keeps the
+nested names (Qwen3-VL: its hub checkpoints and vLLM use them) says so (`Family.nested_names`);
 `hub_name` applies the family's rule.
 Every slice read from a checkpoint is contiguous, so readers can fetch only the bytes of one shard.
 """
@@ -32,94 +35,13 @@ from typing import Callable
 
 import torch
 
-
-@dataclass(frozen=True)
-class ParamMap:
-    """One row of a family's mapping table."""
-
-    megatron: tuple[str, ...]
-    """Megatron names (first = local spec, others = aliases such as TE's fused norm names)."""
-    hf: tuple[str, ...]
-    """Hugging Face names; several for fused layouts (q, k, v / gate, up)."""
-    kind: str
-    """Layout: replicated | column | row | vocab | qkv | gate_up | prefix."""
-    tied_hf: str | None = None
-    """HF tensor to read instead when embeddings are tied (the row is then not exported)."""
-
-
-_L = "language_model.decoder.layers.{i}."
-_H = "model.layers.{i}."
-
-QWEN2_5_VL: tuple[ParamMap, ...] = (
-    ParamMap(("language_model.embedding.word_embeddings.weight",), ("model.embed_tokens.weight",),
-             "vocab"),
-    ParamMap((_L + "input_layernorm.weight", _L + "self_attention.linear_qkv.layer_norm_weight"),
-             (_H + "input_layernorm.weight",), "replicated"),
-    ParamMap((_L + "self_attention.linear_qkv.weight",),
-             (_H + "self_attn.q_proj.weight", _H + "self_attn.k_proj.weight",
-              _H + "self_attn.v_proj.weight"), "qkv"),
-    ParamMap((_L + "self_attention.linear_qkv.bias",),
-             (_H + "self_attn.q_proj.bias", _H + "self_attn.k_proj.bias",
-              _H + "self_attn.v_proj.bias"), "qkv"),
-    ParamMap((_L + "self_attention.linear_proj.weight",), (_H + "self_attn.o_proj.weight",), "row"),
-    ParamMap((_L + "pre_mlp_layernorm.weight", _L + "mlp.linear_fc1.layer_norm_weight"),
-             (_H + "post_attention_layernorm.weight",), "replicated"),
-    ParamMap((_L + "mlp.linear_fc1.weight",),
-             (_H + "mlp.gate_proj.weight", _H + "mlp.up_proj.weight"), "gate_up"),
-    ParamMap((_L + "mlp.linear_fc2.weight",), (_H + "mlp.down_proj.weight",), "row"),
-    ParamMap(("language_model.decoder.final_layernorm.weight",), ("model.norm.weight",),
-             "replicated"),
-    ParamMap(("language_model.output_layer.weight",), ("lm_head.weight",), "vocab",
-             tied_hf="model.embed_tokens.weight"),
-    ParamMap(("vision.model.",), ("visual.",), "prefix"),
-)
-
-_Q3 = "model.language_model."
-_Q3L = _Q3 + "layers.{i}."
-
-QWEN3_VL: tuple[ParamMap, ...] = (
-    ParamMap(("language_model.embedding.word_embeddings.weight",), (_Q3 + "embed_tokens.weight",),
-             "vocab"),
-    ParamMap((_L + "input_layernorm.weight", _L + "self_attention.linear_qkv.layer_norm_weight"),
-             (_Q3L + "input_layernorm.weight",), "replicated"),
-    ParamMap((_L + "self_attention.linear_qkv.weight",),
-             (_Q3L + "self_attn.q_proj.weight", _Q3L + "self_attn.k_proj.weight",
-              _Q3L + "self_attn.v_proj.weight"), "qkv"),
-    ParamMap((_L + "self_attention.q_layernorm.weight",), (_Q3L + "self_attn.q_norm.weight",),
-             "replicated"),
-    ParamMap((_L + "self_attention.k_layernorm.weight",), (_Q3L + "self_attn.k_norm.weight",),
-             "replicated"),
-    ParamMap((_L + "self_attention.linear_proj.weight",), (_Q3L + "self_attn.o_proj.weight",),
-             "row"),
-    ParamMap((_L + "pre_mlp_layernorm.weight", _L + "mlp.linear_fc1.layer_norm_weight"),
-             (_Q3L + "post_attention_layernorm.weight",), "replicated"),
-    ParamMap((_L + "mlp.linear_fc1.weight",),
-             (_Q3L + "mlp.gate_proj.weight", _Q3L + "mlp.up_proj.weight"), "gate_up"),
-    ParamMap((_L + "mlp.linear_fc2.weight",), (_Q3L + "mlp.down_proj.weight",), "row"),
-    ParamMap(("language_model.decoder.final_layernorm.weight",), (_Q3 + "norm.weight",),
-             "replicated"),
-    ParamMap(("language_model.output_layer.weight",), ("lm_head.weight",), "vocab",
-             tied_hf=_Q3 + "embed_tokens.weight"),
-    # the whole ViT, its merger and the deepstack mergers (`deepstack_merger_list.{k}`)
-    ParamMap(("vision.model.",), ("model.visual.",), "prefix"),
-)
-"""Qwen3-VL (dense): no QKV bias, per-head QK RMSNorm; names as the hub checkpoints store them
-(`model.language_model.*`, `model.visual.*`), which is also what vLLM's loader expects."""
-
-FAMILIES: dict[str, tuple[ParamMap, ...]] = {"qwen2_5_vl": QWEN2_5_VL, "qwen3_vl": QWEN3_VL}
-"""Mapping tables by exact Hugging Face `model_type`."""
-
-NESTED_NAMES: frozenset[str] = frozenset({"qwen3_vl"})
-"""Families whose tables use transformers-5 nested names as stored; the others' tables use the
-legacy hub layout, onto which `hf_legacy_name` folds nested names."""
+from prco_mega.bridge.param_map import ParamMap
+from prco_mega.families import FAMILIES, family
 
 
 def family_table(model_type: str) -> tuple[ParamMap, ...]:
-    """The table for `model_type`; ValueError for a type without one."""
-    if model_type not in FAMILIES:
-        raise ValueError(f"no weight mapping for model_type {model_type!r}; "
-                         f"known: {sorted(FAMILIES)}")
-    return FAMILIES[model_type]
+    """The rows of `model_type`'s family (`families.family`: ValueError for an unknown type)."""
+    return family(model_type).mapping
 
 
 @dataclass(frozen=True)
@@ -140,8 +62,10 @@ def hf_legacy_name(name: str) -> str:
 
 
 def hub_name(name: str, model_type: str | None) -> str:
-    """A stored tensor name in the naming of `model_type`'s table (None: the legacy layout)."""
-    return name if model_type in NESTED_NAMES else hf_legacy_name(name)
+    """A stored tensor name in the naming of `model_type`'s table (the legacy layout for None or
+    a type without a family)."""
+    nested = model_type in FAMILIES and FAMILIES[model_type].nested_names
+    return name if nested else hf_legacy_name(name)
 
 
 def _pattern(template: str) -> re.Pattern:

@@ -1,17 +1,22 @@
-"""Model provider: Qwen2.5-VL as a Megatron-Core model, built from a Hugging Face config.
+"""What every model family's Megatron provider shares: a Qwen-style vision-language model chunk
+built from a Hugging Face config.
 
-`Qwen25VLModel` = Hugging Face's Qwen2.5-VL vision tower (ViT + patch merger; first pipeline stage
-only, replicated over TP, optionally frozen) + a Megatron-Core `GPTModel` with Qwen2 settings
-(RMSNorm, SwiGLU, QKV bias, GQA, mrope with 3-D positions, tied or untied embeddings as the
-checkpoint says). Image features replace the embeddings at the image-pad tokens before the
-decoder; with sequence parallelism the merged embeddings are then scattered over TP.
+`VisionLanguageModel` = a family's vision tower (first pipeline stage only, replicated over TP,
+optionally frozen) + a Megatron-Core `GPTModel` with Qwen2 settings (RMSNorm, SwiGLU, QKV bias,
+GQA, mrope with 3-D positions, tied or untied embeddings as the checkpoint says). Image features
+replace the embeddings at the image-pad tokens before the decoder; with sequence parallelism the
+merged embeddings are then scattered over TP. Each family's `provider.py`
+(`prco_mega/families/<family>/`) subclasses it with its tower and decoder layers, and builds its
+chunks with `transformer_config_from_hf` and `build_chunks`; `learner.provider.build_model`
+chooses the family by `model_type`.
 
 API for training code:
-- `build_model(hf_config, pg_collection, *, pre_process=None, post_process=None,
-  freeze_vision=False, vpp=None, use_te=None, params_dtype=torch.float32, config_overrides=None)
-  -> list[Qwen25VLModel]`: one model chunk per virtual pipeline stage (one item without VPP).
-  Parameters of chunk i are named as in `Qwen25VLModel` (`language_model.decoder.layers.{j}...`,
-  `vision.model.blocks.{j}...`); `prco_mega.bridge.mapping` maps them to Hugging Face names.
+- `learner.provider.build_model(hf_config, pg_collection, *, pre_process=None,
+  post_process=None, freeze_vision=False, vpp=None, use_te=None, params_dtype=torch.float32,
+  config_overrides=None) -> list[VisionLanguageModel]`: one model chunk per virtual pipeline
+  stage (one item without VPP). Parameters of chunk i are named as in `VisionLanguageModel`
+  (`language_model.decoder.layers.{j}...`, `vision.model.blocks.{j}...`); `prco_mega.bridge.mapping`
+  maps them to Hugging Face names.
 - `forward(model, tokens, position_ids, pixel_values=None, image_grid_thw=None, *,
   packed_seq_params=None, attention_mask=None, return_hidden=False)`: returns vocab-parallel
   logits [B, S, V/TP] on the last pipeline stage, the hidden states [S, B, H] elsewhere (what
@@ -40,9 +45,10 @@ import torch
 
 from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable
 
-ensure_torchvision_importable()  # megatron's HuggingFaceModule imports transformers at import time
+# the families' vision towers are megatron HuggingFaceModules, which import transformers at import
+# time; their providers import this module first
+ensure_torchvision_importable()
 from megatron.core.models.gpt import GPTModel  # noqa: E402
-from megatron.core.models.huggingface.module import HuggingFaceModule  # noqa: E402
 from megatron.core.transformer.module import MegatronModule  # noqa: E402
 from megatron.core.transformer.transformer_config import TransformerConfig  # noqa: E402
 
@@ -60,7 +66,7 @@ def te_available() -> bool:
 
 
 def text_config(hf_config):
-    """The language-model part of a Qwen2.5-VL config (or the config itself if text-only)."""
+    """The language-model part of a VL config (or the config itself if text-only)."""
     return getattr(hf_config, "text_config", None) or hf_config
 
 
@@ -148,29 +154,6 @@ def decoder_spec(config: TransformerConfig, use_te: bool, vp_stage: int | None, 
     return TransformerBlockSubmodules(layer_specs=[layer] * n, layer_norm=RMSNorm)
 
 
-class VisionTower(HuggingFaceModule):
-    """Hugging Face's Qwen2.5-VL ViT + patch merger as a Megatron module, replicated over TP.
-
-    `HuggingFaceModule` marks every parameter `average_gradients_across_tp_domain`, so the TP
-    replicas stay identical even if the HF kernels are not bit-deterministic.
-    """
-
-    def __init__(self, config: TransformerConfig, vision_config, seed: int = 0):
-        super().__init__(config)
-        from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as hf
-
-        with torch.random.fork_rng(devices=[]):  # identical init on every TP rank
-            torch.manual_seed(seed)
-            model = hf.Qwen2_5_VisionTransformerPretrainedModel._from_config(vision_config)
-        self.model = model.to(config.params_dtype)
-        self.spatial_merge_size = vision_config.spatial_merge_size
-
-    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        """[P, C*T*ps*ps] patches, [K, 3] grids -> [sum_k t*h*w/m^2, H_text] merged features."""
-        out = self.model(pixel_values.to(self.config.params_dtype), grid_thw=grid_thw)
-        return out.pooler_output
-
-
 def merge_image_features(emb_sbh: torch.Tensor, input_ids: torch.Tensor, features: torch.Tensor,
                          image_token_id: int) -> torch.Tensor:
     """Replace rows of `emb_sbh` [S, B, H] at `input_ids` [B, S] == image_token_id by `features`
@@ -184,13 +167,15 @@ def merge_image_features(emb_sbh: torch.Tensor, input_ids: torch.Tensor, feature
     return emb_bsh.transpose(0, 1).contiguous()
 
 
-class Qwen25VLModel(MegatronModule):
-    """One pipeline chunk of Qwen2.5-VL: optional vision tower + a `GPTModel` chunk.
+class VisionLanguageModel(MegatronModule):
+    """One pipeline chunk of a Qwen-style vision-language model: optional vision tower + a
+    `GPTModel` chunk, image features merged into the embeddings at the image tokens.
 
-    Other families subclass it (`learner.qwen3vl`): `vision_tower_cls` and `layer_specs` choose
-    their tower and decoder layers."""
+    Each family subclasses it (`families/<family>/provider.py`): `vision_tower_cls` (a module
+    `(config, vision_config)` whose forward maps `(pixel_values, grid_thw)` to merged features)
+    and `layer_specs` choose its tower and decoder layers."""
 
-    vision_tower_cls = VisionTower
+    vision_tower_cls: type[MegatronModule]
 
     @staticmethod
     def layer_specs(config: TransformerConfig, use_te: bool, vp_stage: int | None, pp_rank: int):
@@ -297,28 +282,6 @@ class Qwen25VLModel(MegatronModule):
         return torch.stack(terms).sum() * 0.0 if terms else torch.zeros(())
 
 
-def build_model(hf_config, pg_collection, *, pre_process: bool | None = None,
-                post_process: bool | None = None, freeze_vision: bool = False,
-                vpp: int | None = None, use_te: bool | None = None,
-                params_dtype: torch.dtype = torch.float32,
-                config_overrides: dict | None = None) -> list[Qwen25VLModel]:
-    """Model chunks of this rank (one per virtual pipeline stage), on the current device.
-
-    `pre_process`/`post_process` default to "first/last pipeline stage" per chunk. `use_te=None`
-    picks Transformer Engine when it imports; `True` without TE raises.
-    """
-    if hf_config.model_type != "qwen2_5_vl":
-        raise ValueError(f"learner.model.build_model builds Qwen2.5-VL, not model_type "
-                         f"{hf_config.model_type!r}: use learner.provider.build_model")
-    use_te = resolve_use_te(use_te)
-    config = transformer_config_from_hf(
-        hf_config, tp=pg_collection.tp.size(), pp=pg_collection.pp.size(), vpp=vpp,
-        params_dtype=params_dtype, **(config_overrides or {}))
-    return build_chunks(Qwen25VLModel, config, hf_config, pg_collection, pre_process=pre_process,
-                        post_process=post_process, freeze_vision=freeze_vision, vpp=vpp,
-                        use_te=use_te)
-
-
 def resolve_use_te(use_te: bool | None) -> bool:
     """`None` -> whether Transformer Engine imports; `True` without TE raises."""
     if use_te is None:
@@ -369,6 +332,6 @@ def forward(model, tokens: torch.Tensor, position_ids: torch.Tensor,
 
 def unwrap(model):
     """The model inside DDP / Float16Module wrappers (their parameter names are the model's)."""
-    while not isinstance(model, Qwen25VLModel) and hasattr(model, "module"):
+    while not isinstance(model, VisionLanguageModel) and hasattr(model, "module"):
         model = model.module
     return model

@@ -4,7 +4,8 @@
 strings) and converts it to a Hugging Face fast tokenizer (`tokenizer.json`) carrying Qwen2.5-VL's
 seven special tokens and a Qwen2.5-VL-style chat template, so transformers, vLLM and Megatron all
 read the same files. `save_processor` adds the image + video processor configs that
-`AutoProcessor.from_pretrained` needs; `make_tiny_checkpoint` writes a complete model directory.
+`AutoProcessor.from_pretrained` needs; `tiny.checkpoint.make_tiny_checkpoint` writes a complete
+model directory.
 
 Text handling is lossless by construction: no normalisation, no dummy prefix, spaces become "▁"
 and unknown characters fall back to bytes, so `decode(encode(s)) == s` for any string (except the
@@ -18,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prco_mega.families.qwen2_5_vl.tiny import SpecialTokenIds, TinySizes
+from prco_mega.families.qwen2_5_vl.tiny import SpecialTokenIds, save_qwen25vl_processor
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -179,55 +180,13 @@ def special_token_ids(tokenizer) -> SpecialTokenIds:
 
 def save_processor(out_dir: str | Path, tokenizer=None, min_pixels: int = 28 * 28,
                    max_pixels: int = 28 * 28 * 64) -> Path:
-    """Write Qwen2.5-VL's image processor, video processor and processor config into `out_dir`.
-
-    `tokenizer` defaults to the one already saved in `out_dir`. Images are resized so that their
-    pixel count lies in [min_pixels, max_pixels] (multiples of 28x28 = one merged token each).
-    """
+    """Write the tiny Qwen2.5-VL's processor with this chat template into `out_dir`
+    (`families.qwen2_5_vl.tiny.save_qwen25vl_processor`); `tokenizer` defaults to the one already
+    saved in `out_dir`."""
     from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable
 
     ensure_torchvision_importable()
-    from transformers import AutoTokenizer, Qwen2_5_VLProcessor, Qwen2VLImageProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+    from transformers import AutoTokenizer
 
-    out = Path(out_dir)
-    tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(out)
-    pixels = dict(min_pixels=min_pixels, max_pixels=max_pixels)
-    processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(**pixels),
-        video_processor=Qwen2VLVideoProcessor(**pixels),
-        tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
-    processor.save_pretrained(out)
-    return out
-
-
-def make_tiny_checkpoint(out_dir: str | Path, corpus: Iterable[str], seed: int = 0,
-                         sizes=None, vocab_size: int = 505, init_std: float = 0.02,
-                         family: str = "qwen2_5_vl") -> Path:
-    """Train the tokenizer on `corpus`, build the tiny random model of `family` ("qwen2_5_vl":
-    `TinySizes`, "qwen3_vl": `TinyQwen3VLSizes`; `sizes` defaults to the family's) with a
-    matching vocab (`sizes.vocab_size` is replaced by the tokenizer's length, a multiple of 16),
-    and save model, tokenizer and processor into `out_dir`. Returns `out_dir`."""
-    import dataclasses
-
-    out = Path(out_dir)
-    tokenizer = train_tokenizer(corpus, vocab_size=vocab_size)
-    if family == "qwen3_vl":
-        from prco_mega.families.qwen3_vl import tiny as q3
-
-        sizes = dataclasses.replace(sizes or q3.TinyQwen3VLSizes(), vocab_size=len(tokenizer))
-        config = q3.tiny_qwen3vl_config(sizes, special_token_ids(tokenizer))
-        q3.build_tiny_qwen3vl(config, seed=seed, init_std=init_std).save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        q3.save_qwen3vl_processor(out, tokenizer, CHAT_TEMPLATE)
-        return out
-    if family != "qwen2_5_vl":
-        raise ValueError(f"no tiny model of family {family!r}; known: qwen2_5_vl, qwen3_vl")
-    from prco_mega.families.qwen2_5_vl.tiny import build_tiny_qwen25vl, tiny_qwen25vl_config
-
-    sizes = dataclasses.replace(sizes or TinySizes(), vocab_size=len(tokenizer))
-    config = tiny_qwen25vl_config(sizes, special_token_ids(tokenizer))
-    build_tiny_qwen25vl(config, seed=seed, init_std=init_std).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    save_processor(out, tokenizer)
-    return out
+    tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(out_dir)
+    return save_qwen25vl_processor(out_dir, tokenizer, CHAT_TEMPLATE, min_pixels, max_pixels)

@@ -26,7 +26,8 @@ MAX_NEW = 8
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    from prco_mega.tiny.tokenizer import demo_corpus, make_tiny_checkpoint
+    from prco_mega.tiny.checkpoint import make_tiny_checkpoint
+    from prco_mega.tiny.tokenizer import demo_corpus
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("convert") / "tiny",
                                 demo_corpus(3000, seed=0), seed=0, init_std=INIT_STD)
@@ -222,7 +223,7 @@ def test_source_with_wrong_tensors_is_refused_naming_them(tiny, tmp_path, case):
 def test_unknown_model_type_or_architecture_is_refused(tiny, tmp_path):
     from prco_mega.bridge.convert import check_hf_source
 
-    with pytest.raises(ValueError, match=r"no weight mapping for model_type 'qwen2'"):
+    with pytest.raises(ValueError, match=r"no model family for model_type 'qwen2'; known: "):
         check_hf_source(edit_config(tiny, tmp_path / "qwen2", model_type="qwen2"))
     with pytest.raises(ValueError, match=r"architecture 'Qwen2_5_VLForSequenceClassification'"):
         check_hf_source(edit_config(tiny, tmp_path / "arch",

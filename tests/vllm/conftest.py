@@ -17,7 +17,8 @@ INIT_STD = 0.2
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
-    from prco_mega.tiny.tokenizer import demo_corpus, make_tiny_checkpoint
+    from prco_mega.tiny.checkpoint import make_tiny_checkpoint
+    from prco_mega.tiny.tokenizer import demo_corpus
 
     out = tmp_path_factory.mktemp("tiny_qwen25vl")
     return make_tiny_checkpoint(out, demo_corpus(3000, seed=0), seed=0, init_std=INIT_STD)

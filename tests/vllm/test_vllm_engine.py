@@ -188,7 +188,8 @@ def test_throughput_32_prompts_times_4_samples(engine, processor, image):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU attention kernel limits only")
 def test_cpu_engine_refuses_head_dim_without_a_kernel(tmp_path):
     """vLLM's CPU attention has no head_dim-16 kernel: refused at start, naming the value."""
-    from prco_mega.tiny.tokenizer import demo_corpus, make_tiny_checkpoint
+    from prco_mega.tiny.checkpoint import make_tiny_checkpoint
+    from prco_mega.tiny.tokenizer import demo_corpus
     from prco_mega.families.qwen2_5_vl.tiny import TinySizes
     from prco_mega.rollout import VllmEngine
 

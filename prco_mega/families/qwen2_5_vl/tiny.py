@@ -127,3 +127,25 @@ def save_tiny_qwen25vl(out_dir: str | Path, sizes: TinySizes = TinySizes(),
     model = build_tiny_qwen25vl(tiny_qwen25vl_config(sizes, special), seed=seed)
     model.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def save_qwen25vl_processor(out_dir: str | Path, tokenizer, chat_template: str,
+                            min_pixels: int = 28 * 28, max_pixels: int = 28 * 28 * 64) -> Path:
+    """Write Qwen2.5-VL's image processor, video processor and processor config into `out_dir`.
+
+    Images are resized so that their pixel count lies in [min_pixels, max_pixels] (multiples of
+    28x28 = one merged token each).
+    """
+    from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    pixels = dict(min_pixels=min_pixels, max_pixels=max_pixels)
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**pixels),
+        video_processor=Qwen2VLVideoProcessor(**pixels),
+        tokenizer=tokenizer, chat_template=chat_template)
+    processor.save_pretrained(out_dir)
+    return Path(out_dir)

@@ -1,5 +1,6 @@
-"""Model provider for Qwen3-VL (dense): the Qwen2.5-VL provider (`learner.model`) with Qwen3-VL's
-differences, as a `Qwen25VLModel` subclass so every caller (forward, unwrap, bridge) takes it as is.
+"""Model provider for Qwen3-VL (dense): the shared vision-language chunk (`learner.model`) with
+Qwen3-VL's differences, as a `VisionLanguageModel` subclass so every caller (forward, unwrap,
+bridge) takes it as is.
 
 - Decoder: Megatron `GPTModel` with QK-norm (per-head RMSNorm on q and k before the rotary, our
   `RMSNorm` in the local spec, TE's in the TE spec; Megatron sums its gradient over TP because
@@ -10,7 +11,7 @@ differences, as a `Qwen25VLModel` subclass so every caller (forward, unwrap, bri
   stage only, replicated over TP. It returns the merged features and one feature set per
   deepstack level.
 - Deepstack: forward hooks on decoder layers 0..L-1 add level l's features at the image tokens
-  (`qwen3vl_parts.add_deepstack`), on the sequence slice of this rank under sequence parallelism.
+  (`parts.add_deepstack`), on the sequence slice of this rank under sequence parallelism.
   The layers must be on the first pipeline stage (`parallel.check_deepstack_placement`, a
   ValueError with the numbers). A micro-batch without images has no features and the hooks add
   nothing.
@@ -28,7 +29,7 @@ from collections import OrderedDict
 
 import torch
 
-from prco_mega.learner.model import (Qwen25VLModel, RMSNorm, build_chunks, decoder_spec,
+from prco_mega.learner.model import (RMSNorm, VisionLanguageModel, build_chunks, decoder_spec,
                                      merge_image_features, resolve_use_te, rope_settings,
                                      transformer_config_from_hf)
 # after learner.model, which makes torchvision importable before Megatron's HF module loads
@@ -117,14 +118,14 @@ class _RouteDeepstackGrads(torch.autograd.Function):
         return (grad, None, *[torch.zeros_like(x) if x.grad is None else x.grad for x in leaves])
 
 
-class Qwen3VLModel(Qwen25VLModel):
+class Qwen3VLModel(VisionLanguageModel):
     """One pipeline chunk of Qwen3-VL: optional vision tower + a `GPTModel` chunk with deepstack."""
 
     vision_tower_cls = Qwen3VisionTower
 
     @staticmethod
     def layer_specs(config: TransformerConfig, use_te: bool, vp_stage: int | None, pp_rank: int):
-        """The Qwen2.5-VL specs with QK-norm: TE's own, or our `RMSNorm` on the head dim."""
+        """The shared specs with QK-norm: TE's own, or our `RMSNorm` on the head dim."""
         if use_te:
             from megatron.core.models.gpt import gpt_layer_specs as specs
 
@@ -241,7 +242,8 @@ def build_qwen3vl_model(hf_config, pg_collection, *, pre_process: bool | None = 
                         vpp: int | None = None, use_te: bool | None = None,
                         params_dtype: torch.dtype = torch.float32,
                         config_overrides: dict | None = None) -> list[Qwen3VLModel]:
-    """`learner.model.build_model` for Qwen3-VL (same arguments and result)."""
+    """Model chunks of this rank (arguments: `families.spec.Family.build_model`), after refusing
+    deepstack layers off the first stage."""
     use_te = resolve_use_te(use_te)
     config = qwen3vl_transformer_config(
         hf_config, tp=pg_collection.tp.size(), pp=pg_collection.pp.size(), vpp=vpp,

@@ -2,9 +2,9 @@
 MRoPE, deepstack; ViT with patch 16, learned position embeddings resampled bilinearly, LayerNorm,
 tanh-GELU, no window attention) at sizes that run in seconds on two cores.
 
-Like the tiny Qwen2.5-VL (`models/tiny.py`) it is built with random weights through transformers'
-own `qwen3_vl` classes and saved as a normal Hugging Face checkpoint that Megatron, vLLM and
-transformers all load.
+Like the tiny Qwen2.5-VL (`families/qwen2_5_vl/tiny.py`) it is built with random weights through
+transformers' own `qwen3_vl` classes and saved as a normal Hugging Face checkpoint that Megatron,
+vLLM and transformers all load.
 """
 from __future__ import annotations
 

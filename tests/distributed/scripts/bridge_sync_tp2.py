@@ -144,7 +144,7 @@ def pp2_phase(cfg, ckpt: Path, work: Path, engine, processor, image, res: dict) 
 
     from prco_mega.bridge.hf_io import export_megatron_to_hf, load_hf_into_megatron
     from prco_mega.bridge.colocated import sync_weights
-    from prco_mega.learner.model import build_model
+    from prco_mega.learner.provider import build_model
     from prco_mega.learner.parallel import destroy_parallel, init_parallel
 
     destroy_parallel()
@@ -178,10 +178,11 @@ def main() -> None:
 
     from prco_mega.bridge.hf_io import load_hf_config, load_hf_into_megatron
     from prco_mega.learner.mismatch import logprob_mismatch
-    from prco_mega.learner.model import build_model
+    from prco_mega.learner.provider import build_model
     from prco_mega.learner.parallel import init_parallel
 
-    from prco_mega.tiny.tokenizer import demo_corpus, make_tiny_checkpoint
+    from prco_mega.tiny.checkpoint import make_tiny_checkpoint
+    from prco_mega.tiny.tokenizer import demo_corpus
     from prco_mega.rollout import EngineConfig, VllmEngine
 
     ckpt, res = work / "tiny", {}

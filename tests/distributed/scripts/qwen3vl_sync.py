@@ -47,7 +47,8 @@ def main() -> None:
     from transformers import AutoProcessor
 
     from prco_mega.bridge.hf_io import load_hf_config, load_hf_into_megatron
-    from prco_mega.tiny.tokenizer import demo_corpus, make_tiny_checkpoint
+    from prco_mega.tiny.checkpoint import make_tiny_checkpoint
+    from prco_mega.tiny.tokenizer import demo_corpus
     from prco_mega.learner.parallel import init_parallel
     from prco_mega.learner.provider import build_model
     from prco_mega.rollout import EngineConfig, VllmEngine

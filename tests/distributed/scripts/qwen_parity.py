@@ -209,7 +209,7 @@ def exports_bit_exact(src: Path, dst: Path) -> bool:
 
 def check_layout(name: str, ckpt: Path, hf, batch, ref, ref_grads, work: Path) -> dict:
     from prco_mega.bridge.hf_io import export_megatron_to_hf, load_hf_into_megatron
-    from prco_mega.learner.model import build_model
+    from prco_mega.learner.provider import build_model
     from prco_mega.learner.parallel import destroy_parallel, init_parallel
 
     tp, pp = (2, 1) if name.startswith("tp2") else (1, 2) if name.startswith("pp2") else (1, 1)

@@ -19,7 +19,8 @@ def start() -> tuple[Path, Path]:
     dist.init_process_group("gloo")
     hf_dir = out.parent / "tiny"
     if dist.get_rank() == 0:
-        from prco_mega.tiny.tokenizer import demo_corpus, make_tiny_checkpoint
+        from prco_mega.tiny.checkpoint import make_tiny_checkpoint
+        from prco_mega.tiny.tokenizer import demo_corpus
 
         make_tiny_checkpoint(hf_dir, demo_corpus(2000), seed=0)
     dist.barrier()

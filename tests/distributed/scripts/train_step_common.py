@@ -54,7 +54,7 @@ def deterministic_init(chunks) -> None:
 
 def build(cfg: LearnerConfig):
     """(pg, ddp_chunks, optimizer, scheduler) at the config's layout with deterministic weights."""
-    from prco_mega.learner.model import build_model
+    from prco_mega.learner.provider import build_model
     from prco_mega.learner.optim import build_optimizer
     from prco_mega.learner.parallel import init_parallel
 
