@@ -27,12 +27,15 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+import torch
+
 
 # A bare checkout (a GPU machine given only the repo, no `pip install -e .`) imports the kernels
 # from their folder: kernels/prco_kernels/ is the package `prco_kernels`.
 sys.path.append(str(Path(__file__).resolve().parents[1] / "kernels"))
 
-import torch
+import prco_kernels as pk  # noqa: E402
 
 VOCAB = 152064
 
@@ -51,7 +54,6 @@ def head_inputs(T, H, V, dtype, device, seed=0):
 
 def head_step(design, inputs, chunk_tokens=None, impl="triton"):
     """One forward+backward of the LM head + PPO loss in the given design; returns a closure."""
-    import prco_kernels as pk
     hidden, weight, targets, old, adv, w = inputs
 
     def ref():
@@ -81,6 +83,7 @@ def head_step(design, inputs, chunk_tokens=None, impl="triton"):
 
 def liger_step(kind, inputs):
     hidden, weight, targets, old, adv, w = inputs
+    # Liger-Kernel is optional (the `bench` extra, GPU rows only): imported when its rows run
     if kind == "liger_ce":
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
         loss_mod = LigerFusedLinearCrossEntropyLoss()
@@ -185,7 +188,6 @@ def bench_gpu(quick):
 
 
 def bench_gpu_elementwise(gbps, quick):
-    import prco_kernels as pk
     print(f"\n{'kernel':26s} {'size':>10s} {'impl':7s} {'ms':>8s} {'GB/s':>7s} {'roofline':>8s}")
     for T in ([1 << 20] if quick else [1 << 16, 1 << 20, 1 << 24]):
         lp, old, adv, ref = (torch.randn(T, device="cuda") for _ in range(4))
@@ -223,8 +225,6 @@ def cpu_probe(spec):
     head_step(design, head_inputs(8, 16, 64, torch.float32, "cpu"), chunk_tokens=4, impl=impl)()
     inputs = head_inputs(T, H, V, torch.float32, "cpu")
     fn = head_step(design, inputs, chunk_tokens=chunk, impl=impl)
-    import psutil
-
     rss = psutil.Process().memory_info().rss
     hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0 = time.perf_counter()

@@ -14,13 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from prco_mega.config import load_config
+from prco_mega.eval.report import format_table
+from prco_mega.runtime.build import resolved_algo, resolved_config
+
 ALGORITHMS = ("prco", "grpo", "dapo", "prco_shared")
 
 
 def run(config: str, algo: str, overrides: list[str]) -> Path:
-    from prco_mega.runtime.build import resolved_algo, resolved_config
-    from prco_mega.config import load_config
-
     name = f"{load_config(config, overrides).run.name}-{algo}"
     args = [sys.executable, "-m", "prco_mega.cli", "train", config, *overrides,
             f"algo.name={algo}", f"run.name={name}"]
@@ -52,8 +53,6 @@ def row(algo: str, out: Path) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from prco_mega.eval.report import format_table
-
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0

@@ -14,18 +14,23 @@ import io
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
 
 # A bare checkout (a GPU machine given only the repo, no `pip install -e .`) imports the kernels
 # from their folder: kernels/prco_kernels/ is the package `prco_kernels`.
 sys.path.append(str(Path(__file__).resolve().parents[1] / "kernels"))
 
+from prco_kernels import _logprob_triton as lt  # noqa: E402
+from prco_kernels import advantage, ppo_loss  # noqa: E402
+
 
 def kernel_specs():
     """(label, jit fn, signature, constexprs, options) for every kernel, at its production config."""
-    from prco_kernels import _logprob_triton as lt
-    from prco_kernels import advantage, ppo_loss
-
     i32, f32 = "i32", "fp32"
     specs = []
     for dt, ieee in (("bf16", False), ("fp32", True)):
@@ -64,10 +69,6 @@ def kernel_specs():
 
 def compile_one(fn, signature, constexprs, options, capability=90):
     """Compile for sm_`capability`; returns (ptxas -v log, compiled kernel)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     sig = dict(signature)
     sig.update({k: "constexpr" for k in constexprs})
     src = ASTSource(fn=fn, signature=sig, constexprs=constexprs)
@@ -94,14 +95,10 @@ def main(argv=None):
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("error: unset TRITON_INTERPRET: interpreted kernels cannot be compiled", file=sys.stderr)
         return 2
-    import tempfile
-
     # a fresh cache makes ptxas run (and report) for every kernel instead of reusing old cubins
+    # (triton reads its knobs' environment variables when it compiles, not when it is imported)
     os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="prco_kernels_aot_")
-    import triton
-
     triton.knobs.nvidia.dump_ptxas_log = True  # ptxas -v report goes to stdout, captured per kernel
-    import prco_kernels  # noqa: F401
     failures = []
     print(f"{'kernel':32s} {'regs':>5s} {'spill st':>9s} {'spill ld':>9s} {'smem B':>8s}  wgmma")
     for label, fn, sig, consts, opts in kernel_specs():

@@ -12,17 +12,19 @@ into shared memory (one buffer per push), not a pickle of the bytes.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 import traceback
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
 
 from prco_mega.rollout.engine import PushStats, RolloutEngine
-
-if TYPE_CHECKING:
-    import torch
+from prco_mega.rollout.vllm_engine import VllmEngine
 
 _TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
                  "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR",
@@ -37,8 +39,6 @@ def _serve(conn, model_dir: str, config, env: dict[str, str]) -> None:
         os.environ.pop(key, None)
     os.environ.update(env)
     try:
-        from prco_mega.rollout.vllm_engine import VllmEngine
-
         engine = VllmEngine(model_dir, config)
         conn.send(("ok", {"weight_groups": engine.weight_groups(), "shapes": engine.shapes,
                           "start_seconds": engine.start_seconds}))
@@ -69,8 +69,6 @@ def _send_error(conn, exc: BaseException) -> None:
 def _pack(named: list) -> tuple[list, torch.Tensor]:
     """One shared-memory byte buffer for a whole push: one handle crosses the pipe instead of
     one per tensor (per-tensor handles cost ~1 ms each). meta = [(name, dtype, shape, offset)]."""
-    import torch
-
     total = sum(t.numel() * t.element_size() for _, t in named)
     flat = torch.empty(total, dtype=torch.uint8).share_memory_()
     meta, offset = [], 0
@@ -84,8 +82,6 @@ def _pack(named: list) -> tuple[list, torch.Tensor]:
 
 def _unpack(meta: list, flat) -> list:
     """(name, tensor) views into `flat` (no copy)."""
-    import math
-
     out = []
     for name, dtype, shape, offset in meta:
         n = math.prod(shape) * dtype.itemsize
@@ -98,8 +94,6 @@ class EngineProcess(RolloutEngine):
 
     def __init__(self, model_dir: str | Path, config=None, env: dict[str, str] | None = None,
                  start_timeout: float = 600.0):
-        import torch.multiprocessing as mp
-
         t0 = time.perf_counter()
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()

@@ -14,8 +14,39 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from statistics import fmean
 
+from prco_mega.config import load_config
+from prco_mega.data.captions import perception_accuracy
 from prco_mega.data.synthetic import held_out_tasks
+from prco_mega.dist import world
+from prco_mega.eval.report import format_table
+from prco_mega.eval.synthetic import reward_by_perception
+from prco_mega.rewards.verifier import verify
+from prco_mega.roles.prompts import PromptSet
+from prco_mega.rollout.engine import RolloutEngine, SamplingSettings
+from prco_mega.rollout.two_stage import (engine_eos, request_of, settings_from_section,
+                                         solver_caption)
+from prco_mega.runtime import build
+from prco_mega.runtime.warm_start import prepare_model
+from prco_mega.types import Task
+
+
+def observer_signal(engine: RolloutEngine, prompts: PromptSet, tasks: list[Task], *,
+                    captions: SamplingSettings, answers: SamplingSettings,
+                    with_image: bool) -> list[tuple[float, float]]:
+    """(perception, r_O without the leak factor) of `captions.n` sampled captions per task, r_O
+    being the mean correctness of `answers.n` Solver answers given the caption (two engine
+    calls). `with_image`: the Solver sees the image (after the caption-first warm-up) or not."""
+    eos = engine_eos(engine)
+    caption_sets = engine.generate([request_of(prompts.observer(t)) for t in tasks], captions)
+    scored = [(t, solver_caption(g.text, eos)) for t, gens in zip(tasks, caption_sets, strict=True)
+              for g in gens]
+    answer_sets = engine.generate(
+        [request_of(prompts.solver(t, c, with_image=with_image)) for t, c in scored], answers)
+    return [(perception_accuracy(c, t.facts),
+             fmean(verify(g.text, t.answer, t.choices) for g in gens))
+            for (t, c), gens in zip(scored, answer_sets, strict=True)]
 
 
 def main(argv: list[str]) -> int:
@@ -29,17 +60,7 @@ def main(argv: list[str]) -> int:
     if bad:
         parser.error(f"expected key=value overrides after the config, got {bad}")
 
-    from prco_mega.runtime import build
-
-    from prco_mega.dist import world
-    from prco_mega.config import load_config
-    from prco_mega.eval.report import format_table
-    from prco_mega.eval.synthetic import observer_signal, reward_by_perception
-    from prco_mega.rollout.two_stage import settings_from_section
-
     cfg = load_config(config, overrides)
-    from prco_mega.runtime.warm_start import prepare_model
-
     world.init_world()
     engine = build.start_engine(cfg, prepare_model(cfg))
     tasks = held_out_tasks(cfg.data, cfg.run.seed, args.tasks)

@@ -113,7 +113,7 @@ def layer_offset(chunk) -> int:
 
 def unwrap(chunk):
     """The model inside a chunk's wrappers (`learner.model.unwrap`, imported with Megatron)."""
-    from prco_mega.learner.model import unwrap as unwrap_model
+    from prco_mega.learner.model import unwrap as unwrap_model  # imports Megatron at its top
 
     return unwrap_model(chunk)
 

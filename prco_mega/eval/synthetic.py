@@ -221,7 +221,7 @@ def evaluate(engine: RolloutEngine, prompts: PromptSet, tasks: list[Task], *,
     return EvalResult(mode, records)
 
 
-# ---------------------------------------------------------------- Observer signal
+# ---------------------------------------------------------------- Observer signal (tools/observer_signal.py)
 
 
 def reward_by_perception(pairs: Iterable[tuple[float, float]]) -> list[dict[str, float | int]]:
@@ -234,20 +234,3 @@ def reward_by_perception(pairs: Iterable[tuple[float, float]]) -> list[dict[str,
     total = sum(len(v) for v in groups.values())
     return [{"perception": p, "captions": len(r), "share": len(r) / total,
              "reward": fmean(r)} for p, r in sorted(groups.items())]
-
-
-def observer_signal(engine: RolloutEngine, prompts: PromptSet, tasks: list[Task], *,
-                    captions: SamplingSettings, answers: SamplingSettings,
-                    with_image: bool) -> list[tuple[float, float]]:
-    """(perception, r_O without the leak factor) of `captions.n` sampled captions per task, r_O
-    being the mean correctness of `answers.n` Solver answers given the caption (two engine
-    calls). `with_image`: the Solver sees the image (after the caption-first warm-up) or not."""
-    eos = engine_eos(engine)
-    caption_sets = engine.generate([request_of(prompts.observer(t)) for t in tasks], captions)
-    scored = [(t, solver_caption(g.text, eos)) for t, gens in zip(tasks, caption_sets, strict=True)
-              for g in gens]
-    answer_sets = engine.generate(
-        [request_of(prompts.solver(t, c, with_image=with_image)) for t, c in scored], answers)
-    return [(perception_accuracy(c, t.facts),
-             fmean(verify(g.text, t.answer, t.choices) for g in gens))
-            for (t, c), gens in zip(scored, answer_sets, strict=True)]
