@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from prco_mega.config import RunConfig, from_dict
 from prco_mega.data import synthetic
 from prco_mega.tracking.rollouts import eval_records_path, png_bytes, read_step, saved_steps
 
@@ -224,8 +225,6 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 def held_out_tasks(run_dir: Path) -> dict[str, tuple[str, list[bytes]]]:
     """(question, PNG bytes of its images) of the run's held-out tasks by uid, redrawn from its
     `config.json` (held-out tasks are synthetic, drawn from the run's seed)."""
-    from prco_mega.config import RunConfig, from_dict
-
     data = json.loads((Path(run_dir) / "config.json").read_text())
     # the sections the held-out draw reads (JSON turned some int keys elsewhere into strings)
     cfg = from_dict(RunConfig, {"run": data["run"], "data": data["data"]})
