@@ -56,7 +56,10 @@ def test_torchrun_dry_run_has_the_world_size_ranks_and_environment(name):
         args = _torchrun(argv)
         assert int(args.nnodes) == nodes and int(args.nproc_per_node) == 8
         assert int(args.nnodes) * int(args.nproc_per_node) == tp * pp * dp
-        assert args.rdzv_backend == "c10d" and args.rdzv_endpoint == "10.1.2.3:29500"
+        if nodes == 1:  # torchrun binds a free port itself: no port to collide on
+            assert args.standalone and "--rdzv_endpoint" not in " ".join(argv)
+        else:
+            assert args.rdzv_backend == "c10d" and args.rdzv_endpoint == "10.1.2.3:29500"
         assert args.module and args.training_script == "prco_mega.cli"
         assert args.training_script_args == ["train", path]
     env = _exports(text)
@@ -65,10 +68,13 @@ def test_torchrun_dry_run_has_the_world_size_ranks_and_environment(name):
     assert env["PRCO_LEARNER_WORLD_SIZE"] == str(tp * pp * dp)
 
 
-def test_single_node_rendezvous_is_local():
+def test_single_node_launch_lets_torchrun_pick_and_hold_the_port():
     path = str(CONFIGS / "qwen25vl_7b_h100x8.yaml")
     argv = build_launch(load_yaml(path), "torchrun", path).torchrun_argv(0)
-    assert _torchrun(argv).rdzv_endpoint == "localhost:29500"
+    args = _torchrun(argv)
+    assert args.standalone and args.max_restarts == 0
+    assert not any(a.startswith(("--master_port", "--rdzv_endpoint", "--node_rank"))
+                   for a in argv)
 
 
 def test_static_rendezvous_gives_each_node_its_rank_and_ranks_cover_the_world():

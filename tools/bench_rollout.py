@@ -43,8 +43,8 @@ def run_world(nproc: int, steps: int, overrides: list[str], out: Path,
     """The metrics rows of a `steps`-step run in a world of `nproc` ranks."""
     args = ["train", str(CONFIG), *DEFAULTS, f"run.steps={steps}", f"run.output_dir={out}",
             f"model.cache_dir={out / 'cache'}", f"run.name=n{nproc}", *overrides]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "-m", "prco_mega.cli", *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           str(nproc), "-m", "prco_mega.cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, 2 // nproc)),
            "VLLM_LOGGING_LEVEL": "ERROR", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
     subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)

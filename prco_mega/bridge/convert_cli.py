@@ -1,22 +1,29 @@
 """Command line of checkpoint conversion (`prco-mega convert`, `tools/convert_checkpoint.py`).
 
-Outside torchrun the command checks everything it can without starting a process group (source
-config and tensor manifest, layout, output path: mistakes fail in a second), then launches
-`torchrun --nproc_per_node tp*pp -m prco_mega.bridge.convert_cli ...` on this node and returns its
-exit status. Under torchrun it converts directly, e.g. on several nodes:
+Outside torchrun the command checks everything it can without starting a process group (the
+layout against the model by `learner.parallel.check_layout`, from config.json alone, first; then
+the source's config and tensor manifest and the output path: mistakes fail in seconds), then
+launches `torchrun --standalone --nproc_per_node tp*pp -m prco_mega.bridge.convert_cli ...` on
+this node and returns its exit status (the standalone rendezvous binds a free port and holds it,
+so no port is chosen, released and lost to another job). Under torchrun it converts directly, e.g.
+on several nodes:
     torchrun --nnodes N --nproc_per_node G --rdzv-endpoint HOST:PORT \
         -m prco_mega.bridge.convert_cli --direction hf2mcore --src HF --dst OUT --tp 8 --pp 4
 (the world may be a multiple of tp * pp; outputs go to a filesystem every node sees).
 
-Exit status: 0 done (and verified), 1 verification above tolerance, 2 refused (ValueError).
+Exit status: 0 done (and verified), 1 verification above tolerance, 2 refused (ValueError, before
+torchrun starts).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import socket
 import subprocess
 import sys
+from pathlib import Path
+
+from prco_mega.learner.parallel import check_layout
 
 DIRECTIONS = ("hf2mcore", "mcore2hf")
 
@@ -50,20 +57,22 @@ def preflight(args: argparse.Namespace) -> None:
     """Every check possible without a process group; ValueError names the problem."""
     from prco_mega.bridge.convert import (check_hf_source, check_output, reference_config,
                                           resolve_megatron_checkpoint)
-    from prco_mega.learner.parallel import validate_layout
 
     if args.direction == "hf2mcore":
-        hf_config, _ = check_hf_source(args.src)
+        _check_layout_of(Path(args.src), args)  # before transformers builds the source's model
+        check_hf_source(args.src)
     else:
-        hf_config, _ = reference_config(resolve_megatron_checkpoint(args.src), args.reference)
-    validate_layout(hf_config, args.tp * args.pp, args.tp, args.pp, args.vpp)
+        _, hf_dir = reference_config(resolve_megatron_checkpoint(args.src), args.reference)
+        _check_layout_of(hf_dir, args)
     check_output(args.dst)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _check_layout_of(hf_dir: Path, args: argparse.Namespace) -> None:
+    """The layout rules on the sizes in `hf_dir`/config.json (a missing one is named by the
+    source checks)."""
+    path = hf_dir / "config.json"
+    if path.is_file():
+        check_layout(json.loads(path.read_text()), args.tp * args.pp, args.tp, args.pp, args.vpp)
 
 
 def torchrun_command(args: argparse.Namespace) -> list[str]:
@@ -74,9 +83,8 @@ def torchrun_command(args: argparse.Namespace) -> list[str]:
     argv += ["--vpp", str(args.vpp)] if args.vpp else []
     argv += ["--reference", str(args.reference)] if args.reference else []
     argv += ["--verify"] if args.verify else []
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-            str(args.tp * args.pp), "--master_addr", "127.0.0.1", "--master_port",
-            str(_free_port()), "-m", "prco_mega.bridge.convert_cli", *argv]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+            str(args.tp * args.pp), "-m", "prco_mega.bridge.convert_cli", *argv]
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -1,8 +1,14 @@
 """Cluster launchers: torchrun command lines per node, or a complete Slurm sbatch script.
 
-`build_launch(config, mode, config_path)` validates the layout (world size = TP * PP * DP, the
-model's heads and layers divide) and, unless told not to, refuses a config whose memory plan does
-not fit, before anything starts. `LaunchSpec.render()` is what `--dry-run` prints.
+`build_launch(config, mode, config_path)` judges the layout by the rule set the planner, the
+converter and the learner share (`learner.parallel.check_layout`: world size = TP * PP * DP, the
+model's heads, KV heads, vocabulary and layers divide, deepstack on the first stage) and, unless
+told not to, refuses a config whose memory plan does not fit, before anything starts.
+`LaunchSpec.render()` is what `--dry-run` prints.
+
+A one-node job uses torchrun's standalone rendezvous: its agent binds a free port and holds it, so
+two jobs on one machine never race for a port. Jobs of several nodes meet at the explicit
+endpoint `cluster.master_port` on the first node.
 
 Every node runs one torchrun with one rank per GPU; each rank runs `prco-mega train CONFIG`
 (as `python -m prco_mega.cli train CONFIG`). With `rollout_placement: separate` the job spans the
@@ -83,6 +89,11 @@ class LaunchSpec:
         return self.nnodes * self.nproc_per_node
 
     @property
+    def standalone(self) -> bool:
+        """One node: torchrun's standalone rendezvous (no endpoint, no node rank)."""
+        return self.nnodes == 1
+
+    @property
     def rdzv_endpoint(self) -> str:
         return f"{self.rdzv_host}:{self.master_port}"
 
@@ -92,11 +103,21 @@ class LaunchSpec:
 
     def torchrun_argv(self, node_rank: int | str, extra: tuple[str, ...] = ()) -> list[str]:
         argv = ["torchrun", f"--nnodes={self.nnodes}", f"--nproc_per_node={self.nproc_per_node}"]
-        if self.rdzv_backend == "static":  # c10d assigns node ranks itself and ignores this flag
-            argv.append(f"--node_rank={node_rank}")
-        argv += [f"--rdzv_backend={self.rdzv_backend}", f"--rdzv_endpoint={self.rdzv_endpoint}",
-                 f"--rdzv_id={self.job_name}", "--max_restarts=0", *extra]
-        return argv + self.train_argv
+        if self.standalone:
+            argv.append("--standalone")
+        else:
+            if self.rdzv_backend == "static":  # c10d assigns node ranks itself, ignores the flag
+                argv.append(f"--node_rank={node_rank}")
+            argv += [f"--rdzv_backend={self.rdzv_backend}",
+                     f"--rdzv_endpoint={self.rdzv_endpoint}", f"--rdzv_id={self.job_name}"]
+        return argv + ["--max_restarts=0", *extra] + self.train_argv
+
+    @property
+    def rendezvous(self) -> str:
+        """How the nodes meet, in words."""
+        if self.standalone:
+            return "standalone rendezvous (torchrun binds a free port and keeps it)"
+        return f"rendezvous {self.rdzv_backend} at {self.rdzv_endpoint}"
 
     def render(self) -> str:
         return render_torchrun(self) if self.mode == "torchrun" else render_sbatch(self)
@@ -109,12 +130,13 @@ def _exports(env: dict[str, str]) -> list[str]:
 def render_torchrun(spec: LaunchSpec) -> str:
     """Shell lines: the environment, then one torchrun command per node."""
     lines = [f"# {spec.job_name}: {spec.nnodes} node(s) x {spec.nproc_per_node} GPUs = "
-             f"{spec.world_size} ranks ({spec.learner_world_size} learner ranks), rendezvous "
-             f"{spec.rdzv_backend} at {spec.rdzv_endpoint}", *_exports(spec.env)]
+             f"{spec.world_size} ranks ({spec.learner_world_size} learner ranks), "
+             f"{spec.rendezvous}", *_exports(spec.env)]
     for k in spec.node_ranks:
         r = spec.global_ranks(k)
+        any_order = spec.rdzv_backend == "c10d" and not spec.standalone
         lines.append(f"# node {k}: ranks {r.start}-{r.stop - 1}"
-                     + (" (joins in any order)" if spec.rdzv_backend == "c10d" else ""))
+                     + (" (joins in any order)" if any_order else ""))
         lines.append(shlex.join(spec.torchrun_argv(k)))
     return "\n".join(lines) + "\n"
 
@@ -158,7 +180,8 @@ def build_launch(config: dict, mode: Mode, config_path: str, *, node_rank: int |
                  master_addr: str | None = None, train_args: tuple[str, ...] = (),
                  check_memory: bool = True) -> LaunchSpec:
     """Validate a run config and describe its launch; a layout that does not divide or a memory
-    plan that does not fit raises ValueError naming the numbers."""
+    plan that does not fit raises ValueError naming the numbers. `master_addr` is the rendezvous
+    host of a job of several nodes (a one-node job needs none)."""
     if mode not in ("torchrun", "slurm"):
         raise ValueError(f"launch mode {mode!r} is not one of ['torchrun', 'slurm']")
     inputs, cluster = plan_inputs_from_config(config)

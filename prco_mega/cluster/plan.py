@@ -5,15 +5,14 @@
     plan = plan_memory(inputs); print(plan.table()); check_fits(plan)
 """
 from prco_mega.cluster.plan_inputs import (ClusterSection, MemoryAssumptions, PlanInputs,
-                                   SlurmSection, data_parallel_size, plan_inputs_from_config)
+                                           SlurmSection, plan_inputs_from_config)
 from prco_mega.cluster.memory import MemoryPlan, Row, check_fits, plan_memory
 from prco_mega.cluster.dims import QWEN25_VL, ModelDims, VisionDims, model_dims, total_params
 
 __all__ = [
-    "ClusterSection", "MemoryAssumptions", "PlanInputs", "SlurmSection",
-    "data_parallel_size", "plan_inputs_from_config", "MemoryPlan", "Row", "check_fits",
-    "plan_memory", "QWEN25_VL", "ModelDims", "VisionDims", "model_dims", "total_params",
-    "plan_config",
+    "ClusterSection", "MemoryAssumptions", "PlanInputs", "SlurmSection", "plan_inputs_from_config",
+    "MemoryPlan", "Row", "check_fits", "plan_memory", "QWEN25_VL", "ModelDims", "VisionDims",
+    "model_dims", "total_params", "plan_config",
 ]
 
 

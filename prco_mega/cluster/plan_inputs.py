@@ -4,7 +4,8 @@
 launch settings, memory assumptions). `PlanInputs` is the flat set of numbers the memory formulas need; it is built
 from a whole config mapping by `plan_inputs_from_config`, which reads the `learner:` section through
 the learner's own typed config, the `engine:` section through the rollout engine's typed config,
-`kernels.impl` and `cluster:`; the layout is checked by the learner's own `validate_layout`.
+`kernels.impl` and `cluster:`; the layout is judged by the rule set the converter and the learner
+share (`learner.parallel.check_layout`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Literal
 
 from prco_mega.config import AlgoSection, KernelsSection, from_dict
 from prco_mega.learner.config import LearnerConfig
+from prco_mega.learner.parallel import Layout, LayoutDims, check_layout
 from prco_mega.cluster.config import ClusterSection, MemoryAssumptions, SlurmSection  # noqa: F401
 from prco_mega.cluster.dims import ModelDims, model_dims
 from prco_mega.rollout.config import EngineConfig
@@ -60,17 +62,10 @@ class PlanInputs:
     one more weights row, without gradients or optimizer state."""
 
     def validate(self) -> None:
-        """Refuse layouts the model cannot be split into, naming the numbers."""
-        m = self.model
-        for name, n in (("num_attention_heads", m.heads), ("num_key_value_heads", m.kv_heads)):
-            if n % self.tp:
-                raise ValueError(f"tensor_parallel ({self.tp}) must divide {name} ({n})")
-        if m.layers % (self.pp * self.vpp):
-            raise ValueError(f"pipeline_parallel ({self.pp}) x virtual_pipeline_parallel "
-                             f"({self.vpp}) must divide num_hidden_layers ({m.layers})")
-        if m.heads % self.rollout_tp:
-            raise ValueError(f"engine.tensor_parallel_size ({self.rollout_tp}) must divide "
-                             f"num_attention_heads ({m.heads})")
+        """Refuse layouts the model cannot be split into (`check_layout`) and settings the plan
+        cannot hold, naming the numbers."""
+        check_layout(layout_dims(self.model), self.tp * self.pp * self.dp, self.tp, self.pp,
+                     None if self.vpp == 1 else self.vpp, engine_tp=self.rollout_tp)
         if self.micro_batch_tokens < self.max_model_len:
             raise ValueError(f"learner micro_batch_tokens ({self.micro_batch_tokens}) must be >= "
                              f"engine.max_model_len ({self.max_model_len}): a trajectory is "
@@ -80,17 +75,18 @@ class PlanInputs:
                              f"({self.rollout_gpu_memory_utilization}) must be in (0, 1)")
 
 
-def data_parallel_size(world: int, tp: int, pp: int, expected_dp: int | None = None) -> int:
-    """DP = world / (TP * PP); a ValueError names the numbers when it does not divide or when it
-    differs from the DP the config states."""
-    if world % (tp * pp):
-        raise ValueError(f"world size ({world}) is not divisible by tensor_parallel ({tp}) x "
-                         f"pipeline_parallel ({pp}) = {tp * pp}")
-    dp = world // (tp * pp)
-    if expected_dp is not None and tp * pp * expected_dp != world:
-        raise ValueError(f"tensor_parallel ({tp}) x pipeline_parallel ({pp}) x data_parallel "
-                         f"({expected_dp}) = {tp * pp * expected_dp} != world size ({world})")
-    return dp
+def layout_dims(m: ModelDims) -> LayoutDims:
+    """The sizes of `m` that the layout rules read."""
+    return LayoutDims(m.layers, m.heads, m.kv_heads, m.vocab, m.hidden, m.intermediate,
+                      m.vision.deepstack if m.vision is not None else 0)
+
+
+def _check_data_parallel(layout: Layout, expected_dp: int | None) -> None:
+    """The DP a config states must be the one its world and layout leave."""
+    if expected_dp is not None and layout.tp * layout.pp * expected_dp != layout.world_size:
+        raise ValueError(f"tensor_parallel ({layout.tp}) x pipeline_parallel ({layout.pp}) x "
+                         f"data_parallel ({expected_dp}) = {layout.tp * layout.pp * expected_dp} "
+                         f"!= world size ({layout.world_size})")
 
 
 def _sections(data: dict):
@@ -101,32 +97,20 @@ def _sections(data: dict):
             from_dict(AlgoSection, data.get("algo"), "algo"))
 
 
-def _check_layout(m: ModelDims, world: int, tp: int, pp: int, vpp: int | None) -> None:
-    from prco_mega.learner.parallel import ModelDims as LayoutDims
-    from prco_mega.learner.parallel import check_deepstack_placement, validate_layout
-
-    layout = validate_layout(LayoutDims(m.layers, m.heads, m.kv_heads, m.vocab, m.hidden,
-                                        m.intermediate), world, tp, pp, vpp)
-    if m.vision is not None and m.vision.deepstack:
-        check_deepstack_placement(m.vision.deepstack, layout.layers_per_chunk, m.layers, pp, vpp)
-
-
 def plan_inputs_from_config(data: dict) -> tuple[PlanInputs, ClusterSection]:
     """PlanInputs (validated) and the cluster section from a whole run-config mapping."""
     cluster, learner, engine, kernels, algo = _sections(data)
     par, mem = learner.parallel, cluster.memory
-    model = model_dims(cluster.model)
-    _check_layout(model, cluster.world_size, par.tensor_parallel, par.pipeline_parallel,
-                  par.virtual_pipeline_parallel)
-    dp = data_parallel_size(cluster.world_size, par.tensor_parallel, par.pipeline_parallel,
-                            cluster.data_parallel)
-    rtp = engine.tensor_parallel_size
+    model, rtp = model_dims(cluster.model), engine.tensor_parallel_size
     if rtp > cluster.gpus_per_node or cluster.gpus_per_node % rtp:
         raise ValueError(f"engine.tensor_parallel_size ({rtp}) must divide gpus_per_node "
                          f"({cluster.gpus_per_node}): an engine stays inside one node")
+    layout = check_layout(layout_dims(model), cluster.world_size, par.tensor_parallel,
+                          par.pipeline_parallel, par.virtual_pipeline_parallel, engine_tp=rtp)
+    _check_data_parallel(layout, cluster.data_parallel)
     precision = "fp32" if learner.precision == "fp32" else "bf16"  # "auto" is bf16 on GPUs
     inputs = PlanInputs(
-        model=model, tp=par.tensor_parallel, pp=par.pipeline_parallel, dp=dp,
+        model=model, tp=par.tensor_parallel, pp=par.pipeline_parallel, dp=layout.dp,
         vpp=par.virtual_pipeline_parallel or 1, sequence_parallel=par.sequence_parallel,
         micro_batch_tokens=learner.batching.micro_batch_tokens, recompute=mem.recompute,
         flash_attention=mem.flash_attention, fused_loss_head=kernels.impl == "triton",

@@ -11,28 +11,28 @@ from typing import Any
 
 
 def ensure_world() -> None:
-    """A single process outside torchrun is a world of one (gloo on CPU, NCCL on GPU)."""
-    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"),
-                       ("MASTER_ADDR", "127.0.0.1")):
+    """A single process outside torchrun is rank 0 of a world of one (torchrun's variables, so
+    every reader of RANK / WORLD_SIZE / LOCAL_RANK agrees); it needs no address or port."""
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
         os.environ.setdefault(key, value)
-    if "MASTER_PORT" not in os.environ:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
 
 
 def init_world() -> None:
     """Start torch.distributed before anything else, so rank 0 alone builds cached artifacts while
-    the other ranks wait (NCCL with CUDA, gloo without)."""
+    the other ranks wait (NCCL with CUDA, gloo without). A world of one meets in an in-memory
+    store: no TCP port is taken, so none can be lost to another job between choosing and binding
+    it."""
     import torch
     import torch.distributed as dist
 
     ensure_world()
     if dist.is_initialized():
         return
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if int(os.environ["WORLD_SIZE"]) == 1:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    else:
+        dist.init_process_group(backend)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
 

@@ -1,10 +1,22 @@
-"""Parallel layout: validate it against the model before any process group exists, then start it.
+"""Parallel layout: the one rule set that judges a layout against the model, run before any
+process group or child process exists, then the start of the layout.
 
-`validate_layout` is pure (no torch.distributed): call it from the launcher or config validation so
-a layout that cannot split the model fails in a second with the numbers, not minutes into a
-multi-node start. `init_parallel` starts torch.distributed (gloo on CPU, NCCL on GPU), Megatron's
-model-parallel groups and RNG, and returns the explicit `ProcessGroupCollection` that the model,
-DDP, optimizer and the bridge take as an argument.
+`check_layout` is pure (no torch.distributed) and is the only place a layout is refused:
+`prco-mega plan` and `prco-mega launch` (through the planner), `prco-mega convert` (before it
+starts torchrun) and the learner (`init_parallel`, before its process group) all call it, so a
+layout that cannot split the model fails in a second with the numbers, not minutes into a
+multi-node start. Its rules, each a ValueError naming the numbers:
+- the world is a multiple of tp * pp (the rest is data parallel);
+- TP divides the attention heads, the KV heads (Megatron splits query groups, it does not
+  replicate them), the MLP width and the vocabulary; the KV heads divide the heads (GQA);
+- PP (times VPP) divides the decoder layers; VPP needs a pipeline;
+- deepstack (Qwen3-VL): the decoder layers that receive vision features are on the first stage,
+  with the vision tower (`check_deepstack_placement`);
+- the rollout engine's TP divides the attention heads.
+
+`init_parallel` starts torch.distributed (gloo on CPU, NCCL on GPU), Megatron's model-parallel
+groups and RNG, and returns the explicit `ProcessGroupCollection` that the model, DDP, optimizer
+and the bridge take as an argument.
 
 Vocabulary: Megatron shards the embedding and output layer over TP by vocab rows. We require
 `vocab_size % tp == 0` instead of padding the vocab (Megatron's `make_vocab_size_divisible_by`):
@@ -13,13 +25,14 @@ Face model's. Every Qwen2.5-VL checkpoint's vocab (151936, 152064) divides by 8.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 
 @dataclass(frozen=True)
-class ModelDims:
-    """The sizes of a decoder that a parallel layout must divide."""
+class LayoutDims:
+    """The sizes of a model that a parallel layout must divide."""
 
     num_layers: int
     num_heads: int
@@ -27,6 +40,8 @@ class ModelDims:
     vocab_size: int
     hidden_size: int
     ffn_hidden_size: int
+    deepstack_levels: int = 0
+    """Qwen3-VL: decoder layers 0 .. levels-1 add deepstack vision features (0: none)."""
 
 
 @dataclass(frozen=True)
@@ -46,56 +61,75 @@ class Layout:
     """Decoder layers in each model chunk (num_layers / (pp * (vpp or 1)))."""
 
 
-def model_dims(hf_config_or_sizes: Any) -> ModelDims:
-    """`ModelDims` from a HF config (VL or text-only, object or dict), or a `TinySizes`-like."""
-    if isinstance(hf_config_or_sizes, ModelDims):
-        return hf_config_or_sizes
-    cfg = hf_config_or_sizes
-    if isinstance(cfg, dict):
-        cfg = _Attrs(cfg.get("text_config", cfg))
-    cfg = getattr(cfg, "text_config", cfg)
-    if hasattr(cfg, "num_hidden_layers"):
-        return ModelDims(cfg.num_hidden_layers, cfg.num_attention_heads,
-                         getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
-                         cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size)
-    # TinySizes naming
-    return ModelDims(cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.vocab_size,
-                     cfg.hidden_size, cfg.intermediate_size)
+def _get(cfg: Any, name: str) -> Any:
+    return cfg.get(name) if isinstance(cfg, dict) else getattr(cfg, name, None)
 
 
-class _Attrs:
-    def __init__(self, d: dict):
-        self.__dict__.update(d)
+def layout_dims(model: Any) -> LayoutDims:
+    """`LayoutDims` of a Hugging Face config (VL or text-only; the object or its config.json
+    dict) or of a tiny model's sizes (`TinySizes` naming: num_layers, num_heads, ...)."""
+    if isinstance(model, LayoutDims):
+        return model
+    text = _get(model, "text_config") or model
+    if isinstance(text, dict) and "num_hidden_layers" not in text:
+        raise ValueError("the model config has no num_hidden_layers (at its top or in "
+                         "text_config): not a decoder's config")
+    if _get(text, "num_hidden_layers") is None:  # TinySizes naming
+        return LayoutDims(model.num_layers, model.num_heads, model.num_kv_heads,
+                          model.vocab_size, model.hidden_size, model.intermediate_size,
+                          len(getattr(model, "deepstack_visual_indexes", ())))
+    heads = _get(text, "num_attention_heads")
+    vision = _get(model, "vision_config") or {}
+    return LayoutDims(_get(text, "num_hidden_layers"), heads,
+                      _get(text, "num_key_value_heads") or heads, _get(text, "vocab_size"),
+                      _get(text, "hidden_size"), _get(text, "intermediate_size"),
+                      len(_get(vision, "deepstack_visual_indexes") or ()))
 
 
-def validate_layout(hf_config_or_sizes: Any, world_size: int, tp: int, pp: int,
-                    vpp: int | None = None) -> Layout:
-    """Check that (tp, pp, vpp) splits the model and the world; ValueError names the numbers."""
-    d = model_dims(hf_config_or_sizes)
-    for name, value in (("world_size", world_size), ("tensor_parallel", tp),
-                        ("pipeline_parallel", pp)):
+def check_layout(model: Any, world_size: int, tp: int, pp: int, vpp: int | None = None, *,
+                 engine_tp: int | None = None) -> Layout:
+    """Refuse a (tp, pp, vpp) layout of `world_size` ranks, and a rollout engine of `engine_tp`
+    ranks, that cannot split `model` (anything `layout_dims` reads); ValueError names the
+    numbers. Returns the layout."""
+    d = layout_dims(model)
+    for name, value in (("tensor_parallel", tp), ("pipeline_parallel", pp),
+                        ("world_size", world_size)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     if world_size % (tp * pp):
         raise ValueError(f"world_size ({world_size}) must be a multiple of tensor_parallel * "
                          f"pipeline_parallel ({tp} * {pp} = {tp * pp})")
+    _check_tensor_parallel(d, tp)
+    layers_per_chunk = _check_pipeline(d, pp, vpp)
+    if engine_tp is not None:
+        _check_divides("engine.tensor_parallel_size", engine_tp, "num_attention_heads",
+                       d.num_heads)
+    return Layout(world_size, tp, pp, vpp, world_size // (tp * pp), layers_per_chunk)
+
+
+def _check_tensor_parallel(d: LayoutDims, tp: int) -> None:
     _check_divides("tensor_parallel", tp, "num_attention_heads", d.num_heads)
     _check_divides("tensor_parallel", tp, "num_key_value_heads", d.num_kv_heads)
     _check_divides("tensor_parallel", tp, "vocab_size", d.vocab_size,
                    " (vocab padding is not done: it would change the softmax)")
     _check_divides("tensor_parallel", tp, "intermediate_size", d.ffn_hidden_size)
-    if d.num_heads % d.num_kv_heads:
-        raise ValueError(f"num_key_value_heads ({d.num_kv_heads}) must divide "
-                         f"num_attention_heads ({d.num_heads})")
-    chunks = pp * (vpp or 1)
+    _check_divides("num_key_value_heads", d.num_kv_heads, "num_attention_heads", d.num_heads)
+
+
+def _check_pipeline(d: LayoutDims, pp: int, vpp: int | None) -> int:
+    """Decoder layers per model chunk, once PP and VPP split them and deepstack fits."""
     if vpp is not None and (vpp < 1 or pp < 2):
         raise ValueError(f"virtual_pipeline ({vpp}) needs pipeline_parallel >= 2 (got {pp}) "
                          "and vpp >= 1")
+    chunks = pp * (vpp or 1)
     if d.num_layers % chunks:
         what = (f"pipeline_parallel ({pp})" if vpp is None else
                 f"pipeline_parallel * virtual_pipeline ({pp} * {vpp} = {chunks})")
         raise ValueError(f"{what} must divide num_hidden_layers ({d.num_layers})")
-    return Layout(world_size, tp, pp, vpp, world_size // (tp * pp), d.num_layers // chunks)
+    per_chunk = d.num_layers // chunks
+    if d.deepstack_levels:
+        check_deepstack_placement(d.deepstack_levels, per_chunk, d.num_layers, pp, vpp)
+    return per_chunk
 
 
 def _check_divides(a_name: str, a: int, b_name: str, b: int, why: str = "") -> None:
@@ -110,11 +144,9 @@ def init_parallel(tp: int = 1, pp: int = 1, vpp: int | None = None, backend: str
     `backend` defaults to NCCL with CUDA and gloo without; on CPU the megatron compatibility layer
     is installed first. The collection holds tp, pp, dp, cp, embd, ... as Megatron defines them.
     `seed` seeds Megatron's RNG tracker (TP ranks get distinct streams for sharded init/dropout).
-    With `hf_config`, the layout is validated (world size from torchrun's WORLD_SIZE) before any
-    process group starts.
+    With `hf_config`, `check_layout` judges the layout (world size from torchrun's WORLD_SIZE)
+    before any process group starts.
     """
-    import os
-
     import torch
     import torch.distributed as dist
 
@@ -123,7 +155,7 @@ def init_parallel(tp: int = 1, pp: int = 1, vpp: int | None = None, backend: str
     if hf_config is not None:
         world = (dist.get_world_size() if dist.is_initialized()
                  else int(os.environ.get("WORLD_SIZE", 1)))
-        validate_layout(hf_config, world, tp, pp, vpp)
+        check_layout(hf_config, world, tp, pp, vpp)
 
     install_megatron_cpu_compat()
     if not dist.is_initialized():

@@ -4,13 +4,13 @@ A test calls the `torchrun` fixture, `result = torchrun("qwen_parity.py", nproc=
 or the module-scoped `torchrun_module` to share one launch among a file's tests. The script
 gets `--out PATH` appended and must write its JSON result there from rank 0; the fixture
 asserts every rank exited 0 (showing the ranks' output otherwise) and returns the parsed JSON.
-Ranks run with one thread each (2 ranks on 2 cores thrash otherwise).
+Ranks run with one thread each (2 ranks on 2 cores thrash otherwise). torchrun's standalone
+rendezvous binds a free port and keeps it, so launches running side by side never race for one.
 """
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,19 +21,12 @@ SCRIPTS = Path(__file__).parent / "scripts"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_torchrun(script: str, out_dir: Path, nproc: int = 2, args: list[str] | None = None,
                  timeout: float = 600) -> dict:
     """Launch `torchrun --nproc_per_node nproc scripts/<script> args --out <json>`; return JSON."""
     out = Path(out_dir) / f"{Path(script).stem}-result.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           str(SCRIPTS / script), *(args or []), "--out", str(out)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           str(nproc), str(SCRIPTS / script), *(args or []), "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep
            + os.environ.get("PYTHONPATH", ""), "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -143,7 +143,8 @@ def test_tensor_parallel_run_under_torchrun(tmp_path):
     learner's weights). TIS is on with 2 mini-batches, so the pre-update log-prob pass of
     `MegatronPolicy.step` runs on both ranks; this checks that it runs and syncs, not the values
     it computes."""
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                "2"]
     cmd = _cmd(tmp_path, "tp2", "learner.parallel.tensor_parallel=2", "run.steps=2",
                "learner.checkpoint.interval=0", "algo.tis_cap=2.0")
     subprocess.run(torchrun + cmd[1:], check=True, env={**_env(), "OMP_NUM_THREADS": "1"},
@@ -158,7 +159,8 @@ def test_two_engine_run_killed_and_resumed_equals_the_uninterrupted_one(tmp_path
     """Colocated on 2 ranks: learner DP=2 and two vLLM engines, each sampling its half of every
     step; the whole torchrun job SIGKILLed after its first checkpoint and resumed gives the
     metrics of an uninterrupted 2-rank run."""
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                "2"]
     env = {**_env(), "OMP_NUM_THREADS": "1"}
     subprocess.run(torchrun + _cmd(tmp_path, "full")[1:], check=True, env=env, cwd=ROOT,
                    timeout=900)
