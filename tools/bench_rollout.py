@@ -29,6 +29,9 @@ import tempfile
 from pathlib import Path
 from statistics import fmean
 
+from prco_mega.config import load_config
+from prco_mega.eval.report import format_table
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny_cpu.yaml"
 DEFAULTS = ["warm_start.steps=0", "run.eval_tasks=2", "learner.checkpoint.interval=0"]
@@ -84,9 +87,6 @@ def summary(nproc: int, rows: list[dict], cfg) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from prco_mega.config import load_config
-    from prco_mega.eval.report import format_table
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])

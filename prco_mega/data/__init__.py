@@ -1,6 +1,6 @@
 """Data: the synthetic perception-reasoning task, local-file readers and the image pipeline.
 
-Imports only PIL and the standard library; DALI and pyarrow are imported when used.
+Imports only PIL, numpy and the standard library; DALI and pyarrow are imported when used.
 """
 from prco_mega.data.captions import perception_accuracy, render_caption
 from prco_mega.data.images import decode_image, grid_size, resize_to_grid
