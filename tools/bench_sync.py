@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -77,7 +75,7 @@ def run_case(model: str, engine_kind: str, work: Path, repeats: int, bucket_byte
 
     from prco_mega.bridge.hf_io import load_hf_config, load_hf_into_megatron
     from prco_mega.bridge.colocated import sync_weights
-    from prco_mega.learner.model import build_model
+    from prco_mega.learner.provider import build_model
     from prco_mega.learner.parallel import init_parallel
     from prco_mega.rollout import EngineConfig
 
@@ -127,12 +125,6 @@ def print_table(rows: list[dict]) -> None:
             print("-+-".join("-" * w for w in widths))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="tiny,synthetic")
@@ -153,11 +145,12 @@ def main() -> None:
     for model in args.models.split(","):
         for engine in args.engines.split(","):
             out = work / f"{model}-{engine}.json"
-            env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
-                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
-            subprocess.run([sys.executable, __file__, "--case", f"{model}:{engine}:{out}",
+            # a world of one under torchrun's standalone rendezvous: it binds the port it hands
+            # the process group and keeps it, so no other job can take it in between
+            subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            "--nproc_per_node", "1", __file__, "--case", f"{model}:{engine}:{out}",
                             "--work", str(work), "--repeats", str(args.repeats),
-                            "--bucket-mib", str(args.bucket_mib)], env=env, check=True)
+                            "--bucket-mib", str(args.bucket_mib)], check=True)
             rows.append(json.loads(out.read_text()))
     print(f"\nbucket {args.bucket_mib:g} MiB, fp32, TP=1, best of {args.repeats} after a warm-up "
           f"(sync s: median); torch threads in the learner process: {rows[0]['threads']}")

@@ -23,6 +23,8 @@ from prco_mega.runtime import build
 from prco_mega.dist import world
 from prco_mega.config import RunConfig
 from prco_mega.data.synthetic import source_of
+from prco_mega.families import family as family_of
+from prco_mega.tiny.checkpoint import make_tiny_checkpoint
 from prco_mega.types import Task, Trajectory
 
 CACHE_VERSION = "5"  # bump when the recipe below changes
@@ -61,14 +63,9 @@ def training_corpus(tasks: list[Task], prompts: Any, seed: int) -> list[str]:
 def tiny_checkpoint(cache_dir: str | Path, tasks: list[Task], prompts: Any, seed: int,
                     sizes: dict[str, Any] | None = None, family: str = "qwen2_5_vl") -> Path:
     """Build (once) the tiny random model of `family` with a tokenizer trained on the synthetic
-    corpus; `sizes` overrides fields of its sizes (`TinySizes`, `TinyQwen3VLSizes`)."""
-    from prco_mega.tiny.tokenizer import make_tiny_checkpoint
-    from prco_mega.families.qwen2_5_vl.tiny import TinySizes
-    from prco_mega.families.qwen3_vl.tiny import TinyQwen3VLSizes
-
-    sizes_cls = TinyQwen3VLSizes if family == "qwen3_vl" else TinySizes
-    tiny = sizes_cls(**{k: tuple(v) if isinstance(v, list) else v
-                        for k, v in (sizes or {}).items()})
+    corpus; `sizes` overrides fields of its tiny sizes (`families.<family>.tiny`)."""
+    tiny = family_of(family).tiny.sizes(**{k: tuple(v) if isinstance(v, list) else v
+                                           for k, v in (sizes or {}).items()})
     # uids alone repeat across family mixes; the questions tell the corpora apart
     key = cache_key("tiny", seed, [(t.uid, t.question) for t in tasks[:4]],
                     *([sizes] if sizes else []),
