@@ -16,6 +16,7 @@ process with a one-rank learner (TP=1, gloo world of 1):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -23,6 +24,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
+from engine_host import EngineProcess  # beside this script (tools/)
+
+from prco_mega.bridge.colocated import sync_weights
+from prco_mega.bridge.hf_io import load_hf_config, load_hf_into_megatron
+from prco_mega.families.qwen2_5_vl.tiny import TinySizes, build_tiny_qwen25vl, tiny_qwen25vl_config
+from prco_mega.learner.parallel import init_parallel
+from prco_mega.learner.provider import build_model
+from prco_mega.rollout import EngineConfig, VllmEngine
+from prco_mega.tiny.tokenizer import demo_corpus, save_processor, special_token_ids, train_tokenizer
 
 MODELS = {
     "tiny": {},
@@ -35,12 +47,6 @@ MODELS = {
 def make_checkpoint(name: str, out: Path) -> Path:
     """HF checkpoint with the tiny tokenizer/processor; the model's vocab may exceed the
     tokenizer's (ids the tokenizer never produces are still rows the sync must move)."""
-    import dataclasses
-
-    from prco_mega.tiny.tokenizer import (demo_corpus, save_processor, special_token_ids,
-                                          train_tokenizer)
-    from prco_mega.families.qwen2_5_vl.tiny import TinySizes, build_tiny_qwen25vl, tiny_qwen25vl_config
-
     if (out / "model.safetensors").exists():
         return out
     tokenizer = train_tokenizer(demo_corpus(3000, seed=0), vocab_size=505)
@@ -56,8 +62,6 @@ def make_checkpoint(name: str, out: Path) -> Path:
 
 def clone_bandwidth(params, repeats: int) -> float:
     """Best bytes/s of cloning every parameter once (a plain memory copy of the same bytes)."""
-    import torch
-
     total = sum(p.numel() * p.element_size() for p in params)
     best = float("inf")
     for _ in range(repeats):
@@ -71,20 +75,9 @@ def clone_bandwidth(params, repeats: int) -> float:
 
 def run_case(model: str, engine_kind: str, work: Path, repeats: int, bucket_bytes: int) -> dict:
     """One (model, engine) case in this process; returns its measurements."""
-    import torch
-
-    from prco_mega.bridge.hf_io import load_hf_config, load_hf_into_megatron
-    from prco_mega.bridge.colocated import sync_weights
-    from prco_mega.learner.provider import build_model
-    from prco_mega.learner.parallel import init_parallel
-    from prco_mega.rollout import EngineConfig
-
     ckpt = make_checkpoint(model, work / model)
     config = EngineConfig(dtype="float32", max_model_len=512, seed=0)
-    if engine_kind == "inprocess":
-        from prco_mega.rollout import VllmEngine as Engine
-    else:
-        from engine_host import EngineProcess as Engine  # beside this script (tools/)
+    Engine = VllmEngine if engine_kind == "inprocess" else EngineProcess
     cfg = load_hf_config(ckpt)
     pg = init_parallel(tp=1, hf_config=cfg)
     engine = Engine(ckpt, config)
