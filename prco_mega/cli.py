@@ -123,17 +123,17 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from prco_mega.eval import bench_cli
+    from prco_mega.eval.benchmarks import cli as eval_cli
 
-    return bench_cli.run_from_args(args)
+    return eval_cli.run_from_args(args)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from prco_mega.eval import bench_cli
+    from prco_mega.eval.benchmarks import cli as eval_cli
 
     parser = sub.add_parser("eval", help="the paper's eight benchmarks from local files "
                             "(Observer -> Solver or direct), table + JSONL + PNG, resumable")
-    bench_cli.add_arguments(parser)
+    eval_cli.add_arguments(parser)
     parser.set_defaults(func=_eval)
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from bench_data import EXPECTED, NAMES, _b64, png, write_root
 
-from prco_mega.eval.benchmarks import (BY_NAME, find_folder, gold_letter, options_in_text,
+from prco_mega.eval.benchmarks.readers import (BY_NAME, find_folder, gold_letter, options_in_text,
                                        question_stem, read_benchmark, select)
 
 

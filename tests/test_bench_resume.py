@@ -8,8 +8,8 @@ import json
 import pytest
 from bench_data import write_root
 
-from prco_mega.eval.bench_run import EvalSettings, PredictionLog, run_benchmark
-from prco_mega.eval.benchmarks import BY_NAME, find_folder, read_benchmark
+from prco_mega.eval.benchmarks.run import EvalSettings, PredictionLog, run_benchmark
+from prco_mega.eval.benchmarks.readers import BY_NAME, find_folder, read_benchmark
 from prco_mega.roles.prompts import PromptSet
 from prco_mega.rollout.engine import Generation, RolloutEngine
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prco_mega.eval.bench_scoring import (dynamath_cases, extract_answer, item_correct,
+from prco_mega.eval.benchmarks.scoring import (dynamath_cases, extract_answer, item_correct,
                                           letters_of, number_of, summarise, wemath_dimensions)
 
 MC4 = {"kind": "choice", "options": ["3/11", "8/11", "6/11", "3/5"]}

@@ -14,10 +14,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared fixture files
 from bench_data import MIXED, NAMES, write_root  # noqa: E402
 
-from prco_mega.eval.bench_report import write_report  # noqa: E402
-from prco_mega.eval.bench_run import EvalSettings, run_eval  # noqa: E402
-from prco_mega.eval.bench_scoring import extract_answer, item_correct, summarise  # noqa: E402
-from prco_mega.eval.benchmarks import BY_NAME, find_folder, read_benchmark, select  # noqa: E402
+from prco_mega.eval.benchmarks.report import write_report  # noqa: E402
+from prco_mega.eval.benchmarks.run import EvalSettings, run_eval  # noqa: E402
+from prco_mega.eval.benchmarks.scoring import extract_answer, item_correct, summarise  # noqa: E402
+from prco_mega.eval.benchmarks.readers import BY_NAME, find_folder, read_benchmark, select  # noqa: E402
 from prco_mega.eval.synthetic import greedy  # noqa: E402
 from prco_mega.rollout.two_stage import (engine_eos, request_of,  # noqa: E402
                                           solver_caption)

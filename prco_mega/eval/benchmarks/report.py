@@ -9,10 +9,10 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from prco_mega.eval.bench_run import EvalReport
-from prco_mega.eval.bench_scoring import BenchSummary
-from prco_mega.eval.benchmarks import BY_NAME
-from prco_mega.eval.published import (BACKBONE_BY_HIDDEN_SIZE, COLUMNS, SOURCE,
+from prco_mega.eval.benchmarks.run import EvalReport
+from prco_mega.eval.benchmarks.scoring import BenchSummary
+from prco_mega.eval.benchmarks.readers import BY_NAME
+from prco_mega.eval.benchmarks.published import (BACKBONE_BY_HIDDEN_SIZE, COLUMNS, SOURCE,
                                       reference_rows)
 from prco_mega.eval.report import format_table
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from prco_mega.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from prco_mega.data.reader import RowError
-from prco_mega.eval.bench_scoring import BenchSummary, extract_answer, item_correct, summarise
-from prco_mega.eval.benchmarks import BenchItem, Benchmark, find_folder, read_benchmark
+from prco_mega.eval.benchmarks.scoring import BenchSummary, extract_answer, item_correct, summarise
+from prco_mega.eval.benchmarks.readers import BenchItem, Benchmark, find_folder, read_benchmark
 from prco_mega.eval.synthetic import greedy
 from prco_mega.roles.prompts import Prompt, PromptSet
 from prco_mega.rollout.engine import Generation, RolloutEngine

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from prco_mega.config import apply_override, from_dict
 from prco_mega.data.images import DEFAULT_MAX_PIXELS
-from prco_mega.eval.bench_run import MODES, EvalSettings, run_eval
-from prco_mega.eval.benchmarks import find_folder, select
+from prco_mega.eval.benchmarks.run import MODES, EvalSettings, run_eval
+from prco_mega.eval.benchmarks.readers import find_folder, select
 from prco_mega.rollout.config import EngineConfig
 
 EVAL_MAX_MODEL_LEN = 8192
@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from prco_mega.eval.bench_report import backbone_of, write_report
+    from prco_mega.eval.benchmarks.report import backbone_of, write_report
     from prco_mega.rollout.vllm_engine import VllmEngine
 
     model, root = Path(args.model), Path(args.data_root)
