@@ -98,7 +98,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 _BENCHMARKS = {"kernels": "bench_kernels.py", "sync": "bench_sync.py", "compile": "compile_kernels.py",
-               "rollout": "bench_rollout.py"}
+               "rollout": "bench_rollout.py", "eval": "bench_eval.py"}
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -116,7 +116,8 @@ def _bench(args: argparse.Namespace) -> int:
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="microbenchmarks: kernels (loss head, PPO, advantages), "
                            "sync (Megatron -> vLLM), compile (sm_90 registers/spills), rollout "
-                           "(1 vs 2 engines: tokens/s, sync bytes, step time)")
+                           "(1 vs 2 engines: tokens/s, sync bytes, step time), eval (1 vs 2 "
+                           "engines: items/s of prco-mega eval)")
     bench.add_argument("which", choices=sorted(_BENCHMARKS))
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     bench.set_defaults(func=_bench)
