@@ -7,9 +7,10 @@ Simplifications: the tiny random Qwen2.5-VL (built here, no download) and one ma
 (MMStar's VLMEvalKit TSV layout, drawn 56 px images, `--items` rows) stand in for a checkpoint
 and the eight benchmarks. For each world size N it runs `prco-mega eval` under
 `torchrun --nproc_per_node N` (N engines of TP=1, each answering its block of the items; engine
-settings as `key=value`), Observer -> Solver with the image, and prints one row per world size:
-items, engine seconds (the slowest engine's, engine start left out), items/s, and the speed-up
-over one engine. On 2 busy cores two engines can at best double the rate.
+settings as `key=value`, one thread each), Observer -> Solver with the image, and prints one row
+per world size: items, engine seconds (the slowest engine's, engine start left out, the first
+calls' warm-up in), items/s, and the speed-up over one engine. On 2 cores two engines can at
+best double the rate; on a busy machine the figures move by 2x between runs.
 """
 from __future__ import annotations
 
@@ -63,7 +64,9 @@ def run_world(nproc: int, model: Path, data: Path, out: Path, overrides: list[st
            "--benchmarks", "mmstar", "--out", str(out), "--chunk-size", "16",
            "--observer-max-tokens", str(max_tokens), "--solver-max-tokens", str(max_tokens),
            "dtype=float32", "max_model_len=1024", *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, 2 // nproc)),
+    # One thread per engine: a lone engine given both cores ran ~8x slower here (the vLLM CPU
+    # worker's threads contend with the rest of the machine), which would flatter two engines.
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
            "VLLM_LOGGING_LEVEL": "ERROR", "TOKENIZERS_PARALLELISM": "false"}
     text = subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True,
                           text=True).stdout
