@@ -10,12 +10,27 @@ import io
 import json
 
 import pytest
-from bench_data import (CHECK_ROWS, EXPECTED, HUB_FOLDERS, LOGICVISTA, MATHVISION_TESTMINI,
-                        NAMES, ROWS, TSV_NAMES, _b64, write_hub, write_root)
+from bench_data import (
+    CHECK_ROWS,
+    EXPECTED,
+    HUB_FOLDERS,
+    LOGICVISTA,
+    MATHVISION_TESTMINI,
+    NAMES,
+    ROWS,
+    TSV_NAMES,
+    _b64,
+    write_hub,
+    write_root,
+)
 
 from prco_mega.cli import main
 from prco_mega.eval.benchmarks.discovery import check, find, find_folder, load
-from prco_mega.eval.benchmarks.readers import gold_letter, options_in_text, question_stem
+from prco_mega.eval.benchmarks.readers import (
+    gold_letter,
+    options_in_text,
+    question_stem,
+)
 from prco_mega.eval.benchmarks.registry import BY_NAME, parse_splits, select
 
 

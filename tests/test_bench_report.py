@@ -12,10 +12,15 @@ from bench_data import write_root
 
 from prco_mega.cli import main
 from prco_mega.eval.benchmarks.cli import EVAL_MAX_MODEL_LEN, engine_config
-from prco_mega.eval.benchmarks.report import backbone_of, results_table, run_row, write_report
+from prco_mega.eval.benchmarks.published import COLUMNS, PAPER_AVERAGES, PUBLISHED
+from prco_mega.eval.benchmarks.report import (
+    backbone_of,
+    results_table,
+    run_row,
+    write_report,
+)
 from prco_mega.eval.benchmarks.run import BenchRun, EvalReport, EvalSettings
 from prco_mega.eval.benchmarks.summary import BenchSummary
-from prco_mega.eval.benchmarks.published import COLUMNS, PAPER_AVERAGES, PUBLISHED
 
 TITLES = ["MathVerse", "MathVision", "MathVista", "WeMath", "DynaMath", "LogicVista",
           "MMMU-Pro", "MMStar", "Avg."]

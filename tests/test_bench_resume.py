@@ -10,8 +10,12 @@ from bench_data import write_root
 
 from prco_mega.eval.benchmarks.discovery import find, load
 from prco_mega.eval.benchmarks.registry import BY_NAME
-from prco_mega.eval.benchmarks.run import (EvalSettings, PredictionLog, merge_predictions,
-                                           run_benchmark)
+from prco_mega.eval.benchmarks.run import (
+    EvalSettings,
+    PredictionLog,
+    merge_predictions,
+    run_benchmark,
+)
 from prco_mega.roles.prompts import PromptSet
 from prco_mega.rollout.engine import Generation, RolloutEngine
 
@@ -93,7 +97,7 @@ def test_direct_mode_is_one_call_and_modes_do_not_mix(tmp_path, items):
                         EvalSettings(mode="direct", chunk_size=8))
     assert len(engine.calls) == 1 and run.generated == 4
     assert all(r["caption"] is None and r["mode"] == "direct" for r in run.records)
-    with pytest.raises(ValueError, match="another mode"):  # noqa: PT012
+    with pytest.raises(ValueError, match="another mode"):
         run_benchmark(engine, PromptSet(), "dynamath", items, log, EvalSettings(mode="prco"))
 
 

@@ -6,11 +6,21 @@ from __future__ import annotations
 
 import pytest
 
-from prco_mega.eval.benchmarks.scoring import (extract_answer, infer_option, item_correct,
-                                               letters_of, mathvista_normalized, value_of,
-                                               verifier_correct)
-from prco_mega.eval.benchmarks.summary import (WEMATH_PROBLEMS, dynamath_cases, summarise,
-                                               wemath_dimensions)
+from prco_mega.eval.benchmarks.scoring import (
+    extract_answer,
+    infer_option,
+    item_correct,
+    letters_of,
+    mathvista_normalized,
+    value_of,
+    verifier_correct,
+)
+from prco_mega.eval.benchmarks.summary import (
+    WEMATH_PROBLEMS,
+    dynamath_cases,
+    summarise,
+    wemath_dimensions,
+)
 
 VISTA_MC = {"kind": "choice", "question_type": "multi_choice",
             "options": ["3/11", "8/11", "6/11", "3/5"]}

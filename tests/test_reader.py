@@ -197,7 +197,7 @@ def test_a_utf8_bom_before_the_first_line_reads_like_the_same_file_without_it(da
     plain, bom = data_dir / "plain.jsonl", data_dir / "bom.jsonl"
     write_jsonl(plain, GOOD_ROWS)
     bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
-    (a, stats_a), (b, stats_b) = read_tasks(plain), read_tasks(bom)
+    (a, _), (b, stats_b) = read_tasks(plain), read_tasks(bom)
     assert (stats_b.rows, stats_b.tasks, dict(stats_b.skipped)) == (4, 4, {})
     assert [(t.uid, t.question, t.answer, t.choices) for t in b] == [
         (t.uid.replace("plain", "bom"), t.question, t.answer, t.choices) for t in a]

@@ -18,7 +18,12 @@ from pathlib import Path
 from prco_mega.config import apply_override, from_dict
 from prco_mega.data.images import DEFAULT_MAX_PIXELS
 from prco_mega.eval.benchmarks.discovery import Loaded, check
-from prco_mega.eval.benchmarks.registry import BY_NAME, parse_splits, select, splits_help
+from prco_mega.eval.benchmarks.registry import (
+    BY_NAME,
+    parse_splits,
+    select,
+    splits_help,
+)
 from prco_mega.eval.benchmarks.run import MODES, EvalReport, EvalSettings, run_eval
 from prco_mega.rollout.config import EngineConfig
 from prco_mega.rollout.placement import Shard, engine_placement

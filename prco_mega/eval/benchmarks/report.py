@@ -9,11 +9,15 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
+from prco_mega.eval.benchmarks.published import (
+    BACKBONE_BY_HIDDEN_SIZE,
+    COLUMNS,
+    SOURCE,
+    reference_rows,
+)
 from prco_mega.eval.benchmarks.registry import BY_NAME
 from prco_mega.eval.benchmarks.run import EvalReport
 from prco_mega.eval.benchmarks.summary import BenchSummary
-from prco_mega.eval.benchmarks.published import (BACKBONE_BY_HIDDEN_SIZE, COLUMNS, SOURCE,
-                                      reference_rows)
 from prco_mega.eval.report import format_table
 
 TABLE_COLUMNS = {"model": "model", **{n: BY_NAME[n].title for n in COLUMNS}, "avg": "Avg."}

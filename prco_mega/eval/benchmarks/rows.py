@@ -160,8 +160,7 @@ class Row:
 def _iter_tsv(path: Path) -> Iterator[tuple[int, Any]]:
     csv.field_size_limit(sys.maxsize)  # base64 images are long fields
     with path.open(newline="", encoding="utf-8-sig") as f:
-        for number, row in enumerate(csv.DictReader(f, delimiter="\t"), start=1):
-            yield number, row
+        yield from enumerate(csv.DictReader(f, delimiter="\t"), start=1)
 
 
 def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:

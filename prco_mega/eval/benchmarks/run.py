@@ -32,7 +32,11 @@ from prco_mega.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from prco_mega.data.reader import RowError
 from prco_mega.eval.benchmarks.discovery import Loaded
 from prco_mega.eval.benchmarks.rows import BenchItem
-from prco_mega.eval.benchmarks.scoring import extract_answer, item_correct, verifier_correct
+from prco_mega.eval.benchmarks.scoring import (
+    extract_answer,
+    item_correct,
+    verifier_correct,
+)
 from prco_mega.eval.benchmarks.summary import BenchSummary, summarise
 from prco_mega.eval.synthetic import greedy
 from prco_mega.roles.prompts import Prompt, PromptSet

@@ -22,8 +22,13 @@ from prco_mega.eval.benchmarks.rows import LETTERS
 from prco_mega.rewards.mathlex import Budget, BudgetExceeded
 from prco_mega.rewards.mathparse import Quantity, parse_answer
 from prco_mega.rewards.mathvalue import Invalid, free_vars, numeric
-from prco_mega.rewards.verifier import (BUDGET_STEPS, MAX_ANSWER_CHARS, answers_match,
-                                        extract_boxed, verify)
+from prco_mega.rewards.verifier import (
+    BUDGET_STEPS,
+    MAX_ANSWER_CHARS,
+    answers_match,
+    extract_boxed,
+    verify,
+)
 
 _ANSWER_IS = re.compile(r"(?:answer is|answer:)\s*\**\s*([^\n]{1,80})", re.IGNORECASE)
 _PUNCT = str.maketrans({c: " " for c in ".()[],:;!*#{}"})
