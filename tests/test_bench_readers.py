@@ -262,7 +262,11 @@ def test_a_folder_problem_is_reported_and_skipped_while_the_others_run(tmp_path,
 
 
 def test_corrupt_image_bytes_are_refused_when_decoded(tmp_path):
-    _tsv(tmp_path / "mmstar" / "mmstar.tsv", [_mmstar_row(0, image=_b64(1)[:40] + "AAAA")])
+    """A header that reads passes the check; pixel data cut short is refused when decoded."""
+    from bench_data import png
+
+    cut = base64.b64encode(png(1)[:60]).decode()
+    _tsv(tmp_path / "mmstar" / "mmstar.tsv", [_mmstar_row(0, image=cut)])
     item = load(find(tmp_path, BY_NAME["mmstar"])).items[0]
     with pytest.raises(ValueError, match="cannot be decoded"):
         item.task_with_images()
@@ -295,3 +299,13 @@ def test_large_images_are_resized_onto_the_patch_grid(tmp_path):
     assert image.width * image.height <= 1280 * 28 * 28
     assert abs(image.width / image.height - 4 / 3) < 0.05  # aspect kept as the grid allows
     assert item.task_with_images(max_pixels=None).images[0].size == (2000, 1500)
+
+
+def test_data_that_is_no_image_is_refused_with_the_rows_before_an_engine(tmp_path):
+    not_png = base64.b64encode(b"GIF? no: just text, long enough to be base64").decode()
+    _tsv(tmp_path / "MMStar" / "MMStar.tsv", [_mmstar_row(0), _mmstar_row(1, image=not_png)])
+    with pytest.raises(ValueError, match=r"MMStar\.tsv: row 2: image .* cannot be decoded"):
+        load(find(tmp_path, BY_NAME["mmstar"]))
+    result = load(find(tmp_path, BY_NAME["mmstar"]), on_error="skip")
+    assert [i.task.uid for i in result.items] == ["0"]
+    assert result.skipped == {"corrupt_image": 1}

@@ -247,6 +247,7 @@ def _read_file(loaded: Loaded, path: Path, copy: Copy, on_error: str,
             item = _item(loaded.bench, copy, Row(raw, path, number, image_dirs))
             if item is None:
                 continue
+            item.check_images()
             if item.task.uid in seen:
                 raise RowError("duplicate_uid", f"uid {item.task.uid!r} already used by "
                                f"{seen[item.task.uid]}")

@@ -20,7 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prco_mega.data.images import DEFAULT_MAX_PIXELS, decode_image, resize_to_grid
+from prco_mega.data.images import (
+    DEFAULT_MAX_PIXELS,
+    decode_image,
+    image_size,
+    resize_to_grid,
+)
 from prco_mega.data.reader import RowError, _iter_jsonl, _iter_parquet
 from prco_mega.types import Task
 
@@ -50,6 +55,15 @@ class BenchItem:
         except ValueError as err:
             raise RowError("corrupt_image", str(err)) from err
         return dataclasses.replace(self.task, images=images)
+
+    def check_images(self) -> None:
+        """Each image's header read (cheap: no pixel decoded), so that data that is no image
+        is refused with the rows, before an engine starts; RowError when one is not."""
+        for src in self.image_sources:
+            try:
+                image_size(src)
+            except ValueError as err:  # ImageTooLarge is one too
+                raise RowError("corrupt_image", str(err)) from err
 
 
 @dataclass
