@@ -150,7 +150,14 @@ def parse_splits(specs: list[str]) -> dict[str, str]:
 
 
 def splits_help() -> str:
-    """Per benchmark: the default split (the paper's) and the others."""
-    return "; ".join(f"{b.name}: {b.default_split}" + (
-        f" (or {', '.join(s for s in b.splits if s != b.default_split)})"
-        if len(b.splits) > 1 else "") for b in BENCHMARKS)
+    """Per benchmark: the default split (the paper's) and the others (a group's members as a
+    range: DynaMath's `sample_variant1..sample_variant10`)."""
+    parts = []
+    for b in BENCHMARKS:
+        members = [m for group in b.split_groups.values() for m in group]
+        others = [s for s in b.splits if s != b.default_split and s not in members]
+        if members:
+            others.append(f"one of {members[0]}..{members[-1]}")
+        parts.append(f"{b.name}: {b.default_split}" + (f" (or {', '.join(others)})"
+                                                        if others else ""))
+    return "; ".join(parts)
