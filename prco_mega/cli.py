@@ -98,7 +98,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 _BENCHMARKS = {"kernels": "bench_kernels.py", "sync": "bench_sync.py", "compile": "compile_kernels.py",
-               "rollout": "bench_rollout.py"}
+               "rollout": "bench_rollout.py", "eval": "bench_eval.py"}
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -116,24 +116,25 @@ def _bench(args: argparse.Namespace) -> int:
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="microbenchmarks: kernels (loss head, PPO, advantages), "
                            "sync (Megatron -> vLLM), compile (sm_90 registers/spills), rollout "
-                           "(1 vs 2 engines: tokens/s, sync bytes, step time)")
+                           "(1 vs 2 engines: tokens/s, sync bytes, step time), eval (1 vs 2 "
+                           "engines: items/s of prco-mega eval)")
     bench.add_argument("which", choices=sorted(_BENCHMARKS))
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     bench.set_defaults(func=_bench)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from prco_mega.eval import bench_cli
+    from prco_mega.eval.benchmarks import cli as eval_cli
 
-    return bench_cli.run_from_args(args)
+    return eval_cli.run_from_args(args)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from prco_mega.eval import bench_cli
+    from prco_mega.eval.benchmarks import cli as eval_cli
 
     parser = sub.add_parser("eval", help="the paper's eight benchmarks from local files "
                             "(Observer -> Solver or direct), table + JSONL + PNG, resumable")
-    bench_cli.add_arguments(parser)
+    eval_cli.add_arguments(parser)
     parser.set_defaults(func=_eval)
 
 

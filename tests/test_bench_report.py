@@ -11,11 +11,16 @@ import pytest
 from bench_data import write_root
 
 from prco_mega.cli import main
-from prco_mega.eval.bench_cli import EVAL_MAX_MODEL_LEN, engine_config
-from prco_mega.eval.bench_report import backbone_of, results_table, run_row, write_report
-from prco_mega.eval.bench_run import BenchRun, EvalReport, EvalSettings
-from prco_mega.eval.bench_scoring import BenchSummary
-from prco_mega.eval.published import COLUMNS, PAPER_AVERAGES, PUBLISHED
+from prco_mega.eval.benchmarks.cli import EVAL_MAX_MODEL_LEN, engine_config
+from prco_mega.eval.benchmarks.published import COLUMNS, PAPER_AVERAGES, PUBLISHED
+from prco_mega.eval.benchmarks.report import (
+    backbone_of,
+    results_table,
+    run_row,
+    write_report,
+)
+from prco_mega.eval.benchmarks.run import BenchRun, EvalReport, EvalSettings
+from prco_mega.eval.benchmarks.summary import BenchSummary
 
 TITLES = ["MathVerse", "MathVision", "MathVista", "WeMath", "DynaMath", "LogicVista",
           "MMMU-Pro", "MMStar", "Avg."]
@@ -53,10 +58,12 @@ def test_partial_runs_say_over_how_many_benchmarks_they_average():
 def test_report_files(tmp_path):
     summaries = _summaries({"mathverse": 40.0, "wemath": 30.0})
     report = EvalReport(summaries, ["mmstar"], {"mathverse": BenchRun([], 0, 10),
-                                                "wemath": BenchRun([], 0, 10, Counter(x=1))})
+                                                "wemath": BenchRun([], 0, 10, Counter(x=1))},
+                        {"dynamath": "no file of split 'sample'"})
     paths = write_report(tmp_path, "tiny (prco)", report, "3b", EvalSettings())
     text = paths["table"].read_text()
     assert "not run (no folder): MMStar" in text and "skipped rows: {'wemath': {'x': 1}}" in text
+    assert "not run (DynaMath): no file of split 'sample'" in text
     summary = json.loads(paths["summary"].read_text())
     assert summary["average"] == 35.0 and summary["benchmarks"]["wemath"]["score"] == 30.0
     assert summary["settings"]["observer_max_tokens"] == 1024
@@ -86,6 +93,8 @@ def test_cli_refuses_user_errors_before_starting_an_engine(tmp_path, capsys):
     assert main([*args, str(empty)]) == 2
     assert "no benchmark folder under" in capsys.readouterr().err
     root = write_root(tmp_path / "data", "tsv")
+    assert main([*args, str(root), "--split", "mmstar=test"]) == 2
+    assert "mmstar has splits ['val']" in capsys.readouterr().err
     assert main([*args, str(root)]) == 2
     assert "has no config.json" in capsys.readouterr().err
     assert main([*args, str(root), "--benchmarks", "mmbench"]) == 2

@@ -8,8 +8,14 @@ import json
 import pytest
 from bench_data import write_root
 
-from prco_mega.eval.bench_run import EvalSettings, PredictionLog, run_benchmark
-from prco_mega.eval.benchmarks import BY_NAME, find_folder, read_benchmark
+from prco_mega.eval.benchmarks.discovery import find, load
+from prco_mega.eval.benchmarks.registry import BY_NAME
+from prco_mega.eval.benchmarks.run import (
+    EvalSettings,
+    PredictionLog,
+    merge_predictions,
+    run_benchmark,
+)
 from prco_mega.roles.prompts import PromptSet
 from prco_mega.rollout.engine import Generation, RolloutEngine
 
@@ -41,9 +47,8 @@ class Killed(Exception):
 
 @pytest.fixture()
 def items(tmp_path):
-    root = write_root(tmp_path / "data", "hf")
-    bench = BY_NAME["dynamath"]
-    return read_benchmark(bench, find_folder(root, bench)).items
+    root = write_root(tmp_path / "data", "hub")
+    return load(find(root, BY_NAME["dynamath"])).items
 
 
 def _kill_after(n_items):
@@ -105,3 +110,26 @@ def test_settings_are_checked():
         EvalSettings(limit=0)
     with pytest.raises(ValueError, match="max_pixels"):
         EvalSettings(max_pixels=100)
+
+
+def test_shard_files_fold_into_one_predictions_file_in_item_order(tmp_path):
+    """What engines left (each its own shard file, one torn by a kill) merges into
+    predictions/<name>.jsonl in item order; the shard files go; a rerun merges nothing new."""
+    uids = ["a", "b", "c", "d", "e"]
+    final = PredictionLog(tmp_path / "predictions" / "x.jsonl")
+    final.append([{"uid": "b", "mode": "prco"}])
+    shards = tmp_path / "predictions" / "shards"
+    PredictionLog(shards / "x.engine-1-of-2.jsonl").append([{"uid": "d", "mode": "prco"},
+                                                             {"uid": "c", "mode": "prco"}])
+    PredictionLog(shards / "x.engine-0-of-2.jsonl").append([{"uid": "a", "mode": "prco"}])
+    with open(shards / "x.engine-0-of-2.jsonl", "ab") as f:
+        f.write(b'{"uid": "e", "mo')  # torn by the kill: not finished
+    PredictionLog(shards / "y.engine-0-of-2.jsonl").append([{"uid": "z", "mode": "prco"}])
+    merged = merge_predictions(tmp_path, "x", uids)
+    assert list(merged) == ["a", "b", "c", "d"]
+    assert [json.loads(line)["uid"] for line in final.path.read_text().splitlines()] == [
+        "a", "b", "c", "d"]
+    assert sorted(p.name for p in shards.iterdir()) == ["y.engine-0-of-2.jsonl"]
+    before = final.path.read_bytes()
+    assert list(merge_predictions(tmp_path, "x", uids)) == ["a", "b", "c", "d"]
+    assert final.path.read_bytes() == before

@@ -187,3 +187,22 @@ def test_config_and_file_errors(data_dir):
     pytest.importorskip("pyarrow")
     with pytest.raises(ValueError, match=r"garbage\.parquet is not a readable parquet file"):
         list(TaskReader(data_dir / "garbage.parquet"))
+
+
+def test_a_utf8_bom_before_the_first_line_reads_like_the_same_file_without_it(data_dir):
+    """Editors and spreadsheet exports often start UTF-8 files with a byte-order mark: the
+    tasks, and the training stream walked over them, are those of the file without it."""
+    from prco_mega.data.stream import list_stream
+
+    plain, bom = data_dir / "plain.jsonl", data_dir / "bom.jsonl"
+    write_jsonl(plain, GOOD_ROWS)
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    (a, _), (b, stats_b) = read_tasks(plain), read_tasks(bom)
+    assert (stats_b.rows, stats_b.tasks, dict(stats_b.skipped)) == (4, 4, {})
+    assert [(t.uid, t.question, t.answer, t.choices) for t in b] == [
+        (t.uid.replace("plain", "bom"), t.question, t.answer, t.choices) for t in a]
+    assert all(np.array_equal(np.asarray(x), np.asarray(y))
+               for s, t in zip(a, b) for x, y in zip(s.images, t.images))
+    streams = [list_stream(tasks, 2, seed=3) for tasks in (a, b)]
+    walks = [[t.question for _ in range(3) for t in s.next_batch()] for s in streams]
+    assert walks[0] == walks[1]

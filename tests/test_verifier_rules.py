@@ -138,3 +138,39 @@ def test_an_exhausted_budget_answers_not_equal():
                                   ("\\infty!", "2"), ("x!", "\\sin 0.5!")])
 def test_factorials_of_non_integers_have_no_value_and_never_raise(a, b):
     assert not answers_match(a, b) and not answers_match(b, a)
+
+
+# Issue 30: the reward reads the whole box. A qualifier that changes the claim is a hedge a
+# policy could learn (box `6 impossible` and collect the reward of `6`); units and count nouns
+# are not.
+HEDGES = [("6 \\text{ impossible}", "6"), ("6 impossible", "6"), ("6 \\text{ is impossible}", "6"),
+          ("6 \\text{ (not possible)}", "6"), ("not 6", "6"), ("6 \\text{ not}", "6"),
+          ("no solution", "6"), ("6 maybe", "6"), ("6 \\text{ or no solution}", "6"),
+          ("The answer is not 6", "6"), ("6 \\text{ cm, approximately}", "6 cm"),
+          ("approximately 6", "6"), ("about 6", "6"), ("roughly 12 cm", "12 cm")]
+KEPT = [("6 \\text{ cm}", "6"), ("6 apples", "6"), ("6 \\text{ ways}", "6"), ("6 units", "6"),
+        ("The value is 6", "6"), ("6 degrees", "6"), ("\\text{impossible}", "impossible"),
+        ("\\text{no solution}", "No solution"), ("\\text{not possible}", "not possible")]
+
+
+@pytest.mark.parametrize("hedged, gold", HEDGES)
+def test_a_qualifier_that_changes_the_claim_is_not_the_value(hedged, gold):
+    assert not answers_match(hedged, gold)
+    assert not verify(f"so \\boxed{{{hedged}}}", gold)
+    if not hedged.lower().startswith(("approximately", "about", "roughly")):
+        assert not answers_match(gold, hedged)  # both ways, except the approximate rule below
+
+
+@pytest.mark.parametrize("answer, gold", KEPT)
+def test_units_count_nouns_and_answer_words_stay_accepted(answer, gold):
+    assert answers_match(answer, gold) and answers_match(gold, answer)
+
+
+@pytest.mark.parametrize("answer, gold, equal", [
+    ("approximately 6", "approximately 6", True), ("approximately 6", "\\approx 6", True),
+    ("about 6", "approximately 6", True), ("6", "approximately 6", True),
+    ("approximately 7", "approximately 6", False), ("approximately 6", "6", False),
+    ("approximately 3.14", "3.14", False), ("approximately 3.14", "\\approx 3.14", True),
+])
+def test_approximately_equals_only_an_approximate_gold(answer, gold, equal):
+    assert answers_match(answer, gold) is equal

@@ -103,6 +103,16 @@ def decode_image(src: bytes | str | Path, backend: str = "pil",
         return _decode_pil(image, name)
 
 
+def image_size(src: bytes | str | Path, max_pixels: int = PIL_MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """(width, height) from an encoded image's header, no pixel decoded: a cheap check that
+    data is an image, before anything heavy. ValueError (or `ImageTooLarge`) as `decode_image`."""
+    data, name = _read_bytes(src)
+    if not data:
+        raise ValueError(f"image {name} is empty")
+    with _open_checked(data, name, max_pixels) as image:
+        return image.size
+
+
 def _open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
     """The lazily opened image (header only), refused when over `max_pixels`."""
     try:

@@ -33,6 +33,7 @@ CHOICE_KEYS = ("choices", "options")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _BOXED_RE = re.compile(r"^\s*\\boxed\{(.*)\}\s*$", re.DOTALL)
 _IMAGE_TAG_RE = re.compile(r"<image>\s*")
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class RowError(ValueError):
@@ -87,9 +88,12 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     """(1-based line number, parsed row or RowError) for every non-blank line.
 
     Lines are read as bytes and decoded one by one, so a line that is not UTF-8 is one bad row
-    rather than the end of the file."""
+    rather than the end of the file. A UTF-8 byte-order mark before the first line (what many
+    editors and spreadsheet exports write) is not part of the data."""
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
+            if number == 1:
+                raw = raw.removeprefix(UTF8_BOM)
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:

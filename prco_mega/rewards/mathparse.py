@@ -19,7 +19,8 @@ Structure of an answer (`parse_answer`), from the outside in (after a lead-in su
 - a union of intervals (`\\cup`) -> `Collection("union")`; a bracketed list: `\\{...\\}`
   -> `Collection("set")`, `(a, b)` / `[a, b)` ... -> `Collection("tuple")` with its brackets;
 - a quantity: a currency sign, an expression, then an optional unit (`units.parse_unit`),
-  percent mark or trailing count nouns (`5 apples`) -> `Quantity`.
+  percent mark or trailing count nouns (`5 apples`; never words that change the claim,
+  `HEDGE_WORDS`: `6 impossible`) -> `Quantity`.
 Anything that does not parse is `Text` (its tokens, case-folded), compared as text.
 """
 from __future__ import annotations
@@ -80,6 +81,16 @@ _OPENERS = {"(": ")", "[": "]", "{": "}", "lset": "rset"}
 _CLOSERS = frozenset({")", "]", "}", "rset"})
 _LABEL_OPS = frozenset({"angle", "triangle", "_", "'", "{", "}"})
 _LEAD_IN_VERBS = frozenset({"is", "are", "equals", "was"})
+HEDGE_WORDS = frozenset({
+    "impossible", "not", "no", "none", "never", "cannot", "can't", "isn't", "undefined",
+    "undetermined", "indeterminate", "invalid", "unknown", "unsolvable", "nonexistent", "false",
+    "wrong", "incorrect", "approximately", "approx", "about", "around", "roughly", "nearly",
+    "almost", "circa", "maybe", "perhaps", "probably", "possibly", "likely", "unlikely",
+    "guess", "unsure", "uncertain",
+})
+"""Words after a number that change what it claims (`6 impossible`, `6 is not possible`,
+`6 approximately`): never count nouns, so such an answer stays text and equals no value. A
+policy that boxes `6 \\text{ impossible}` hedges; it must not collect the reward of `6`."""
 
 
 # ---------------------------------------------------------------------------- token helpers
@@ -257,7 +268,7 @@ def _count_nouns(tokens: list[Token]) -> bool:
     return len(tokens) <= 3 and tokens[0].space and all(
         t.kind == "word" and len(t.text) >= 2 and t.text.lower() not in FUNC_WORDS
         and t.text.lower() not in INFINITY_WORDS and t.text.lower() not in NUMBER_WORDS
-        for t in tokens)
+        and t.text.lower() not in HEDGE_WORDS for t in tokens)
 
 
 def _has_var_or_func(node: tuple) -> bool:

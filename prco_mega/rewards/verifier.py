@@ -55,6 +55,12 @@ Rules (the gold and the answer are read the same way, and every rule is symmetri
   letters in any spelling; with `choices`, an answer equal to option i's text stands for letter
   i, and a gold given as an option's text accepts that option's letter. Letters never equal a
   non-letter, except that a bare lower-case letter (`e`, `x`) is then read as a value.
+- Hedges: words after a number that change its claim (`6 \\text{ impossible}`, `6 is not
+  possible`, `6 maybe`; `mathparse.HEDGE_WORDS`) make the answer text, equal to no value, while
+  units and count nouns stay accepted (`6 cm`, `6 apples`). An answer that says it is
+  approximate in words (`approximately 6`, `about 6`) equals only a gold that is approximate
+  itself (`approximately 6`, `\\approx 6`): against an exact gold it claims less than the gold.
+  This is the one rule that is not symmetric.
 - Anything else is compared as text: case-folded, LaTeX wrappers removed, no whitespace.
 """
 from __future__ import annotations
@@ -77,6 +83,9 @@ BUDGET_STEPS = 4000
 """Work steps one comparison may spend (parsing both sides included); then it is "not equal"."""
 MAX_CHOICES = 26
 
+_APPROX_WORDS = r"approximately|approx\.?|about|around|roughly|nearly|almost|circa"
+_APPROX_LEAD = re.compile(rf"^\s*(?:{_APPROX_WORDS})\s+", re.IGNORECASE)
+_APPROX_GOLD = re.compile(rf"\\approx|≈|^\s*(?:{_APPROX_WORDS})\s", re.IGNORECASE)
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _BOX_SCAN = re.compile(r"\\(?:boxed|fbox)|\\.|[{}]", re.DOTALL)
 
@@ -140,6 +149,9 @@ class GoldAnswer:
         self.last_steps = 0
         """Steps the last `matches` call spent (a work counter for tests and benchmarks)."""
         self.too_long = len(gold) > MAX_ANSWER_CHARS
+        self.approximate = bool(_APPROX_GOLD.search(gold))
+        """The gold states an approximate value: answers may say "approximately" too."""
+        gold = _APPROX_LEAD.sub("", gold) if self.approximate else gold
         self.text = canonical_text(gold)
         self.options: list[Item | None] = []
         self.letters: frozenset[str] | None = None
@@ -164,6 +176,8 @@ class GoldAnswer:
         """Whether `answer` (a box's content) equals the gold under the module's rules."""
         if self.too_long or not self.text or len(answer) > MAX_ANSWER_CHARS:
             return False
+        if self.approximate:
+            answer = _APPROX_LEAD.sub("", answer)
         text = canonical_text(answer)
         if not text:
             return False

@@ -14,17 +14,20 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared fixture files
 from bench_data import MIXED, NAMES, write_root  # noqa: E402
 
-from prco_mega.eval.bench_report import write_report  # noqa: E402
-from prco_mega.eval.bench_run import EvalSettings, run_eval  # noqa: E402
-from prco_mega.eval.bench_scoring import extract_answer, item_correct, summarise  # noqa: E402
-from prco_mega.eval.benchmarks import BY_NAME, find_folder, read_benchmark, select  # noqa: E402
+from prco_mega.eval.benchmarks.discovery import check, find, load  # noqa: E402
+from prco_mega.eval.benchmarks.registry import BY_NAME, select  # noqa: E402
+from prco_mega.eval.benchmarks.report import write_report  # noqa: E402
+from prco_mega.eval.benchmarks.run import EvalSettings, run_eval  # noqa: E402
+from prco_mega.eval.benchmarks.scoring import extract_answer, item_correct  # noqa: E402
+from prco_mega.eval.benchmarks.summary import summarise  # noqa: E402
 from prco_mega.eval.synthetic import greedy  # noqa: E402
 from prco_mega.rollout.two_stage import (engine_eos, request_of,  # noqa: E402
                                           solver_caption)
 
 pytestmark = pytest.mark.vllm
 
-SETTINGS = EvalSettings(observer_max_tokens=6, solver_max_tokens=6, chunk_size=3)
+SETTINGS = EvalSettings(observer_max_tokens=6, solver_max_tokens=6, chunk_size=3,
+                        also_verifier=True)
 KILLED_IN, KILLED_AFTER = "wemath", 3
 """The first run dies after WeMath's first chunk (3 of its 4 items), three benchmarks done."""
 
@@ -52,15 +55,14 @@ def resumed(engine, prompts, root, tmp_path_factory):
     """(out dir, JSONL bytes when killed, report of the rerun)."""
     out = tmp_path_factory.mktemp("resumed")
     with pytest.raises(Killed):
-        run_eval(engine, root, out, select("all"), SETTINGS, prompts, on_chunk=_kill,
+        run_eval(engine, check(root, select("all")), out, SETTINGS, prompts, on_chunk=_kill,
                  echo=lambda line: None)
     before = {p.stem: p.read_bytes() for p in (out / "predictions").glob("*.jsonl")}
-    return out, before, run_eval(engine, root, out, select("all"), SETTINGS, prompts)
+    return out, before, run_eval(engine, check(root, select("all")), out, SETTINGS, prompts)
 
 
 def _items(root, name):
-    bench = BY_NAME[name]
-    return read_benchmark(bench, find_folder(root, bench)).items
+    return load(find(root, BY_NAME[name])).items
 
 
 def test_a_run_killed_mid_benchmark_reruns_without_redoing_any_item(resumed, root):
@@ -83,15 +85,18 @@ def test_every_record_is_scored_from_the_text_it_shows(resumed):
         records = _lines(out / "predictions" / f"{name}.jsonl")
         for r in records:
             assert r["mode"] == "prco" and r["benchmark"] == name
-            assert 1 <= r["caption_tokens"] <= 6 and 1 <= r["response_tokens"] <= 6
-            assert r["extracted"] == extract_answer(r["response"])
-            assert r["correct"] == item_correct(name, r["extracted"], r["answer"], r)
+            # the random model may end an answer at once (a placeholder token is dropped)
+            assert 1 <= r["caption_tokens"] <= 6 and 0 <= r["response_tokens"] <= 6
+            assert r["extracted"] == extract_answer(name, r["response"], r)
+            assert r["correct"] == item_correct(name, r["extracted"], r["answer"], r,
+                                                r["response"])
+            assert isinstance(r["verifier_correct"], bool)
         assert report.summaries[name] == summarise(name, BY_NAME[name].metric, records)
 
 
 def test_the_resumed_records_are_what_one_uninterrupted_greedy_pass_gives(engine, prompts,
                                                                           root, resumed):
-    """Greedy is repeatable, so one pass over all 25 items in a single call per stage must
+    """Greedy is repeatable, so one pass over all 27 items in a single call per stage must
     give the killed-and-resumed run's captions and answers: Observer caption first, then the
     Solver prompt with that caption AND the image."""
     out, _, _ = resumed
@@ -110,7 +115,8 @@ def test_the_resumed_records_are_what_one_uninterrupted_greedy_pass_gives(engine
 
 def test_direct_mode_answers_the_single_prompt(engine, prompts, root, tmp_path):
     settings = EvalSettings(mode="direct", solver_max_tokens=6, chunk_size=4, limit=2)
-    report = run_eval(engine, root, tmp_path, select("mathvista,mmstar"), settings, prompts)
+    report = run_eval(engine, check(root, select("mathvista,mmstar"), limit=2), tmp_path,
+                      settings, prompts)
     for name in ("mathvista", "mmstar"):
         records = report.runs[name].records
         tasks = [i.task_with_images() for i in _items(root, name)[:2]]
@@ -122,11 +128,12 @@ def test_direct_mode_answers_the_single_prompt(engine, prompts, root, tmp_path):
 def test_missing_benchmarks_are_skipped_with_a_message(engine, prompts, root, tmp_path):
     partial = tmp_path / "partial"
     partial.mkdir()
-    (partial / "mmstar").symlink_to(root / "mmstar")
+    (partial / "LMUData").mkdir()  # MMStar as VLMEvalKit's flat folder holds it, no MathVerse
+    (partial / "LMUData" / "MMStar.tsv").symlink_to(root / "LMUData" / "MMStar.tsv")
     lines: list[str] = []
     settings = EvalSettings(observer_max_tokens=2, solver_max_tokens=2, limit=1)
-    report = run_eval(engine, partial, tmp_path / "out", select("mathverse,mmstar"), settings,
-                      prompts, echo=lines.append)
+    loaded = check(partial, select("mathverse,mmstar"), limit=1)
+    report = run_eval(engine, loaded, tmp_path / "out", settings, prompts, echo=lines.append)
     assert report.missing == ["mathverse"] and list(report.summaries) == ["mmstar"]
     assert "MathVerse: no folder" in lines[0] and "skipped" in lines[0]
 

@@ -9,11 +9,15 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from prco_mega.eval.bench_run import EvalReport
-from prco_mega.eval.bench_scoring import BenchSummary
-from prco_mega.eval.benchmarks import BY_NAME
-from prco_mega.eval.published import (BACKBONE_BY_HIDDEN_SIZE, COLUMNS, SOURCE,
-                                      reference_rows)
+from prco_mega.eval.benchmarks.published import (
+    BACKBONE_BY_HIDDEN_SIZE,
+    COLUMNS,
+    SOURCE,
+    reference_rows,
+)
+from prco_mega.eval.benchmarks.registry import BY_NAME
+from prco_mega.eval.benchmarks.run import EvalReport
+from prco_mega.eval.benchmarks.summary import BenchSummary
 from prco_mega.eval.report import format_table
 
 TABLE_COLUMNS = {"model": "model", **{n: BY_NAME[n].title for n in COLUMNS}, "avg": "Avg."}
@@ -49,19 +53,30 @@ def results_table(label: str, summaries: Mapping[str, BenchSummary],
 
 
 def details_table(summaries: Mapping[str, BenchSummary]) -> str:
-    """Per benchmark: items, headline number and what it is, plain accuracy."""
+    """Per benchmark: items, headline number and what it is, plain accuracy, and the project's
+    verifier beside it when it was asked for (`--also-verifier`)."""
     rows = [{"benchmark": BY_NAME[n].title, "items": s.items, "score": s.score,
-             "accuracy": s.accuracy, "score is": s.metric} for n, s in summaries.items()]
-    return format_table(rows, ["benchmark", "items", "score", "accuracy", "score is"], 2)
+             "accuracy": s.accuracy, "verifier": s.verifier_accuracy, "score is": s.metric}
+            for n, s in summaries.items()]
+    columns = ["benchmark", "items", "score", "accuracy", "verifier", "score is"]
+    if all(s.verifier_accuracy is None for s in summaries.values()):
+        columns.remove("verifier")
+    return format_table(rows, columns, 2)
+
+
+def _groups_table(groups: Mapping[str, tuple[int, float]]) -> str:
+    rows = [{"group": g, "items": n, "accuracy": acc} for g, (n, acc) in groups.items()]
+    return format_table(rows, ["group", "items", "accuracy"], 2)
 
 
 def breakdowns(summaries: Mapping[str, BenchSummary]) -> str:
-    """Each benchmark's groups (MathVerse: problem versions) and extras (WeMath dimensions,
-    DynaMath average and worst case)."""
+    """Each benchmark's groups (MathVerse: problem versions; MMStar: categories, then l2
+    categories) and extras (WeMath S1-S3 and dimensions, DynaMath average and worst case)."""
     parts = []
     for name, s in summaries.items():
-        rows = [{"group": g, "items": n, "accuracy": acc} for g, (n, acc) in s.groups.items()]
-        lines = [f"{BY_NAME[name].title}:", format_table(rows, ["group", "items", "accuracy"], 2)]
+        lines = [f"{BY_NAME[name].title}:", _groups_table(s.groups)]
+        for key, groups in s.more_groups.items():
+            lines += [f"{BY_NAME[name].title} by {key}:", _groups_table(groups)]
         if s.extra:
             lines.append("  " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
                                           for k, v in s.extra.items()))
@@ -106,6 +121,8 @@ def write_report(out_dir: Path, label: str, report: EvalReport, backbone: str | 
     text = "\n\n".join([results_table(label, s, backbone), details_table(s), breakdowns(s)])
     if report.missing:
         text += "\n\nnot run (no folder): " + ", ".join(BY_NAME[n].title for n in report.missing)
+    for name, problem in report.problems.items():
+        text += f"\nnot run ({BY_NAME[name].title}): {problem}"
     skipped = {n: dict(r.skipped) for n, r in report.runs.items() if r.skipped}
     if skipped:
         text += f"\nskipped rows: {skipped}"
@@ -116,6 +133,7 @@ def write_report(out_dir: Path, label: str, report: EvalReport, backbone: str | 
     summary = {"model": label, "backbone": backbone, "settings": dataclasses.asdict(settings),
                "benchmarks": {n: dataclasses.asdict(v) for n, v in s.items()},
                "average": run_row(label, s)["avg"], "missing": report.missing,
+               "problems": report.problems,
                "skipped": skipped, "reference": reference_rows(backbone), "source": SOURCE}
     paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
     plot_results(label, s, backbone, paths["chart"])
