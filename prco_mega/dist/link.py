@@ -25,6 +25,9 @@ import pickle
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+import torch.distributed as dist
+
 from prco_mega.dist.world import ensure_world, exchange_objects
 
 ROLE_LEARNER = "learner"
@@ -37,8 +40,6 @@ class Link:
     """A process group over chosen global ranks of both worlds; `rank` is the place in `ranks`."""
 
     def __init__(self, store, name: str, ranks: list[int], global_rank: int, backend: str = "gloo"):
-        import torch.distributed as dist
-
         if global_rank not in ranks:
             raise ValueError(f"rank {global_rank} is not a member of link {name!r} ({ranks})")
         self.name, self.ranks = name, list(ranks)
@@ -52,16 +53,12 @@ class Link:
 
     def broadcast(self, tensor, src: int) -> None:
         """In place, from member `src` (a place in `ranks`)."""
-        import torch.distributed as dist
-
         opts = dist.BroadcastOptions()
         opts.rootRank, opts.rootTensor = src, 0
         self.pg.broadcast([tensor], opts).wait()
 
     def broadcast_object(self, obj: Any, src: int) -> Any:
         """`obj` of member `src` on every member (pickled; small metadata)."""
-        import torch
-
         blob = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL) if self.rank == src else b""
         size = torch.tensor([len(blob)], dtype=torch.int64)
         self.broadcast(size, src)
@@ -73,8 +70,6 @@ class Link:
     def exchange(self, outbox: list[Any]) -> list[Any]:
         """All-to-all of Python objects: `outbox[d]` goes to member d; returns what each member
         sent here (`world.exchange_objects`: pickled once, each crossing the network once)."""
-        import torch.distributed as dist
-
         def all_to_all(out, inp, out_splits, in_splits):
             self.pg.alltoall_base(out, inp, out_splits, in_splits, dist.AllToAllOptions()).wait()
 
@@ -123,8 +118,6 @@ class SplitWorld:
 
 
 def _weight_backend() -> str:
-    import torch
-
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
@@ -132,9 +125,6 @@ def split_world(learner_size: int) -> SplitWorld:
     """Split torchrun's world into the learner's ranks [0, learner_size) and the engines' ranks
     after them; each becomes its side's default group. Call before anything else touches
     torch.distributed (instead of `world.init_world`)."""
-    import torch
-    import torch.distributed as dist
-
     ensure_world()
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if not 0 < learner_size < size:

@@ -7,7 +7,11 @@ explicitly; these helpers only use the default (world) group.
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Any
+
+import torch
+import torch.distributed as dist
 
 
 def ensure_world() -> None:
@@ -22,9 +26,6 @@ def init_world() -> None:
     the other ranks wait (NCCL with CUDA, gloo without). A world of one meets in an in-memory
     store: no TCP port is taken, so none can be lost to another job between choosing and binding
     it."""
-    import torch
-    import torch.distributed as dist
-
     ensure_world()
     if dist.is_initialized():
         return
@@ -40,37 +41,27 @@ def init_world() -> None:
 def is_host() -> bool:
     """Rank 0 writes the logs, reports and cached artifacts (every rank hosts an engine rank and
     walks the same data stream)."""
-    import torch.distributed as dist
-
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def rank() -> int:
     """This process's rank in the world (0 outside a distributed world)."""
-    import torch.distributed as dist
-
     return dist.get_rank() if dist.is_initialized() else 0
 
 
 def world_size() -> int:
     """Ranks in the world (1 outside a distributed world)."""
-    import torch.distributed as dist
-
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
 def barrier() -> None:
     """Wait for every rank (no-op outside a distributed world)."""
-    import torch.distributed as dist
-
     if dist.is_initialized():
         dist.barrier()
 
 
 def broadcast(obj: Any) -> Any:
     """`obj` from rank 0 on every rank (identity in a world of one)."""
-    import torch.distributed as dist
-
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return obj
     box = [obj]
@@ -78,10 +69,8 @@ def broadcast(obj: Any) -> Any:
     return box[0]
 
 
-def device():
+def device() -> torch.device:
     """This rank's compute device: its CUDA device when there is one, else the CPU."""
-    import torch
-
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -92,8 +81,6 @@ def exchange(outbox: list[Any], group: Any = None) -> list[Any]:
     returns `inbox[s]`, what rank s sent here. Each object is pickled once and crosses the network
     once, to its destination only (sizes first, then one `all_to_all_single` of bytes); in a world
     of one it is returned as is."""
-    import torch.distributed as dist
-
     if not dist.is_initialized() or dist.get_world_size(group) == 1:
         return list(outbox)
 
@@ -107,10 +94,6 @@ def exchange(outbox: list[Any], group: Any = None) -> list[Any]:
 def exchange_objects(outbox: list[Any], size: int, all_to_all) -> list[Any]:
     """`exchange` over any transport: `all_to_all(out, inp, out_splits, in_splits)` moves uint8
     tensors between the `size` members (a registered group's `all_to_all_single`, or a link's)."""
-    import pickle
-
-    import torch
-
     if len(outbox) != size:
         raise ValueError(f"exchange needs one object per member ({size}), got {len(outbox)}")
     blobs = [pickle.dumps(o, protocol=pickle.HIGHEST_PROTOCOL) for o in outbox]
@@ -132,8 +115,6 @@ def exchange_objects(outbox: list[Any], size: int, all_to_all) -> list[Any]:
 def all_gather(obj: Any, group: Any = None) -> list[Any]:
     """`obj` of every rank of `group`, in rank order (small metadata only: it is pickled to every
     rank)."""
-    import torch.distributed as dist
-
     if not dist.is_initialized() or dist.get_world_size(group) == 1:
         return [obj]
     out = [None] * dist.get_world_size(group)
