@@ -1,15 +1,25 @@
-"""The `prco-mega` command. Each subcommand imports its heavy parts only when it runs."""
+"""The `prco-mega` command. The subcommands' modules load neither torch nor a heavy package when
+imported (`--help` and `plan` stay fast); each loads them when it runs."""
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
-from typing import Callable
+from collections.abc import Callable
+from pathlib import Path
+
+from prco_mega.bridge import convert_cli
+from prco_mega.cluster import launch
+from prco_mega.cluster.plan import plan_config
+from prco_mega.config import load_config
+from prco_mega.data.preview import write_preview
+from prco_mega.data.synthetic import SyntheticConfig
+from prco_mega.data.validate import check_data
+from prco_mega.eval.benchmarks import cli as eval_cli
 
 
 def _data_preview(args: argparse.Namespace) -> int:
-    from prco_mega.data.preview import write_preview
-    from prco_mega.data.synthetic import SyntheticConfig
-
     cfg = SyntheticConfig(seed=args.seed, image_size=args.image_size, difficulty=args.difficulty)
     paths = write_preview(args.out, args.n, cfg)
     print(f"wrote {len(paths)} files to {args.out}")
@@ -17,9 +27,6 @@ def _data_preview(args: argparse.Namespace) -> int:
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from prco_mega.config import load_config
-    from prco_mega.data.validate import check_data
-
     print(check_data(load_config(args.config, args.overrides).data).line())
     return 0
 
@@ -42,16 +49,11 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import os
-
-    from prco_mega.config import load_config
-    from prco_mega.data.validate import check_data
-
     cfg = load_config(args.config, args.overrides)  # refused here, before anything starts
     data = check_data(cfg.data)  # so is bad data: before the world, learner and engines
     if os.environ.get("RANK", "0") == "0":
         print(data.line(), flush=True)
-    from prco_mega.runtime.loop import main as run_main
+    from prco_mega.runtime.loop import main as run_main  # imports torch at its top
 
     run_main(cfg, resume_run=args.resume)
     return 0
@@ -67,8 +69,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from prco_mega.cluster.plan import plan_config
-
     plan = plan_config(args.config, args.overrides)
     print(plan.table())
     return 0 if plan.fits else 2
@@ -82,16 +82,12 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_launch(sub: argparse._SubParsersAction) -> None:
-    from prco_mega.cluster import launch
-
     parser = sub.add_parser("launch", help="torchrun / Slurm launch of a cluster config")
     launch.add_arguments(parser)
     parser.set_defaults(func=launch.run_from_args)
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
-    from prco_mega.bridge import convert_cli
-
     parser = sub.add_parser("convert", help="checkpoint conversion: HF <-> Megatron, any TP/PP")
     convert_cli.add_arguments(parser)
     parser.set_defaults(func=convert_cli.run_from_args)
@@ -103,9 +99,6 @@ _BENCHMARKS = {"kernels": "bench_kernels.py", "sync": "bench_sync.py", "compile"
 
 def _bench(args: argparse.Namespace) -> int:
     """Run a benchmark script from the checkout's tools/ (they print their own tables)."""
-    import subprocess
-    from pathlib import Path
-
     script = Path(__file__).resolve().parents[1] / "tools" / _BENCHMARKS[args.which]
     if not script.is_file():
         raise ValueError(f"{script} not found: benchmarks run from a source checkout "
@@ -123,23 +116,15 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench.set_defaults(func=_bench)
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from prco_mega.eval.benchmarks import cli as eval_cli
-
-    return eval_cli.run_from_args(args)
-
-
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from prco_mega.eval.benchmarks import cli as eval_cli
-
     parser = sub.add_parser("eval", help="the paper's eight benchmarks from local files "
                             "(Observer -> Solver or direct), table + JSONL + PNG, resumable")
     eval_cli.add_arguments(parser)
-    parser.set_defaults(func=_eval)
+    parser.set_defaults(func=eval_cli.run_from_args)
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from prco_mega.tracking.page import write_page
+    from prco_mega.tracking.page import write_page  # its rollout reader imports torch
 
     path = write_page(args.run_dir, step=args.step, compare=args.compare, limit=args.limit,
                       out=args.out)
