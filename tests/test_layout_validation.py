@@ -3,7 +3,7 @@ with a ValueError that names the numbers (`check_layout`, the one rule set of pl
 convert and the learner; tests/test_refusals.py runs each rule through the command line)."""
 import pytest
 
-from prco_mega.learner.parallel import LayoutDims, check_layout
+from prco_mega.learner.layout import LayoutDims, check_layout
 from prco_mega.families.qwen2_5_vl.tiny import TinySizes
 
 # Qwen2.5-VL-7B's language model, as its config.json states it

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prco_mega.learner.parallel import check_deepstack_placement
+from prco_mega.learner.layout import check_deepstack_placement
 from prco_mega.families.qwen3_vl.parts import add_deepstack, interleaved_mrope_freqs
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -2,7 +2,7 @@
 `launch` and `convert` exit 2 with one line `prco-mega: error: ...` naming the numbers, and start
 no torchrun (an audit hook in the command's process tree records every child it would start).
 
-The rules are `learner.parallel.check_layout`'s, the function the learner runs too. Each command
+The rules are `learner.layout.check_layout`'s, the function the learner runs too. Each command
 reads the model's sizes from a config.json: the planner and the launcher through `cluster.model`,
 the converter from its source directory, before transformers or Megatron load.
 """

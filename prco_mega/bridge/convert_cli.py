@@ -1,7 +1,7 @@
 """Command line of checkpoint conversion (`prco-mega convert`, `tools/convert_checkpoint.py`).
 
 Outside torchrun the command checks everything it can without starting a process group (the
-layout against the model by `learner.parallel.check_layout`, from config.json alone, first; then
+layout against the model by `learner.layout.check_layout`, from config.json alone, first; then
 the source's config and tensor manifest and the output path: mistakes fail in seconds), then
 launches `torchrun --standalone --nproc_per_node tp*pp -m prco_mega.bridge.convert_cli ...` on
 this node and returns its exit status (the standalone rendezvous binds a free port and holds it,
@@ -23,7 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prco_mega.learner.parallel import check_layout
+import prco_mega
+from prco_mega.learner.layout import check_layout
 
 DIRECTIONS = ("hf2mcore", "mcore2hf")
 
@@ -55,6 +56,7 @@ def under_torchrun() -> bool:
 
 def preflight(args: argparse.Namespace) -> None:
     """Every check possible without a process group; ValueError names the problem."""
+    # bridge.convert imports torch at its top: `prco-mega --help` loads this module, not it
     from prco_mega.bridge.convert import (check_hf_source, check_output, reference_config,
                                           resolve_megatron_checkpoint)
 
@@ -96,8 +98,6 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(" ".join(cmd))
         return 0
-    import prco_mega
-
     root = os.path.dirname(os.path.dirname(os.path.abspath(prco_mega.__file__)))
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}

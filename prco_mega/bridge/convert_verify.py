@@ -12,7 +12,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.distributed as dist
+from PIL import Image
+
+from prco_mega.bridge.convert import _build, resolve_megatron_checkpoint
+from prco_mega.bridge.hf_io import load_hf_config
+from prco_mega.learner.checkpoint import load_checkpoint
+from prco_mega.learner.parallel import destroy_parallel, init_parallel
+from prco_mega.learner.train_step import sequence_logprobs
 
 VERIFY_TOLERANCE = 1e-4
 """Largest fp32 |log-prob difference| a correct conversion shows (tiny: ~1e-6)."""
@@ -22,8 +31,6 @@ def verify_input(hf_dir: str | Path, hf_config, seed: int = 0) -> dict[str, torc
     """The processor's inputs for one image + question chat prompt: input_ids [1, T],
     attention_mask [1, T], pixel_values [P, C*T*ps*ps], image_grid_thw [1, 3], ... (random
     input_ids [1, 24] without a processor)."""
-    import numpy as np
-    from PIL import Image
     from transformers import AutoProcessor
 
     try:
@@ -47,8 +54,6 @@ def hf_logprobs(hf_dir: str | Path, sample: dict[str, torch.Tensor]) -> torch.Te
     """[T-1] log p(token t | tokens < t) under transformers' model of `hf_dir` (fp32)."""
     import transformers
 
-    from prco_mega.bridge.hf_io import load_hf_config
-
     cfg = load_hf_config(hf_dir)
     model_cls = getattr(transformers, cfg.architectures[0])
     model = model_cls.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
@@ -59,8 +64,6 @@ def hf_logprobs(hf_dir: str | Path, sample: dict[str, torch.Tensor]) -> torch.Te
 
 def megatron_logprobs(chunks, pg, hf_config, sample: dict[str, torch.Tensor]) -> torch.Tensor:
     """[T-1] the same log-probs from Megatron chunks (collective over the world)."""
-    from prco_mega.learner.train_step import sequence_logprobs
-
     lp = sequence_logprobs(chunks, sample["input_ids"][0], hf_config, pg=pg,
                            pixel_values=sample.get("pixel_values"),
                            image_grid_thw=sample.get("image_grid_thw"))
@@ -71,13 +74,6 @@ def verify_conversion(hf_dir: str | Path, ckpt_dir: str | Path, tp: int, pp: int
                       vpp: int | None = None, *, use_te: bool | None = None) -> float:
     """max_t |log p_HF(t) - log p_Megatron(t)| in fp32 between transformers on `hf_dir` and
     Megatron at (tp, pp, vpp) loaded from `ckpt_dir`. Collective; every rank gets the value."""
-    import torch.distributed as dist
-
-    from prco_mega.bridge.convert import _build, resolve_megatron_checkpoint
-    from prco_mega.bridge.hf_io import load_hf_config
-    from prco_mega.learner.checkpoint import load_checkpoint
-    from prco_mega.learner.parallel import destroy_parallel, init_parallel
-
     hf_config = load_hf_config(hf_dir)
     sample = verify_input(hf_dir, hf_config)
     pg = init_parallel(tp, pp, vpp, hf_config=hf_config)

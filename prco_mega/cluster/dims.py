@@ -9,8 +9,6 @@ from pathlib import Path
 
 from prco_mega.cluster.sizes import ModelDims, VisionDims, shared_dims_from_hf_config
 from prco_mega.families import FAMILIES, presets
-# `cluster.plan` re-exports QWEN25_VL from here until it reads the presets from the registry
-from prco_mega.families.qwen2_5_vl.preset import QWEN25_VL  # noqa: F401
 
 
 def model_dims(name_or_path: str) -> ModelDims:

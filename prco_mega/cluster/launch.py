@@ -1,7 +1,7 @@
 """Cluster launchers: torchrun command lines per node, or a complete Slurm sbatch script.
 
 `build_launch(config, mode, config_path)` judges the layout by the rule set the planner, the
-converter and the learner share (`learner.parallel.check_layout`: world size = TP * PP * DP, the
+converter and the learner share (`learner.layout.check_layout`: world size = TP * PP * DP, the
 model's heads, KV heads, vocabulary and layers divide, deepstack on the first stage) and, unless
 told not to, refuses a config whose memory plan does not fit, before anything starts.
 `LaunchSpec.render()` is what `--dry-run` prints.
@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from prco_mega.cluster.plan_inputs import ClusterSection, SlurmSection, plan_inputs_from_config
 from prco_mega.cluster.memory import check_fits, plan_memory
+from prco_mega.cluster.plan_inputs import ClusterSection, SlurmSection, plan_inputs_from_config
+from prco_mega.config import load_yaml
 
 Mode = Literal["torchrun", "slurm"]
 HEAD_PLACEHOLDER = "HEAD_NODE_ADDR"
@@ -228,8 +229,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from prco_mega.config import load_yaml
-
     config = load_yaml(args.config, args.overrides)
     train_args = tuple(args.overrides)
     spec = build_launch(config, args.mode, args.config, node_rank=args.node_rank,

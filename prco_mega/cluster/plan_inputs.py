@@ -5,7 +5,7 @@ launch settings, memory assumptions). `PlanInputs` is the flat set of numbers th
 from a whole config mapping by `plan_inputs_from_config`, which reads the `learner:` section through
 the learner's own typed config, the `engine:` section through the rollout engine's typed config,
 `kernels.impl` and `cluster:`; the layout is judged by the rule set the converter and the learner
-share (`learner.parallel.check_layout`).
+share (`learner.layout.check_layout`).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Literal
 
 from prco_mega.config import AlgoSection, KernelsSection, from_dict
 from prco_mega.learner.config import LearnerConfig
-from prco_mega.learner.parallel import Layout, LayoutDims, check_layout
+from prco_mega.learner.layout import Layout, LayoutDims, check_layout
 from prco_mega.cluster.config import ClusterSection, MemoryAssumptions, SlurmSection  # noqa: F401
 from prco_mega.cluster.dims import ModelDims, model_dims
 from prco_mega.rollout.config import EngineConfig

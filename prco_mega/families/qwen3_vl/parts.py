@@ -1,6 +1,6 @@
 """Qwen3-VL's pieces that differ from Qwen2.5-VL, as pure torch functions: interleaved MRoPE and
 the deepstack addition (the check that the deepstack layers sit on the first pipeline stage is
-`learner.parallel.check_deepstack_placement`, torch-free for the planner).
+`learner.layout.check_deepstack_placement`, torch-free for the planner).
 
 Interleaved MRoPE (transformers' `Qwen3VLTextRotaryEmbedding`): rotary frequency j of the head's
 D/2 takes its position from the temporal axis, except j = 1, 4, 7, ... < 3 * section[1] (height)

@@ -12,7 +12,7 @@ bridge) takes it as is.
   deepstack level.
 - Deepstack: forward hooks on decoder layers 0..L-1 add level l's features at the image tokens
   (`parts.add_deepstack`), on the sequence slice of this rank under sequence parallelism.
-  The layers must be on the first pipeline stage (`parallel.check_deepstack_placement`, a
+  The layers must be on the first pipeline stage (`layout.check_deepstack_placement`, a
   ValueError with the numbers). A micro-batch without images has no features and the hooks add
   nothing.
 
@@ -35,7 +35,7 @@ from prco_mega.learner.model import (RMSNorm, VisionLanguageModel, build_chunks,
 # after learner.model, which makes torchvision importable before Megatron's HF module loads
 from megatron.core.models.huggingface.module import HuggingFaceModule  # noqa: E402
 from megatron.core.transformer.transformer_config import TransformerConfig  # noqa: E402
-from prco_mega.learner.parallel import check_deepstack_placement
+from prco_mega.learner.layout import check_deepstack_placement
 from prco_mega.families.qwen3_vl.parts import add_deepstack, interleaved_mrope_freqs
 
 
