@@ -24,9 +24,11 @@ from prco_mega.eval.benchmarks.registry import (
     select,
     splits_help,
 )
+from prco_mega.eval.benchmarks.report import backbone_of, write_report
 from prco_mega.eval.benchmarks.run import MODES, EvalReport, EvalSettings, run_eval
 from prco_mega.rollout.config import EngineConfig
 from prco_mega.rollout.placement import Shard, engine_placement
+from prco_mega.rollout.vllm_engine import VllmEngine
 
 EVAL_MAX_MODEL_LEN = 8192
 """Engine default for evaluation: a 1,024-token caption, a 2,048-token answer and up to 1,280
@@ -93,6 +95,7 @@ def _world() -> tuple[int, int]:
     """(world size, rank): torchrun's world (started here), or a world of one."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 1, 0
+    # dist.world imports torch at its top; `prco-mega --help` and `--check` load this module
     from prco_mega.dist.world import init_world, rank, world_size
 
     init_world()
@@ -102,9 +105,7 @@ def _world() -> tuple[int, int]:
 def _start_engine(model: Path, config: EngineConfig):
     """This rank's engine; every rank starts its own at the same moment (vLLM's start-up is
     collective over a torchrun world)."""
-    import torch
-
-    from prco_mega.rollout.vllm_engine import VllmEngine
+    import torch  # here, not at the top: `prco-mega --help` and `--check` load this module
 
     threads = torch.get_num_threads()
     engine = VllmEngine(model, config)
@@ -127,8 +128,6 @@ def _throughput(report: EvalReport, engines: int) -> str:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from prco_mega.eval.benchmarks.report import backbone_of, write_report
-
     root = Path(args.data_root)
     benchmarks, splits = select(args.benchmarks), parse_splits(args.split)
     settings, config = settings_of(args), engine_config(list(args.overrides))
