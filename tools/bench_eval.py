@@ -26,6 +26,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
+from prco_mega.tiny.checkpoint import make_tiny_checkpoint
+from prco_mega.tiny.tokenizer import demo_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = re.compile(r"answered (\d+) items in ([\d.]+) s on (\d+) engine\(s\): ([\d.]+) items/s")
@@ -33,8 +37,6 @@ RATE = re.compile(r"answered (\d+) items in ([\d.]+) s on (\d+) engine\(s\): ([\
 
 def drawn_png(seed: int, size: int = 56) -> str:
     """Base64 PNG of random 14 px blocks (56 px: 4 image tokens)."""
-    from PIL import Image
-
     blocks = np.random.default_rng(seed).integers(0, 256, (size // 14, size // 14, 3), np.uint8)
     out = io.BytesIO()
     Image.fromarray(np.kron(blocks, np.ones((14, 14, 1), np.uint8))).save(out, format="PNG")
@@ -85,8 +87,6 @@ def main() -> None:
                         help="Observer and Solver token limits (the random model fills them)")
     parser.add_argument("overrides", nargs="*", help="engine settings key=value")
     args = parser.parse_args()
-    from prco_mega.data.tokenizer import demo_corpus, make_tiny_checkpoint
-
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         model = make_tiny_checkpoint(base / "tiny", demo_corpus(3000, seed=0), seed=0,
