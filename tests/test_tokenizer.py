@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prco_mega.families import family
 from prco_mega.tiny.checkpoint import make_tiny_checkpoint
-from prco_mega.tiny.tokenizer import (SPECIAL_TOKENS, demo_corpus, save_processor,
+from prco_mega.tiny.tokenizer import (CHAT_TEMPLATE, SPECIAL_TOKENS, demo_corpus,
                                       special_token_ids, train_tokenizer)
 
 
@@ -23,7 +24,7 @@ def tokenizer():
 def saved_dir(tokenizer, tmp_path_factory):
     out = tmp_path_factory.mktemp("tok")
     tokenizer.save_pretrained(out)
-    save_processor(out)
+    family("qwen2_5_vl").tiny.save_processor(out, tokenizer, CHAT_TEMPLATE)
     return out
 
 

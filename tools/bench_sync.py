@@ -30,11 +30,13 @@ from engine_host import EngineProcess  # beside this script (tools/)
 
 from prco_mega.bridge.colocated import sync_weights
 from prco_mega.bridge.hf_io import load_hf_config, load_hf_into_megatron
-from prco_mega.families.qwen2_5_vl.tiny import TinySizes, build_tiny_qwen25vl, tiny_qwen25vl_config
+from prco_mega.families.qwen2_5_vl.tiny import (TinySizes, build_tiny_qwen25vl,
+                                                save_qwen25vl_processor, tiny_qwen25vl_config)
 from prco_mega.learner.parallel import init_parallel
 from prco_mega.learner.provider import build_model
 from prco_mega.rollout import EngineConfig, VllmEngine
-from prco_mega.tiny.tokenizer import demo_corpus, save_processor, special_token_ids, train_tokenizer
+from prco_mega.tiny.tokenizer import (CHAT_TEMPLATE, demo_corpus, special_token_ids,
+                                      train_tokenizer)
 
 MODELS = {
     "tiny": {},
@@ -56,7 +58,7 @@ def make_checkpoint(name: str, out: Path) -> Path:
     config = tiny_qwen25vl_config(sizes, special_token_ids(tokenizer))
     build_tiny_qwen25vl(config, seed=0).save_pretrained(out)
     tokenizer.save_pretrained(out)
-    save_processor(out, tokenizer)
+    save_qwen25vl_processor(out, tokenizer, CHAT_TEMPLATE)
     return out
 
 

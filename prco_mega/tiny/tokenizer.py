@@ -3,9 +3,9 @@
 `train_tokenizer` trains a sentencepiece BPE model in-process on a corpus (any iterable of
 strings) and converts it to a Hugging Face fast tokenizer (`tokenizer.json`) carrying Qwen2.5-VL's
 seven special tokens and a Qwen2.5-VL-style chat template, so transformers, vLLM and Megatron all
-read the same files. `save_processor` adds the image + video processor configs that
-`AutoProcessor.from_pretrained` needs; `tiny.checkpoint.make_tiny_checkpoint` writes a complete
-model directory.
+read the same files. The family's processor saver (`TinyBuilder.save_processor`) adds the image +
+video processor configs that `AutoProcessor.from_pretrained` needs;
+`tiny.checkpoint.make_tiny_checkpoint` writes a complete model directory.
 
 Text handling is lossless by construction: no normalisation, no dummy prefix, spaces become "▁"
 and unknown characters fall back to bytes, so `decode(encode(s)) == s` for any string (except the
@@ -16,10 +16,13 @@ from __future__ import annotations
 import io
 import random
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prco_mega.families.qwen2_5_vl.tiny import SpecialTokenIds, save_qwen25vl_processor
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+from prco_mega.families.qwen2_5_vl.tiny import SpecialTokenIds
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -84,8 +87,6 @@ def train_sentencepiece(corpus: Iterable[str], vocab_size: int) -> bytes:
     the 256 byte pieces, so it must be > 257 + a few pieces. Tiny corpora may yield fewer pieces
     than asked (`hard_vocab_limit=False`).
     """
-    import sentencepiece as spm
-
     if vocab_size < 300:
         raise ValueError(f"sentencepiece vocab_size ({vocab_size}) must be >= 300 (it holds the "
                          "256 byte-fallback pieces)")
@@ -120,9 +121,6 @@ def bpe_merges(pieces: list[str]) -> list[tuple[str, str]]:
 
 def sentencepiece_to_hf(model_proto: bytes):
     """Build a `tokenizers.Tokenizer` equivalent to a BPE sentencepiece model (lossless)."""
-    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
     proto = sp_pb2.ModelProto()
     proto.ParseFromString(model_proto)
     if proto.trainer_spec.model_type != sp_pb2.TrainerSpec.BPE:
@@ -149,7 +147,6 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 505,
     `<|reserved_k|>` fillers up to a multiple of `pad_to_multiple_of`, so len(tokenizer) equals the
     model's vocab size and every id the model can sample decodes.
     """
-    from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
     tok = sentencepiece_to_hf(train_sentencepiece(corpus, vocab_size))
@@ -176,17 +173,3 @@ def special_token_ids(tokenizer) -> SpecialTokenIds:
             raise ValueError(f"special token {token!r} encodes to {enc}, not a single id")
         ids.append(enc[0])
     return SpecialTokenIds(*ids)
-
-
-def save_processor(out_dir: str | Path, tokenizer=None, min_pixels: int = 28 * 28,
-                   max_pixels: int = 28 * 28 * 64) -> Path:
-    """Write the tiny Qwen2.5-VL's processor with this chat template into `out_dir`
-    (`families.qwen2_5_vl.tiny.save_qwen25vl_processor`); `tokenizer` defaults to the one already
-    saved in `out_dir`."""
-    from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable
-
-    ensure_torchvision_importable()
-    from transformers import AutoTokenizer
-
-    tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(out_dir)
-    return save_qwen25vl_processor(out_dir, tokenizer, CHAT_TEMPLATE, min_pixels, max_pixels)
