@@ -3,7 +3,8 @@ windowed ViT with patch merger) at sizes that train in minutes on two cores.
 
 No pretrained weights exist on CPU machines, so tests and the tiny run build this model with random
 weights through transformers and save it as a normal Hugging Face checkpoint that Megatron, vLLM
-and transformers all load.
+and transformers all load. The family registry, which the planner and config loading read, imports
+this module: torch and transformers are imported by the functions that build.
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ tanh-GELU, no window attention) at sizes that run in seconds on two cores.
 
 Like the tiny Qwen2.5-VL (`families/qwen2_5_vl/tiny.py`) it is built with random weights through
 transformers' own `qwen3_vl` classes and saved as a normal Hugging Face checkpoint that Megatron,
-vLLM and transformers all load.
+vLLM and transformers all load; torch and transformers are imported by the functions that build
+(the family registry, which the planner reads, imports this module).
 """
 from __future__ import annotations
 
