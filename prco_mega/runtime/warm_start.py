@@ -18,13 +18,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prco_mega.runtime import build
-
-from prco_mega.dist import world
+from prco_mega.bridge.hf_io import export_megatron_to_hf
 from prco_mega.config import RunConfig
 from prco_mega.data.synthetic import source_of
+from prco_mega.dist import world
 from prco_mega.families import family as family_of
+from prco_mega.learner.loss_paths import LossSettings
+from prco_mega.learner.parallel import destroy_parallel
+from prco_mega.learner.vision_inputs import expand_image_pads
+from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable
+from prco_mega.runtime import build
 from prco_mega.tiny.checkpoint import make_tiny_checkpoint
+from prco_mega.tiny.demos import DemoNoise, demonstrations
 from prco_mega.types import Task, Trajectory
 
 CACHE_VERSION = "5"  # bump when the recipe below changes
@@ -51,8 +56,6 @@ def build_cached(out: Path, build: Callable[[Path], None], *, is_writer: bool = 
 
 def training_corpus(tasks: list[Task], prompts: Any, seed: int) -> list[str]:
     """Text the tokenizer is trained on: the role prompts and demonstrations of synthetic tasks."""
-    from prco_mega.tiny.demos import demonstrations
-
     rng, corpus = random.Random(seed), []
     for task in tasks:
         caption, answer = demonstrations(task, rng)
@@ -79,9 +82,6 @@ def demonstration_trajectories(tasks: list[Task], prompts: Any, tokenizer: Any, 
                                rng: random.Random, noise: Any) -> list[Trajectory]:
     """One Observer and one Solver demonstration per task; the Solver sees the image half the time
     (the caption-first warm-up and the later phase both start from here)."""
-    from prco_mega.tiny.demos import demonstrations
-    from prco_mega.learner.vision_inputs import expand_image_pads
-
     out = []
     for task in tasks:
         caption, answer = demonstrations(task, rng, noise)
@@ -100,8 +100,6 @@ def warm_start(policy: Any, stream: Any, prompts: Any, tokenizer: Any, section: 
                log: Callable[[int, dict], None]) -> None:
     """`section.steps` supervised steps (the policy's loss path is `loss_paths.Supervised`:
     cross-entropy on responses, per-role global means)."""
-    from prco_mega.tiny.demos import DemoNoise
-
     rng, noise = random.Random(seed), DemoNoise(section.drop, section.corrupt, section.bias,
                                                   section.misreads)
     for step in range(section.steps):
@@ -153,8 +151,6 @@ def warm_learner_config(cfg: RunConfig):
 
 def prepare_model(cfg: RunConfig) -> Path:
     """Base model, then (once, cached) its warm start; returns the checkpoint RL starts from."""
-    from prco_mega.learner.loss_paths import LossSettings
-
     base = base_model(cfg)
     ws = cfg.warm_start
     if ws.steps == 0:
@@ -184,9 +180,6 @@ def prepare_model(cfg: RunConfig) -> Path:
 def _publish(policy: Any, base: Path, out: Path) -> None:
     """Export the trained weights as `out` (written beside it, renamed when complete), then tear
     the stage's learner down so that RL builds its own."""
-    from prco_mega.bridge.hf_io import export_megatron_to_hf
-    from prco_mega.learner.parallel import destroy_parallel
-
     tmp = out.with_name(out.name + ".tmp")
     export_megatron_to_hf(policy.chunks, tmp, policy.pg, policy.hf_config, copy_files_from=base)
     world.barrier()
@@ -198,8 +191,6 @@ def _publish(policy: Any, base: Path, out: Path) -> None:
 
 
 def _tokenizer(model_dir: Path):
-    from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable
-
     ensure_torchvision_importable()
     from transformers import AutoTokenizer
 
