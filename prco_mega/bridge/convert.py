@@ -37,17 +37,12 @@ from safetensors.torch import save_file
 from prco_mega.bridge.hf_io import (INDEX_NAME, HFCheckpointReader, layer_offset, load_hf_config,
                                     load_hf_into_megatron, mapping_args, megatron_params, unwrap)
 from prco_mega.bridge.mapping import family_table, hub_name, megatron_shards_to_hf, tp_split_dim
+from prco_mega.families import family
 from prco_mega.learner.checkpoint import (COMPLETE_MARKER, _finalize, is_complete,
                                           latest_checkpoint, load_checkpoint,
                                           model_sharded_state_dict)
 from prco_mega.learner.parallel import destroy_parallel, init_parallel
 from prco_mega.learner.provider import build_model
-
-ARCHITECTURES: dict[str, tuple[str, ...]] = {
-    "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration",),
-    "qwen3_vl": ("Qwen3VLForConditionalGeneration",),
-}
-"""Hugging Face architectures (config `architectures`) each mapping table describes."""
 
 HF_FILES_DIR = "hf"
 """Subdirectory of a converted Megatron checkpoint holding the source's non-weight files."""
@@ -63,9 +58,9 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".
 
 # ----------------------------------------------------------------------------- source checks
 def check_architecture(hf_config) -> None:
-    """ValueError unless `hf_config` is a model type and architecture with a mapping table."""
-    family_table(hf_config.model_type)
-    known = ARCHITECTURES.get(hf_config.model_type, ())
+    """ValueError unless `hf_config` is a model type and architecture with a mapping table (the
+    family's `architectures`)."""
+    known = family(hf_config.model_type).architectures
     archs = list(getattr(hf_config, "architectures", None) or [])
     unknown = [a for a in archs if a not in known]
     if unknown:
@@ -79,7 +74,7 @@ def expected_hf_tensors(hf_config) -> dict[str, tuple[int, ...]]:
     import transformers
 
     arch = (list(getattr(hf_config, "architectures", None) or [])
-            or list(ARCHITECTURES[hf_config.model_type]))[0]
+            or list(family(hf_config.model_type).architectures))[0]
     with torch.device("meta"):
         model = getattr(transformers, arch)._from_config(hf_config)
     out = {hub_name(k, hf_config.model_type): tuple(v.shape)
