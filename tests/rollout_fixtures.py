@@ -52,7 +52,7 @@ def task_rollout(task: Task, index: int, g_o: int, g_s: int, step: int) -> TaskR
 def scored_block(tasks: list[Task], block: range, *, g_o: int = 4, g_s: int = 3,
                  step: int = 0, seed: int = 7) -> Scored:
     """The engine's block of a step, scored as the run scores it (the generator seeded per step,
-    as `algorithms.OneDraw` does)."""
+    as `runtime.samplers.OneDraw` does)."""
     rollouts = [task_rollout(tasks[i], i, g_o, g_s, step) for i in block]
     generator = torch.Generator().manual_seed(seed + step)
     return PRCOCredit(RuleLeakageChecker(), generator)(rollouts)

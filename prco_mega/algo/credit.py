@@ -2,7 +2,7 @@
 
 A credit assigner turns the step's rollouts into the trajectories that enter the loss (reward and
 advantage set) plus metrics. The algorithms (PRCO, PRCO with a shared outcome reward, GRPO, DAPO)
-are different assigners chosen by config, so the controller's loop has no per-algorithm branch.
+are different assigners chosen by config, so the loop (`runtime.loop`) has no per-algorithm branch.
 It sits above `rewards` and `algo`, which import nothing of each other.
 """
 from __future__ import annotations

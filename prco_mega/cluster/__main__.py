@@ -1,5 +1,5 @@
-"""`python -m prco_mega.cluster.plan CONFIG [key=value ...]`: print the per-GPU memory plan; exit 2 when the
-config does not fit (the same as `prco-mega plan`)."""
+"""`python -m prco_mega.cluster CONFIG [key=value ...]`: print the per-GPU memory plan; exit 2 when
+the config does not fit (the same as `prco-mega plan`)."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ from prco_mega.cluster.plan import plan_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prco_mega.cluster.plan", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m prco_mega.cluster", description=__doc__)
     parser.add_argument("config")
     parser.add_argument("overrides", nargs="*", help="key.path=value")
     args = parser.parse_intermixed_args(argv)

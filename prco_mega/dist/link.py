@@ -69,7 +69,7 @@ class Link:
 
     def exchange(self, outbox: list[Any]) -> list[Any]:
         """All-to-all of Python objects: `outbox[d]` goes to member d; returns what each member
-        sent here (`world.exchange_objects`: pickled once, each crossing the network once)."""
+        sent here (`dist.world.exchange_objects`: pickled once, each crossing the network once)."""
         def all_to_all(out, inp, out_splits, in_splits):
             self.pg.alltoall_base(out, inp, out_splits, in_splits, dist.AllToAllOptions()).wait()
 
@@ -124,7 +124,7 @@ def _weight_backend() -> str:
 def split_world(learner_size: int) -> SplitWorld:
     """Split torchrun's world into the learner's ranks [0, learner_size) and the engines' ranks
     after them; each becomes its side's default group. Call before anything else touches
-    torch.distributed (instead of `world.init_world`)."""
+    torch.distributed (instead of `dist.world.init_world`)."""
     ensure_world()
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if not 0 < learner_size < size:

@@ -11,7 +11,7 @@ comes from the single look-and-answer prompt, and the Observer prompt is still a
 (the policy is one set of weights and can always be asked), so every run reports perception.
 Each stage is one engine call for all tasks. Captions are scored from the scene facts
 (`perception_accuracy`) and checked for leakage with the rule checker (cheap, deterministic; the
-LLM judge is a training-time choice). Metric names match the training metrics of `scoring`.
+LLM judge is a training-time choice). Metric names match the training metrics of `algo.credit`.
 """
 from __future__ import annotations
 

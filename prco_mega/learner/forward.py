@@ -1,8 +1,8 @@
 """The model forward of a packed micro-batch and the per-token log-probs read from its logits.
 
 Shared by every loss path (`loss_paths`), the no-gradient passes (`train_step.compute_logprobs`)
-and the checks against other implementations; it imports no other learner module but `model`
-and `mrope` (inside functions, with Megatron).
+and the checks against other implementations; it imports no other learner module but `model`,
+inside its functions (`model` imports Megatron at its top).
 """
 from __future__ import annotations
 

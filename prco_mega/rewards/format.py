@@ -8,7 +8,7 @@ F(y) is a weighted sum of rule checks (weights in `FORMAT_WEIGHTS`, summing to 1
 - `box_nonempty`  0.1  the last balanced box has non-whitespace content.
 A response in the requested format scores 1.0; the weights put most of the score on the parts the
 verifier and the Solver prompt rely on (a closed think block, a single answer).
-The Observer reward has no format term (PRCO.md); `observer_format_ok` exists for metrics only.
+The Observer reward has no format term (docs/algorithm.md); `observer_format_ok` exists for metrics only.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Role rewards: the Solver's reward, the Observer's utility reward, and the shared-reward ablation.
 
-Notation (PRCO.md): K = G_O captions of one prompt, G = G_S Solver answers per caption,
+Notation (docs/algorithm.md): K = G_O captions of one prompt, G = G_S Solver answers per caption,
 V in {0, 1} the verifier, F in [0, 1] the format score, leak in {0, 1} the leakage check.
 """
 from __future__ import annotations

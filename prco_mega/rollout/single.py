@@ -3,7 +3,7 @@
 Same engine, prompts and trajectory fields as the two-stage rollout, without roles: each task's
 single prompt (image + question) is sampled `sampling.n` times in one engine call for the batch,
 and the samples form the task's advantage group. Result: `TaskRollout(task, single=[G answers])`,
-which `scoring.SingleRoleCredit` scores. `draw` numbers the extra batches of DAPO's dynamic
+which `algo.credit.SingleRoleCredit` scores. `draw` numbers the extra batches of DAPO's dynamic
 sampling within a step, so each draws with its own seeds.
 """
 from __future__ import annotations

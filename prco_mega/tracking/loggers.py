@@ -1,8 +1,8 @@
 """Loggers: where each RL step's metrics go, chosen in the config (`run.loggers`).
 
-The loop calls `Loggers.log` once per step, on the logging rank only (`world.is_host`), with the
-step's metrics already combined over engines as Python floats: logging adds no collective and no
-host sync. TensorBoard and W&B are imported inside their loggers, when a run starts them.
+The loop calls `Loggers.log` once per step, on the logging rank only (`dist.world.is_host`), with
+the step's metrics already combined over engines as Python floats: logging adds no collective and
+no host sync. TensorBoard and W&B are imported inside their loggers, when a run starts them.
 
 Resume protocol. `Loggers.start(step)` is called once, before the first step the run takes (0 for
 a fresh run, the checkpoint's step when resuming). Whatever an earlier attempt logged at steps

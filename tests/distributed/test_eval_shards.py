@@ -91,7 +91,8 @@ def _kill_launch(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from prco_mega.data.tokenizer import demo_corpus, make_tiny_checkpoint
+    from prco_mega.tiny.checkpoint import make_tiny_checkpoint
+    from prco_mega.tiny.tokenizer import demo_corpus
 
     base = tmp_path_factory.mktemp("eval_shards")
     model = make_tiny_checkpoint(base / "tiny", demo_corpus(3000, seed=0), seed=0, init_std=0.2)

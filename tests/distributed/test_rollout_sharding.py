@@ -79,7 +79,7 @@ def test_dapo_refill_over_two_engines_keeps_what_one_engine_keeps(launches):
 
 
 def test_separate_placement_learner_and_engine_worlds(launches, separate):
-    """Learner ranks and engine ranks in worlds of their own (`link.split_world`). On-policy, 4
+    """Learner ranks and engine ranks in worlds of their own (`dist.link.split_world`). On-policy, 4
     ranks: a learner of DP=2 on ranks 0-1 and one engine of TP=2 on ranks 2-3; one-step
     off-policy, 2 ranks: one learner rank, one engine rank. The engines draw step 0 exactly as one
     engine in a world of one does; each learner replica trains on its share of what crossed the

@@ -22,7 +22,7 @@ IMAGE_TOKENS = image_tokens(IMAGE_SIZE)
 
 @pytest.fixture(scope="module")
 def tasks():
-    # seed 23: held out from the other vLLM tests' tasks, as the controller holds eval tasks out
+    # seed 23: held out from the other vLLM tests' tasks, as the run holds eval tasks out
     return SyntheticTaskSource(SyntheticConfig(image_size=IMAGE_SIZE, seed=23)).batch(0, 4)
 
 
