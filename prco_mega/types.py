@@ -137,7 +137,3 @@ class TrainBatch:
     @property
     def num_tokens(self) -> int:
         return int(self.tokens.numel())
-
-    @property
-    def num_sequences(self) -> int:
-        return int(self.cu_seqlens.numel()) - 1

@@ -1,5 +1,6 @@
 """Every field of every config section has its doc line: a string right after the field, the
-form the README points users to (`prco_mega/config.py` and the sections beside their components)."""
+form docs/configs.md points users to (`prco_mega/config.py` and the sections beside their
+components)."""
 from __future__ import annotations
 
 import ast

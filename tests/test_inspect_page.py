@@ -4,7 +4,7 @@ the trained Solver groups are marked, and the filters keep the tasks they name.
 
 Chromium is Debian's `chromium` package; the fixture installs it with apt-get when it is missing
 (as root, as CI runs), and skips the install when it is there. With PRCO_UPDATE_SCREENSHOT=1 the
-screenshot is copied to docs/inspect_page.png, the README's picture."""
+screenshot is copied to docs/inspect_page.png, the picture in docs/tracking.md."""
 from __future__ import annotations
 
 import html
