@@ -433,7 +433,7 @@ class RunConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     """Rollout engine (vLLM) settings (`rollout/config.py`)."""
     rollout: RolloutSection = field(default_factory=RolloutSection)
-    """How sampling is scheduled against the learner (one-step off-policy)."""
+    """How sampling is scheduled against the learner (bounded staleness)."""
     cluster: ClusterSection | None = None
     """Cluster layout for `prco-mega launch` / `plan`; None for a single-machine run."""
     saved_rollouts: SavedRolloutsSection = field(default_factory=SavedRolloutsSection)
@@ -441,9 +441,10 @@ class RunConfig:
 
     def validate(self) -> None:
         placement = self.cluster.rollout_placement if self.cluster is not None else "colocated"
-        if self.rollout.off_policy_steps and placement != "separate":
-            raise ValueError("rollout.off_policy_steps: 1 needs cluster.rollout_placement: "
-                             "separate (colocated engines share the learner's devices, so the "
+        if self.rollout.max_staleness and placement != "separate":
+            raise ValueError(f"rollout.max_staleness: {self.rollout.max_staleness} needs "
+                             "cluster.rollout_placement: separate (colocated placement is "
+                             "synchronous: its engines share the learner's devices, so the "
                              "rollout cannot overlap the learner step)")
         # The engine reports log_softmax(logits / T) of the sampled tokens; the learner's ratio is
         # only right if it divides by the same T.

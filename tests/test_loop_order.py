@@ -6,8 +6,8 @@ the real router and publishers; recording stand-ins replace vLLM, Megatron and t
   (weights, push, KV cache); a step with nothing to train neither sleeps nor syncs;
 - separate: the learner waits for the engines' part over the link, trains, sends its weights;
 - both placements report the same step metrics;
-- the engine ranks' worker takes new weights before sampling on-policy and after sampling
-  one step off-policy, and only after a step the learner trained.
+- the engine ranks' worker takes new weights when the learner trained, and samples ahead no
+  further than the staleness bound.
 """
 from __future__ import annotations
 
@@ -203,30 +203,52 @@ class Weights:
         self.log.calls.append(("receive",))
 
 
-@pytest.mark.parametrize("off_policy, trained, expected", [
-    (0, True, ["receive", "sample", "route"]),
-    (1, True, ["sample", "receive", "route"]),
-    (0, False, ["sample", "route"]),  # the learner had nothing to train: no new weights
-])
-def test_engine_worker_takes_weights_where_the_off_policy_order_says(off_policy, trained,
-                                                                     expected):
-    log = Recorder()
-
+def _engine(log: Recorder):
     def sample(stream, step, timer):
-        log.calls.append(("sample",))
+        log.calls.append(("sample", step))
         return Scored([_traj()], {}, {})
 
     class Route:
         def route(self, part, report):
-            log.calls.append(("route",))
-            assert report.policy_version == 4 - off_policy
-            assert part[0].policy_version == report.policy_version
+            log.calls.append(("route", report.policy_version))
+            assert all(t.policy_version == report.policy_version for t in part)
             return SimpleNamespace(trained=True)
 
     side = SimpleNamespace(sample=sample, stream=SimpleNamespace(state_dict=lambda: {}),
                            samples=SimpleNamespace(save=lambda step, scored: None),
                            shard=single_engine())
-    assert engine_worker.sample_and_deliver(side, Route(), Weights(log), step=4, start=0,
-                                            trained=trained, off_policy_steps=off_policy)
-    assert [c[0] for c in log.calls] == expected
+    return side, Route()
 
+
+@pytest.mark.parametrize("k, trained, queued, expected", [
+    # on-policy: the new weights, then step 4 drawn with them, then handed over
+    (0, True, [], [("receive",), ("sample", 4), ("route", 4)]),
+    # one step ahead: step 4 was drawn during update 3; step 5 is drawn during update 4
+    (1, True, [4], [("receive",), ("route", 3), ("sample", 5)]),
+    # the learner had nothing to train: no new weights
+    (0, False, [], [("sample", 4), ("route", 3)]),
+    # two steps ahead, version 3: step 5 is drawn at once (2 behind update 5), step 6 must wait
+    (2, False, [], [("sample", 4), ("route", 3), ("sample", 5)]),
+])
+def test_engine_worker_samples_ahead_within_the_staleness_bound(k, trained, queued, expected):
+    log = Recorder()
+    side, router = _engine(log)
+    ahead = engine_worker.Ahead(version=3, next_step=4)
+    for step in queued:  # drawn in an earlier step, with the weights of version 3
+        engine_worker.sample_step(side, ahead)
+    log.calls.clear()
+    assert engine_worker.engine_step(side, router, Weights(log), ahead, step=4, trained=trained,
+                                     last=9, max_staleness=k)
+    assert log.calls == expected
+    # no queued sample is more than k updates older than the update that trains it
+    assert all(step - report.policy_version <= k
+               for step, (_, report) in ahead.queue.items())
+
+
+def test_engine_worker_stops_sampling_at_the_last_step():
+    log = Recorder()
+    side, router = _engine(log)
+    ahead = engine_worker.Ahead(version=8, next_step=9)
+    engine_worker.engine_step(side, router, Weights(log), ahead, step=9, trained=False, last=9,
+                              max_staleness=4)
+    assert log.calls == [("sample", 9), ("route", 8)] and not ahead.queue

@@ -14,7 +14,7 @@ mean over ranks). The first step (engine and kernel warm-up) is left out of the 
 cores the rollout can at best double; the step's other phases do not shrink as much.
 
 `--separate` adds two rows for separate placement on 2 ranks (1 learner rank, 1 engine rank,
-`link.split_world`): on-policy, and one-step off-policy (`rollout.off_policy_steps=1`), where the
+`link.split_world`): on-policy, and one-step off-policy (`rollout.max_staleness=1`), where the
 engine samples the next step while the learner trains. There a step's wall time is the learner's
 wait for the engine's part plus its update and sync (`time/wait` + `time/learn` + `time/sync`).
 """
@@ -102,7 +102,7 @@ def main(argv: list[str]) -> int:
         for n in args.nproc:
             rows.append(summary(n, run_world(n, args.steps, overrides, Path(tmp) / f"n{n}"), cfg))
         separate = [separate_summary(off, run_world(
-            2, args.steps, [*SEPARATE, f"rollout.off_policy_steps={off}", *overrides],
+            2, args.steps, [*SEPARATE, f"rollout.max_staleness={off}", *overrides],
             Path(tmp) / f"sep{off}", {"PRCO_LEARNER_WORLD_SIZE": "1"}))
             for off in ((0, 1) if args.separate else ())]
     print(format_table(rows, {k: k for k in rows[0]}))

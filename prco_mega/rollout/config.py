@@ -74,13 +74,13 @@ class EngineConfig:
 class RolloutSection:
     """How the rollout is scheduled against the learner (the `rollout:` section)."""
 
-    off_policy_steps: int = 0
-    """0: every step is sampled with the weights of all updates before it. 1 (separate
-    placement): the engines sample step k with the weights of update k-1 while the learner trains
-    update k-1; trajectories record the policy version that drew them, so `train/policy_lag`
-    shows the lag and `algo.tis_cap` can correct it."""
+    max_staleness: int = 0
+    """Bounded staleness k: a step may be sampled with weights at most k updates older than the
+    update that trains on it. 0: synchronous (every step is sampled with the weights of all
+    updates before it). k > 0 needs separate placement: the engines sample up to k steps ahead
+    while the learner trains (`runtime.engine_worker`); trajectories record the policy version
+    that drew them, so `train/policy_lag` shows the lag and an off-policy correction can use it."""
 
     def __post_init__(self) -> None:
-        if self.off_policy_steps not in (0, 1):
-            raise ValueError(f"rollout.off_policy_steps must be 0 or 1, got "
-                             f"{self.off_policy_steps}")
+        if self.max_staleness < 0:
+            raise ValueError(f"rollout.max_staleness must be >= 0, got {self.max_staleness}")

@@ -5,20 +5,27 @@ the learner (`dist.routing`, over the link spanning both worlds) and every engin
 learner's new weights (`bridge.remote.WeightReceiver`) when the learner trained. The engines'
 first rank writes the held-out evaluations and the saved rollouts.
 
-Update j is the learner's training on step j; W(k) carries the weights after update k-1 (see
-`remote` for X and W). `rollout.off_policy_steps` says where the engines sample relative to W:
-- 0 (on-policy): W(k), sample k, X(k): the engines wait while the learner trains;
-- 1: sample k, W(k), X(k): the engines sample step k with the weights of W(k-1) while the
-  learner makes update k-1, then take W(k) and hand step k over.
-Every trajectory records the policy version that drew it (`policy_version`: the number of updates
-in its weights), so the loss knows its lag (`train/policy_lag`) and TIS can correct it. The order
-of link operations is the same in both modes (X0, W1, X1, W2, ...), so the two sides never wait
-on each other except for data.
+Update j is the learner's training on step j; W(j+1) carries the weights after it, and X(j) hands
+step j to the learner (see `remote`). Both sides meet in the order X0, W1, X1, W2, ... . With
+`rollout.max_staleness: k` the engines sample ahead while the learner trains, never with weights
+more than k updates older than the update that trains on the sample: step t is sampled with
+version v only if t - v <= k. Per step s the engine worker
+1. takes W(s) (version s) if the learner trained step s-1;
+2. samples step s now if it has not yet (always so for k = 0: on-policy);
+3. hands step s over (X(s));
+4. samples ahead, while the learner makes update s, every step up to s + k with version s.
+So k = 0 is the synchronous loop (W(s), sample s, X(s)) and k = 1 samples step s+1 during update
+s. Sampled steps wait in a queue; every trajectory records the policy version that drew it
+(`policy_version`), so the loss knows its lag (`train/policy_lag`) and a correction can use it.
+At each checkpoint the engine ranks save their queue (and the stream position after it), so a
+resumed run trains on the very samples the uninterrupted run trains on.
 """
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prco_mega.algo.registry import AlgoSettings
@@ -27,18 +34,11 @@ from prco_mega.bridge.remote import WeightReceiver
 from prco_mega.config import RunConfig
 from prco_mega.dist.link import SplitWorld
 from prco_mega.dist.routing import Router
-from prco_mega.dist.world import is_host
+from prco_mega.dist.world import is_host, rank
 from prco_mega.runtime import build
 from prco_mega.runtime.placement import EngineReport
 from prco_mega.tracking.timing import PhaseTimer
 from prco_mega.types import Trajectory
-
-
-def sampling_version(step: int, off_policy_steps: int) -> int:
-    """Updates in the engines' weights when they sample step `step`."""
-    if off_policy_steps not in (0, 1):
-        raise ValueError(f"rollout.off_policy_steps must be 0 or 1, got {off_policy_steps}")
-    return max(0, step - off_policy_steps)
 
 
 def stamp(part: Sequence[Trajectory], version: int) -> list[Trajectory]:
@@ -46,47 +46,105 @@ def stamp(part: Sequence[Trajectory], version: int) -> list[Trajectory]:
     return [dataclasses.replace(t, policy_version=version) for t in part]
 
 
+@dataclass
+class Ahead:
+    """An engine rank's sampled steps not yet handed to the learner, and its weights' version."""
+
+    version: int
+    """Updates in the engine's weights."""
+    queue: dict[int, tuple[list[Trajectory], EngineReport | None]] = field(default_factory=dict)
+    """Step -> (the leader's part, its report; [] and None on the other ranks of an engine)."""
+    next_step: int = 0
+    """The first step not sampled yet."""
+    stream_state: dict | None = None
+    """The task stream's position after `next_step - 1` (what a resumed run continues from)."""
+
+
+def state_path(root: Path, step: int) -> Path:
+    """This engine rank's queue at the learner's checkpoint of `step`."""
+    return Path(root) / "engine_state" / f"step_{step:08d}.rank{rank()}.pkl"
+
+
+def save_ahead(root: Path, step: int, ahead: Ahead, keep_last: int) -> None:
+    """Write `ahead` atomically beside the learner's checkpoint of `step`; keep the newest
+    `keep_last` (as the learner keeps its checkpoints)."""
+    path = state_path(root, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(pickle.dumps(ahead, protocol=pickle.HIGHEST_PROTOCOL))
+    tmp.replace(path)
+    mine = sorted(path.parent.glob(f"step_*.rank{rank()}.pkl"))
+    for old in mine[:-keep_last]:
+        old.unlink()
+
+
+def load_ahead(root: Path, step: int) -> Ahead | None:
+    """The queue saved with the checkpoint of `step`, if this rank saved one."""
+    path = state_path(root, step)
+    return pickle.loads(path.read_bytes()) if path.exists() else None
+
+
+def sample_step(side: build.EngineSide, ahead: Ahead) -> None:
+    """Sample `ahead.next_step` with the engine's current weights and queue it."""
+    step, timer = ahead.next_step, PhaseTimer()
+    scored = side.sample(side.stream, step, timer)
+    side.samples.save(step, scored)
+    leader = side.shard.placement.is_engine_leader
+    part = stamp(scored.train, ahead.version) if leader else []
+    state = side.stream.state_dict()
+    report = (EngineReport({**scored.metrics, **timer.metrics()}, scored.weights, ahead.version,
+                           state) if leader else None)
+    ahead.queue[step] = (part, report)
+    ahead.next_step, ahead.stream_state = step + 1, state
+
+
+def engine_step(side: build.EngineSide, router: Router, weights: WeightReceiver, ahead: Ahead,
+                step: int, trained: bool, last: int, max_staleness: int) -> bool:
+    """Step `step` on an engine rank (1-4 of the module doc); returns whether the learner trains
+    it. `last`: the run's last step."""
+    if trained:
+        weights.receive()
+        ahead.version += 1
+    if step not in ahead.queue:
+        sample_step(side, ahead)
+    part, report = ahead.queue.pop(step)
+    trained = router.route(part, report).trained
+    # while the learner makes update `step`: a sample of step t drawn now is t - version old
+    while ahead.next_step <= min(ahead.version + max_staleness, last):
+        sample_step(side, ahead)
+    return trained
+
+
 def run_engine_worker(cfg: RunConfig, dirs: build.RunDirs, algo: AlgoSettings,
                       split: SplitWorld) -> None:
-    """The engine ranks' whole run, paired with the learner's loop over `placement.Remote`."""
+    """The engine ranks' whole run, paired with the learner's loop over `remote.Remote`."""
     model = Path(split.link.broadcast_object(None, src=0))
     side = build.engine_side(cfg, dirs, model, algo)
     weights = WeightReceiver(side.engine, load_hf_config(model), split, cfg.engine)
     router = Router(split.link, None)
     start, data_state = split.link.broadcast_object(None, src=0)
-    if start:
-        side.stream.load_state_dict(data_state["stream"])
+    ahead = load_ahead(dirs.root, start) if start else None
+    if ahead is None:  # a fresh run, or a checkpoint without the engines' queue
+        ahead = Ahead(version=start, next_step=start)
+        if start:
+            side.stream.load_state_dict(data_state["stream"])
+    else:
+        side.stream.load_state_dict(ahead.stream_state)
+    if start:  # the checkpoint's weights
         weights.receive()
-    if is_host():
-        side.samples.start(start)
+        ahead.version = start
+    if is_host():  # saved rollouts of the steps already queued stay
+        side.samples.start(ahead.next_step)
     before = build.evaluate_policy(side, dirs.root / "eval_start.json", cache=start > 0)
     split.link.broadcast_object(before, src=split.learner_size)
-    trained = False  # whether the learner trained the previous step (then W follows)
-    for step in range(start, cfg.run.steps):
-        trained = sample_and_deliver(side, router, weights, step, start, trained,
-                                     cfg.rollout.off_policy_steps)
+    trained, steps, k = False, cfg.run.steps, cfg.rollout.max_staleness
+    every, keep = cfg.learner.checkpoint.interval, cfg.learner.checkpoint.keep_last
+    for step in range(start, steps):
+        trained = engine_step(side, router, weights, ahead, step, trained, steps - 1, k)
+        if (every and (step + 1) % every == 0) or step + 1 == steps:  # the learner saves here
+            save_ahead(dirs.root, step + 1, ahead, keep)
     if trained:  # the last update's weights
         weights.receive()
     after = build.evaluate_policy(side, dirs.root / "eval_end.json", cache=False)
     split.link.broadcast_object(after, src=split.learner_size)
     split.link.all_gather(None)
-
-
-def sample_and_deliver(side: build.EngineSide, router: Router, weights: WeightReceiver,
-                       step: int, start: int, trained: bool, off_policy_steps: int) -> bool:
-    """One step on an engine rank: W (after the previous step's update), sampling and X in the
-    order `off_policy_steps` gives; returns whether the learner trains this step."""
-    timer = PhaseTimer()
-    # a resumed run's first step is drawn by the checkpoint's weights, whatever the lag
-    version = step if step == start else sampling_version(step, off_policy_steps)
-    if trained and not off_policy_steps:
-        weights.receive()
-    scored = side.sample(side.stream, step, timer)
-    side.samples.save(step, scored)
-    if trained and off_policy_steps:
-        weights.receive()
-    leader = side.shard.placement.is_engine_leader
-    part = stamp(scored.train, version) if leader else []
-    report = (EngineReport({**scored.metrics, **timer.metrics()}, scored.weights, version,
-                           side.stream.state_dict()) if leader else None)
-    return router.route(part, report).trained

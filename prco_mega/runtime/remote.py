@@ -7,7 +7,7 @@ The torchrun world is split at start (`dist.link.split_world`): learner ranks [0
   (`dist.routing` over the link spanning both worlds), with the engines' reports;
 - W(k+1): after the learner's update, each pipeline stage streams its weights to the engine ranks
   (`bridge.remote`). A step with nothing to train has no update and no W.
-Where the engines sample relative to W (`rollout.off_policy_steps`) is the engine worker's
+Where the engines sample relative to W (`rollout.max_staleness`) is the engine worker's
 business; the learner's loop is the same as in colocated placement.
 """
 from __future__ import annotations

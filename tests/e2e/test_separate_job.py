@@ -1,14 +1,17 @@
-"""The main job under separate placement (`cluster.rollout_placement: separate`, issue 18): rank 0
-is the learner's world, rank 1 the engine's (`link.split_world`), with one-step off-policy
-sampling. It trains, evaluates before and after, writes metrics, checkpoints, the report, the
-held-out evaluations and saved rollouts, and a resumed run continues where the checkpoint left
-off, each step logged once."""
+"""The main job under separate placement (`cluster.rollout_placement: separate`): rank 0 is the
+learner's world, rank 1 the engine's (`dist.link.split_world`), with bounded staleness 2 (the
+engine samples up to two steps ahead while the learner trains). It trains, evaluates before and
+after, writes metrics, checkpoints, the report, the held-out evaluations and saved rollouts; a run
+killed after a checkpoint and resumed trains on the same samples and logs the same metrics as the
+uninterrupted one (the engine's queue of samples drawn ahead is saved with the checkpoint)."""
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,41 +19,70 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["run.eval_tasks=2", "data.prompts_per_step=2", "observer.n=2", "solver.n=2",
         "observer.max_new_tokens=24", "solver.max_new_tokens=16", "algo.warmup_steps=2",
-        "warm_start.steps=0", "learner.checkpoint.interval=2",
+        "warm_start.steps=0", "learner.checkpoint.interval=2", "run.steps=4",
         "saved_rollouts.every=2", "saved_rollouts.tasks=2", "cluster.rollout_placement=separate",
         "cluster.rollout_nodes=1", "cluster.nodes=1", "cluster.gpus_per_node=1",
-        "rollout.off_policy_steps=1"]
+        "rollout.max_staleness=2"]
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
-def _train(out: Path, steps: int, *extra: str) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "prco_mega.cli", "train", str(ROOT / "configs/tiny_cpu.yaml"), *TINY,
-           f"run.steps={steps}", f"run.output_dir={out}", f"model.cache_dir={out / 'cache'}",
-           "run.name=sep", *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLLM_LOGGING_LEVEL": "ERROR",
-           "PRCO_LEARNER_WORLD_SIZE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+def _cmd(out: Path, name: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "prco_mega.cli", "train", str(ROOT / "configs/tiny_cpu.yaml"), *TINY,
+            f"run.output_dir={out}", f"model.cache_dir={out / 'cache'}", f"run.name={name}",
+            *extra]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "VLLM_LOGGING_LEVEL": "ERROR",
+       "PRCO_LEARNER_WORLD_SIZE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _train(out: Path, name: str, *extra: str) -> None:
+    proc = subprocess.run(_cmd(out, name, *extra), env=ENV, capture_output=True, text=True,
+                          timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
-def test_separate_placement_main_job_trains_off_policy_and_resumes(tmp_path):
-    _train(tmp_path, 3)
-    run = tmp_path / "sep"
+def _metrics(run: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [0, 1, 2]
-    # step 0 is drawn by the starting weights; later steps by the update before the last
-    assert [r["train/policy_lag"] for r in rows] == [0.0, 1.0, 1.0]
+    return [{k: v for k, v in r.items() if not k.startswith("time/") and k != "sync/seconds"}
+            for r in rows]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sep")
+    _train(out, "full")
+    return out
+
+
+def test_separate_placement_main_job_trains_two_steps_ahead(runs):
+    run = runs / "full"
+    rows = _metrics(run)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    # steps 0-2 are drawn by the starting weights (1 and 2 ahead, during update 0), step 3 by
+    # update 0's (during update 1): never more than 2 updates behind the update that trains them
+    assert [r["train/policy_lag"] for r in rows] == [0.0, 1.0, 2.0, 2.0]
     assert all(r["sync/bytes"] > 0 and r["loss_tokens"] > 0 for r in rows)
+    # the same step metrics as colocated placement: what crossed the network per rank
+    assert all(r["sync/received_bytes_max"] > 0 for r in rows)
     for name in ("eval_start.json", "eval_end.json", "report.md", "curves.png", "config.json"):
         assert (run / name).exists(), name
     assert sorted(p.name for p in (run / "rollouts").glob("step_*")) == ["step_00000000",
                                                                          "step_00000002"]
-    assert (run / "checkpoints" / "step_00000003").exists()
+    assert (run / "checkpoints" / "step_00000004").exists()
 
-    _train(tmp_path, 4, "--resume")
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [0, 1, 2, 3]
-    # the resumed engine starts from the checkpoint's weights: its first step has no lag
-    assert rows[3]["train/policy_lag"] == 0.0
-    assert json.loads((run / "eval_end.json").read_text())["tasks"] == 2
+
+def test_killed_and_resumed_separate_run_trains_on_the_same_samples(runs):
+    proc = subprocess.Popen(_cmd(runs, "killed"), env=ENV, cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = runs / "killed" / "checkpoints" / "step_00000002" / "COMPLETE"
+    deadline = time.time() + 900
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), "the run never reached its first checkpoint"
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
+    proc.wait()
+    _train(runs, "killed", "--resume")
+    assert _metrics(runs / "killed") == _metrics(runs / "full")
+    assert json.loads((runs / "killed" / "eval_end.json").read_text())["tasks"] == 2

@@ -35,7 +35,7 @@ def main() -> None:
     from prco_mega.dist import link, world
     from prco_mega.dist.routing import Router
     from prco_mega.runtime import build, samplers
-    from prco_mega.runtime.engine_worker import sampling_version, stamp
+    from prco_mega.runtime.engine_worker import stamp
     from prco_mega.runtime.placement import EngineReport
     from prco_mega.bridge.remote import receive_weights, send_weights
     from prco_mega.config import load_config
@@ -47,7 +47,7 @@ def main() -> None:
         f"model.cache_dir={a.cache}", "warm_start.steps=0", "data.prompts_per_step=5",
         "observer.n=3", "solver.n=2", "observer.max_new_tokens=24", "solver.max_new_tokens=16",
         "algo.warmup_steps=1", "cluster.rollout_placement=separate", "cluster.rollout_nodes=1",
-        f"rollout.off_policy_steps={a.off_policy}", f"engine.tensor_parallel_size={a.engine_tp}"])
+        f"rollout.max_staleness={a.off_policy}", f"engine.tensor_parallel_size={a.engine_tp}"])
     learner = split.role == link.ROLE_LEARNER
     # both worlds' first ranks are "hosts": the learner builds the cached model, the engine waits
     model = Path(split.link.broadcast_object(str(base_model(cfg)) if learner else None, src=0))
@@ -89,11 +89,12 @@ def main() -> None:
         router = Router(split.link, None)
         syncs = []
         for step in (0, 1):
-            version = sampling_version(step, cfg.rollout.off_policy_steps)
-            if step and not cfg.rollout.off_policy_steps:
+            off = cfg.rollout.max_staleness
+            version = max(0, step - off)  # one step ahead at most (the run's order)
+            if step and not off:
                 syncs.append(receive_weights(engine, engine_config(model), split).__dict__)
             scored = sampler(stream, step, PhaseTimer())
-            if step and cfg.rollout.off_policy_steps:
+            if step and off:
                 syncs.append(receive_weights(engine, engine_config(model), split).__dict__)
             leader = shard.placement.is_engine_leader
             part = stamp(scored.train, version) if leader else []
