@@ -13,6 +13,20 @@ megatron-core assumes CUDA in four ways, each covered here and nowhere else in t
 4. The optimizer and grad clipping check `param.type() == 'torch.cuda.FloatTensor'`; under the mode
    `Tensor.type()` with no argument reports the CUDA name of a CPU floating tensor.
 
+Mixture-of-experts layers (local spec, SequentialMLP, `moe_permute_fusion=False`) need three more
+(`_patch_moe`), found running Megatron's MoE with expert parallel 2 on gloo:
+5. Without Transformer Engine `moe_utils` never defines `te_general_gemm`, yet the router's gating
+   linear tests it (`if te_general_gemm is not None`): every MoE forward raised NameError. It is
+   defined as None, which selects the router's torch matmul.
+6. The alltoall dispatcher turns its split sizes into numpy arrays with `maybe_move_tensor_to_cpu(
+   as_numpy=True)`, which converts only CUDA tensors; CPU tensors reached `all_to_all_single` as
+   split sizes, which it refuses (TypeError). CPU tensors are converted too.
+7. `Tensor.backward` is itself a torch function: the mode below is popped while it handles it, so
+   the whole autograd pass ran outside the mode and the dispatchers' backward allocations on
+   `torch.cuda.current_device()` (`_AllToAll`, the sequence-parallel reduce-scatter) failed with
+   "Cannot access accelerator device". The autograd engine's entry point re-enters the mode when
+   it is not on the stack.
+
 Call `install_megatron_cpu_compat()` before building Megatron models. It is a no-op returning
 False when CUDA is available, and idempotent. Re-check it on every megatron-core upgrade.
 """
@@ -22,7 +36,7 @@ import contextlib
 import logging
 
 import torch
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 
 from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable
 
@@ -40,6 +54,7 @@ def install_megatron_cpu_compat() -> bool:
     ensure_torchvision_importable()  # megatron's imports reach transformers, hence torchvision
     _stub_torch_cuda()
     _patch_rng_tracker()
+    _patch_moe()
     _enter_device_mode()
     _INSTALLED = True
     return True
@@ -186,3 +201,33 @@ def _enter_device_mode() -> None:
     global _MODE
     _MODE = _CudaToCpuMode()
     _MODE.__enter__()  # stays on the mode stack: megatron creates CUDA tensors at any time
+
+
+def _patch_moe() -> None:
+    from megatron.core.transformer.moe import moe_utils, token_dispatcher
+
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
+    token_dispatcher.maybe_move_tensor_to_cpu = _to_cpu_or_numpy
+    torch.autograd._engine_run_backward = _backward_in_mode(torch.autograd._engine_run_backward)
+
+
+def _to_cpu_or_numpy(tensor, as_numpy: bool = False, record_stream: bool = False):
+    """`moe_utils.maybe_move_tensor_to_cpu` for CPU tensors: numpy when asked (split sizes)."""
+    if not torch.is_tensor(tensor):
+        return tensor
+    tensor = tensor.cpu()
+    return tensor.numpy() if as_numpy else tensor
+
+
+def _backward_in_mode(run_backward):
+    """`run_backward` inside the CUDA-to-CPU mode when the caller's mode was popped (a backward
+    started from `Tensor.backward`, which the mode itself dispatches)."""
+
+    def run(*args, **kwargs):
+        if any(isinstance(m, _CudaToCpuMode) for m in _get_current_function_mode_stack()):
+            return run_backward(*args, **kwargs)
+        with _CudaToCpuMode():
+            return run_backward(*args, **kwargs)
+
+    return run
