@@ -6,6 +6,12 @@ own parameters (its pipeline stage's layers, its TP shard of each); nothing is b
 Export: TP shards are all-gathered over the explicit TP group; each pipeline stage's TP-rank-0,
 DP-rank-0 process writes its own safetensors file (no tensors cross pipeline stages); the first
 stage writes the index and `config.json`. Both directions are driven by `bridge.mapping`'s table.
+
+Experts (mixture-of-experts families): each expert-parallel rank reads only its own experts, one
+expert's bytes at a time out of the file's fused tensors (the hub's layout or transformers', told
+apart by `mapping.fused_layout`, which refuses a file whose sizes make them read alike); an
+expert's shards travel over the expert-TP group, its experts over the expert-parallel group, and
+files are written in the hub's fused layout (`ExpertFuser`), the one vLLM loads.
 """
 from __future__ import annotations
 
@@ -18,8 +24,9 @@ import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from prco_mega.bridge.mapping import (Heads, hf_to_megatron_shard, hub_name, megatron_shards_to_hf,
-                                      tp_split_dim)
+from prco_mega.bridge.mapping import (Heads, expert_rows, expert_tensor, fuse_experts, fused_layout,
+                                      fused_row, hf_to_megatron_shard, hub_name, is_expert,
+                                      megatron_shards_to_hf, parse_expert_name, tp_split_dim)
 from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable
 
 WEIGHTS_NAME = "model.safetensors"
@@ -49,14 +56,37 @@ class HFCheckpointReader:
         for f, handle in self._handles.items():
             for stored in handle.keys():
                 self._where[hub_name(stored, model_type)] = (f, stored)
+        self.model_type = model_type
+        self._layouts = self._expert_layouts(hf_dir) if expert_rows(model_type) else {}
+
+    def _expert_layouts(self, hf_dir: Path) -> dict[str, str]:
+        """{fused expert tensor: "hub" | "transformers"}; ValueError for an ambiguous file."""
+        hidden, self._moe_ffn = _expert_sizes(hf_dir)
+        layouts = {}
+        for name in self._where:
+            row = fused_row(name, self.model_type)
+            if row is not None:
+                shape = self(name).get_shape()
+                layouts[name] = fused_layout(row, shape, hidden, self._moe_ffn, name)
+        return layouts
 
     def names(self) -> list[str]:
-        """Hub-layout names of every tensor in the checkpoint."""
+        """Hub-layout names of every tensor in the checkpoint (fused experts as stored)."""
         return sorted(self._where)
 
+    def layout(self, name: str) -> str:
+        """"hub" or "transformers": the layout of the stored fused expert tensor `name`."""
+        return self._layouts[name]
+
     def __call__(self, name: str):
+        """The stored tensor `name` as a lazy slice, or one expert's tensor (a per-expert name of
+        the mapping) read out of its layer's fused tensor."""
         if name not in self._where:
-            raise KeyError(f"tensor {name!r} not in the checkpoint")
+            expert = parse_expert_name(name, self.model_type)
+            if expert is None or expert.fused not in self._layouts:
+                raise KeyError(f"tensor {name!r} not in the checkpoint")
+            return expert_tensor(expert.row, self._layouts[expert.fused], self(expert.fused),
+                                 expert.expert, expert.member, self._moe_ffn)
         f, stored = self._where[name]
         return self._handles[f].get_slice(stored)
 
@@ -65,6 +95,16 @@ def _model_type(hf_dir: Path) -> str | None:
     """`model_type` of the directory's config.json, None without one."""
     cfg = hf_dir / "config.json"
     return json.loads(cfg.read_text()).get("model_type") if cfg.is_file() else None
+
+
+def _expert_sizes(hf_dir: Path) -> tuple[int, int]:
+    """(hidden_size, moe_intermediate_size) of a mixture-of-experts checkpoint's config.json."""
+    path = hf_dir / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{hf_dir} has no config.json: its fused experts' layout cannot be told")
+    cfg = json.loads(path.read_text())
+    text = cfg.get("text_config") or cfg
+    return int(text["hidden_size"]), int(text["moe_intermediate_size"])
 
 
 def _indexed_files(index: Path) -> list[str]:
@@ -111,6 +151,22 @@ def layer_offset(chunk) -> int:
     return layers[0].layer_number - 1 if len(layers) else 0
 
 
+def local_experts(chunk) -> tuple[int, int]:
+    """(global index of this rank's first expert, experts per rank) of a chunk's MoE layers;
+    (0, 0) without any."""
+    for layer in chunk.language_model.decoder.layers:
+        indices = getattr(layer.mlp, "local_expert_indices", None)
+        if indices:
+            return indices[0], len(indices)
+    return 0, 0
+
+
+def split_group(name: str, model_type: str, pg_collection):
+    """The group over which a parameter's TP shards are spread: expert-TP for an expert's,
+    TP otherwise."""
+    return pg_collection.expt_tp if is_expert(name, model_type) else pg_collection.tp
+
+
 def unwrap(chunk):
     """The model inside a chunk's wrappers (`learner.model.unwrap`, imported with Megatron)."""
     from prco_mega.learner.model import unwrap as unwrap_model  # imports Megatron at its top
@@ -129,16 +185,16 @@ def load_hf_into_megatron(chunks, hf_dir: str | Path, pg_collection, hf_config=N
     hf_config = hf_config or load_hf_config(hf_dir)
     reader = HFCheckpointReader(hf_dir)
     args = mapping_args(hf_config)
-    tp_rank, tp_size = pg_collection.tp.rank(), pg_collection.tp.size()
     count = 0
     for chunk in chunks:
-        offset = layer_offset(unwrap(chunk))
+        offset, (first_expert, _) = layer_offset(unwrap(chunk)), local_experts(unwrap(chunk))
         for name, param in megatron_params(chunk):
-            shard = hf_to_megatron_shard(name, reader, tp_rank=tp_rank, tp_size=tp_size,
-                                         layer_offset=offset, **args)
+            group = split_group(name, args["model_type"], pg_collection)
+            shard = hf_to_megatron_shard(name, reader, tp_rank=group.rank(), tp_size=group.size(),
+                                         layer_offset=offset, expert_offset=first_expert, **args)
             if shard.shape != param.shape:
                 raise ValueError(f"{name}: checkpoint gives shape {tuple(shard.shape)}, model has "
-                                 f"{tuple(param.shape)} (tp={tp_size})")
+                                 f"{tuple(param.shape)} (tp={group.size()})")
             param.copy_(shard)
             count += 1
     return count
@@ -152,16 +208,74 @@ def _gather_tp(param: torch.Tensor, dim: int | None, tp_group) -> list[torch.Ten
     return shards
 
 
+def _gather_ep(shards: list[torch.Tensor], ep_group) -> list[list[torch.Tensor]]:
+    """Every expert-parallel rank's `shards` (the same local expert of each rank), in rank
+    order."""
+    if ep_group.size() == 1:
+        return [shards]
+    per_shard = []
+    for shard in shards:
+        got = [torch.empty_like(shard) for _ in range(ep_group.size())]
+        dist.all_gather(got, shard.contiguous(), group=ep_group)
+        per_shard.append(got)
+    return [list(ranks) for ranks in zip(*per_shard)]
+
+
+class ExpertFuser:
+    """Collects per-expert HF tensors (`mapping.parse_expert_name`) until a layer's experts are
+    complete, then gives that layer's fused hub-layout tensor (`mapping.fuse_experts`); other
+    tensors pass through."""
+
+    def __init__(self, model_type: str, num_experts: int):
+        self.model_type, self.num_experts = model_type, num_experts
+        self._pending: dict[str, dict[tuple[int, int], torch.Tensor]] = {}
+
+    def add(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, tensor in tensors.items():
+            expert = parse_expert_name(name, self.model_type)
+            if expert is None:
+                out[name] = tensor
+                continue
+            held = self._pending.setdefault(expert.fused, {})
+            held[expert.expert, expert.member] = tensor
+            members = len(expert.row.hf)
+            if len(held) == self.num_experts * members:
+                out[expert.fused] = fuse_experts(expert.row, [
+                    [held[e, m] for m in range(members)] for e in range(self.num_experts)])
+                del self._pending[expert.fused]
+        return out
+
+    def close(self) -> None:
+        assert not self._pending, f"layers with missing experts: {sorted(self._pending)}"
+
+
+def num_experts(hf_config) -> int:
+    """Routed experts per MoE layer (0 for a dense model)."""
+    tc = getattr(hf_config, "text_config", None) or hf_config
+    return int(getattr(tc, "num_experts", 0) or 0)
+
+
 @torch.no_grad()
 def megatron_to_hf_tensors(chunks, pg_collection, hf_config) -> dict[str, torch.Tensor]:
-    """HF-named full tensors of this rank's pipeline stage (collective over the TP group)."""
+    """HF-named full tensors of this rank's pipeline stage, fused experts in the hub layout
+    (collective over the TP, expert-TP and expert-parallel groups)."""
     args = mapping_args(hf_config)
+    mt = args["model_type"]
+    fuser = ExpertFuser(mt, num_experts(hf_config))
     out: dict[str, torch.Tensor] = {}
     for chunk in chunks:
-        offset = layer_offset(unwrap(chunk))
+        offset, (_, per_rank) = layer_offset(unwrap(chunk)), local_experts(unwrap(chunk))
         for name, param in megatron_params(chunk):
-            shards = _gather_tp(param, tp_split_dim(name, args["model_type"]), pg_collection.tp)
-            out.update(megatron_shards_to_hf(name, shards, layer_offset=offset, **args))
+            shards = _gather_tp(param, tp_split_dim(name, mt), split_group(name, mt, pg_collection))
+            if not is_expert(name, mt):
+                out.update(megatron_shards_to_hf(name, shards, layer_offset=offset, **args))
+                continue
+            # Megatron's rule: expert-parallel rank k holds experts k * per_rank ...
+            for k, rank_shards in enumerate(_gather_ep(shards, pg_collection.ep)):
+                out.update(fuser.add(megatron_shards_to_hf(
+                    name, rank_shards, layer_offset=offset, expert_offset=k * per_rank, **args)))
+    fuser.close()
     return out
 
 
@@ -208,3 +322,25 @@ def _copy_side_files(src: Path, out: Path) -> None:
         if f.is_file() and not f.name.endswith(".safetensors") and f.name not in (
                 INDEX_NAME, "config.json"):
             shutil.copy2(f, out / f.name)
+
+
+def save_pretrained_hub(model, out_dir: str | Path) -> Path:
+    """`model.save_pretrained(out_dir)` (safetensors) with fused expert tensors in the hub's
+    layout, the one the published checkpoints hold and vLLM loads: transformers 5 writes its
+    in-memory layout, which vLLM refuses. Returns `out_dir`."""
+    out = Path(out_dir)
+    model.save_pretrained(out, safe_serialization=True)
+    mt = model.config.model_type
+    if not expert_rows(mt):
+        return out
+    tc = getattr(model.config, "text_config", None) or model.config
+    for path in sorted(out.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        for name, tensor in tensors.items():
+            row = fused_row(hub_name(name, mt), mt)
+            if row is not None and fused_layout(row, tensor.shape, tc.hidden_size,
+                                                tc.moe_intermediate_size, name) != "hub":
+                tensors[name] = tensor.transpose(1, 2).contiguous()
+        save_file(tensors, str(path), metadata=meta)
+    return out

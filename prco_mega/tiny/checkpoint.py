@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from prco_mega import families
+from prco_mega.bridge.hf_io import save_pretrained_hub
 from prco_mega.tiny.tokenizer import CHAT_TEMPLATE, special_token_ids, train_tokenizer
 
 
@@ -23,7 +24,8 @@ def make_tiny_checkpoint(out_dir: str | Path, corpus: Iterable[str], seed: int =
     tokenizer = train_tokenizer(corpus, vocab_size=vocab_size)
     sizes = dataclasses.replace(sizes or tiny.sizes(), vocab_size=len(tokenizer))
     config = tiny.config(sizes, special_token_ids(tokenizer))
-    tiny.build(config, seed=seed, init_std=init_std).save_pretrained(out)
+    # fused experts (mixture-of-experts families) in the hub's layout, the one vLLM loads
+    save_pretrained_hub(tiny.build(config, seed=seed, init_std=init_std), out)
     tokenizer.save_pretrained(out)
     tiny.save_processor(out, tokenizer, CHAT_TEMPLATE)
     return out
