@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prco_mega.families import qwen2_5_vl, qwen3_vl
+from prco_mega.families import qwen2_5_vl, qwen3_vl, qwen3_vl_moe
 from prco_mega.families.spec import Family
 
 if TYPE_CHECKING:
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     qwen2_5_vl.FAMILY,
     qwen3_vl.FAMILY,
+    qwen3_vl_moe.FAMILY,
 )}
 """Every family by `model_type`."""
 
