@@ -12,6 +12,10 @@ start. Its rules, each a ValueError naming the numbers:
 - PP (times VPP) divides the decoder layers; VPP needs a pipeline;
 - deepstack (Qwen3-VL): the decoder layers that receive vision features are on the first stage,
   with the vision tower (`check_deepstack_placement`);
+- experts (mixture-of-experts models): EP divides the experts, expert-TP (default: TP) divides
+  each expert's width, and EP x expert-TP divides the TP x DP ranks of a pipeline stage, over
+  which Megatron lays the experts (`parallel_state.initialize_model_parallel`: the world must
+  divide by expert-TP x EP x PP); a dense model takes neither;
 - the rollout engine's TP divides the attention heads.
 
 Vocabulary: Megatron shards the embedding and output layer over TP by vocab rows. We require
@@ -37,6 +41,10 @@ class LayoutDims:
     ffn_hidden_size: int
     deepstack_levels: int = 0
     """Qwen3-VL: decoder layers 0 .. levels-1 add deepstack vision features (0: none)."""
+    num_experts: int = 0
+    """Mixture of experts: routed experts per decoder layer (0: a dense MLP)."""
+    moe_ffn_hidden_size: int = 0
+    """Mixture of experts: the width of each expert's MLP (`moe_intermediate_size`)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,10 @@ class Layout:
     """Data-parallel size = world_size / (tp * pp)."""
     layers_per_chunk: int
     """Decoder layers in each model chunk (num_layers / (pp * (vpp or 1)))."""
+    ep: int = 1
+    """Expert-parallel size (each rank holds num_experts / ep experts)."""
+    etp: int = 1
+    """Expert-tensor-parallel size (each expert's MLP split over this many ranks)."""
 
 
 def _get(cfg: Any, name: str) -> Any:
@@ -72,20 +84,26 @@ def layout_dims(model: Any) -> LayoutDims:
     if _get(text, "num_hidden_layers") is None:  # TinySizes naming
         return LayoutDims(model.num_layers, model.num_heads, model.num_kv_heads,
                           model.vocab_size, model.hidden_size, model.intermediate_size,
-                          len(getattr(model, "deepstack_visual_indexes", ())))
+                          len(getattr(model, "deepstack_visual_indexes", ())),
+                          getattr(model, "num_experts", 0),
+                          getattr(model, "moe_intermediate_size", 0))
     heads = _get(text, "num_attention_heads")
     vision = _get(model, "vision_config") or {}
+    # transformers writes Qwen3-VL-MoE's num_experts as num_local_experts (its attribute map)
+    experts = _get(text, "num_experts") or _get(text, "num_local_experts") or 0
     return LayoutDims(_get(text, "num_hidden_layers"), heads,
                       _get(text, "num_key_value_heads") or heads, _get(text, "vocab_size"),
                       _get(text, "hidden_size"), _get(text, "intermediate_size"),
-                      len(_get(vision, "deepstack_visual_indexes") or ()))
+                      len(_get(vision, "deepstack_visual_indexes") or ()), experts,
+                      _get(text, "moe_intermediate_size") or 0 if experts else 0)
 
 
 def check_layout(model: Any, world_size: int, tp: int, pp: int, vpp: int | None = None, *,
-                 engine_tp: int | None = None) -> Layout:
-    """Refuse a (tp, pp, vpp) layout of `world_size` ranks, and a rollout engine of `engine_tp`
-    ranks, that cannot split `model` (anything `layout_dims` reads); ValueError names the
-    numbers. Returns the layout."""
+                 engine_tp: int | None = None, ep: int = 1, etp: int | None = None) -> Layout:
+    """Refuse a (tp, pp, vpp) layout of `world_size` ranks with expert parallel `ep` and expert
+    tensor parallel `etp` (None: tp), and a rollout engine of `engine_tp` ranks, that cannot
+    split `model` (anything `layout_dims` reads); ValueError names the numbers. Returns the
+    layout."""
     d = layout_dims(model)
     for name, value in (("tensor_parallel", tp), ("pipeline_parallel", pp),
                         ("world_size", world_size)):
@@ -95,11 +113,12 @@ def check_layout(model: Any, world_size: int, tp: int, pp: int, vpp: int | None 
         raise ValueError(f"world_size ({world_size}) must be a multiple of tensor_parallel * "
                          f"pipeline_parallel ({tp} * {pp} = {tp * pp})")
     _check_tensor_parallel(d, tp)
+    etp = _check_experts(d, world_size, tp, pp, ep, tp if etp is None else etp)
     layers_per_chunk = _check_pipeline(d, pp, vpp)
     if engine_tp is not None:
         _check_divides("engine.tensor_parallel_size", engine_tp, "num_attention_heads",
                        d.num_heads)
-    return Layout(world_size, tp, pp, vpp, world_size // (tp * pp), layers_per_chunk)
+    return Layout(world_size, tp, pp, vpp, world_size // (tp * pp), layers_per_chunk, ep, etp)
 
 
 def _check_tensor_parallel(d: LayoutDims, tp: int) -> None:
@@ -107,8 +126,30 @@ def _check_tensor_parallel(d: LayoutDims, tp: int) -> None:
     _check_divides("tensor_parallel", tp, "num_key_value_heads", d.num_kv_heads)
     _check_divides("tensor_parallel", tp, "vocab_size", d.vocab_size,
                    " (vocab padding is not done: it would change the softmax)")
-    _check_divides("tensor_parallel", tp, "intermediate_size", d.ffn_hidden_size)
+    if not d.num_experts:  # a mixture of experts has no dense MLP to split
+        _check_divides("tensor_parallel", tp, "intermediate_size", d.ffn_hidden_size)
     _check_divides("num_key_value_heads", d.num_kv_heads, "num_attention_heads", d.num_heads)
+
+
+def _check_experts(d: LayoutDims, world_size: int, tp: int, pp: int, ep: int, etp: int) -> int:
+    """The expert-TP size, once EP and expert-TP split the experts and fit Megatron's layout."""
+    for name, value in (("expert_parallel", ep), ("expert_tensor_parallel", etp)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if not d.num_experts:
+        if ep != 1 or etp != tp:
+            raise ValueError(f"expert_parallel ({ep}) and expert_tensor_parallel ({etp}) need a "
+                             "mixture-of-experts model; this one has a dense MLP")
+        return etp
+    _check_divides("expert_parallel", ep, "num_experts", d.num_experts)
+    _check_divides("expert_tensor_parallel", etp, "moe_intermediate_size", d.moe_ffn_hidden_size)
+    stage = world_size // pp
+    if stage % (ep * etp):
+        raise ValueError(
+            f"expert_parallel * expert_tensor_parallel ({ep} * {etp} = {ep * etp}) must divide "
+            f"tensor_parallel * data_parallel ({tp} * {stage // tp} = {stage}): Megatron lays "
+            "the experts over the ranks of one pipeline stage")
+    return etp
 
 
 def _check_pipeline(d: LayoutDims, pp: int, vpp: int | None) -> int:
