@@ -282,6 +282,13 @@ class RewardSection:
             raise ValueError(f"reward.lam ({self.lam}) must be in [0, 1]")
 
 
+CORRECTION_CAPS = {"token_tis": 2.0, "decoupled": None}
+"""Presets taking `algo.tis_cap`, with the cap they use when it is unset."""
+CORRECTION_BANDS = {"seq_mask": (0.999, 1.001), "icepop": (0.5, 5.0)}
+"""Presets taking `algo.correction_low/high`, with their default band: IcePop's paper uses
+[0.5, 5]; verl's guidance for a geometric-mean band puts its upper end at 1.0002-1.001."""
+
+
 @dataclass
 class AlgoSection:
     """The algorithm and its loss. Fields left at None take the algorithm's preset
@@ -308,8 +315,21 @@ class AlgoSection:
     """Loss aggregation, with global per-role denominators (preset: token; GRPO: sequence)."""
     scale_by_std: bool | None = None
     """Divide group advantages by their std (preset: PRCO no, GRPO and DAPO yes)."""
+    off_policy_correction: (Literal["none", "token_tis", "seq_mask", "icepop", "decoupled"]
+                            | None) = None
+    """Off-policy correction of the PPO loss (`algo/corrections.py`, docs/algorithm.md), k =
+    learner's pre-update prob / rollout prob per token: none (ratio against the rollout's
+    log-probs); token_tis (weight min(k, tis_cap)); seq_mask (drop sequences whose geometric-mean
+    k leaves the band); icepop (drop tokens whose k leaves the band, weight the rest by k);
+    decoupled (decoupled PPO: weight k, truncated at tis_cap if set). None: token_tis when
+    tis_cap is set, else none."""
     tis_cap: float | None = None
-    """Truncated importance-sampling cap for train/rollout mismatch; None = off."""
+    """Truncation cap of the importance weight k: token_tis's (default 2.0) and decoupled's
+    (>= 1; unset = untruncated). Set without off_policy_correction it selects token_tis."""
+    correction_low: float | None = None
+    """Lower end of the ratio band of seq_mask (default 0.999) and icepop (default 0.5)."""
+    correction_high: float | None = None
+    """Upper end of the ratio band of seq_mask (default 1.001) and icepop (default 5.0)."""
     dynamic_sampling: bool | None = None
     """Drop groups whose rewards are all equal and draw more prompts until `data.prompts_per_step`
     informative groups are found (preset: DAPO yes, single-role only)."""
@@ -326,6 +346,33 @@ class AlgoSection:
             value = getattr(self, key)
             if value is not None and value < 0:
                 raise ValueError(f"algo.{key} ({value}) must be >= 0")
+        self.correction()
+
+    def correction(self) -> tuple[str, float | None, tuple[float, float] | None]:
+        """(preset, tis_cap, (low, high) band) of the off-policy correction in force, preset
+        defaults filled in; ValueError naming the keys where they do not fit the preset."""
+        name = self.off_policy_correction or ("token_tis" if self.tis_cap is not None else "none")
+        cap, band = self.tis_cap, (self.correction_low, self.correction_high)
+        if cap is not None and cap <= 0:
+            raise ValueError(f"algo.tis_cap ({cap}) must be > 0")
+        if cap is not None and name not in CORRECTION_CAPS:
+            raise ValueError(f"algo.tis_cap ({cap}) is a parameter of {sorted(CORRECTION_CAPS)}, "
+                             f"not of off_policy_correction {name!r}")
+        if name == "decoupled" and cap is not None and cap < 1:
+            raise ValueError(f"algo.tis_cap ({cap}) must be >= 1 for decoupled PPO (its weights "
+                             "are 1 where the proximal and behaviour policies agree)")
+        if name not in CORRECTION_BANDS:
+            if band != (None, None):
+                raise ValueError(f"algo.correction_low/high {band} are parameters of "
+                                 f"{sorted(CORRECTION_BANDS)}, not of off_policy_correction "
+                                 f"{name!r}")
+            return name, CORRECTION_CAPS.get(name) if cap is None else cap, None
+        low, high = (given if given is not None else default
+                     for given, default in zip(band, CORRECTION_BANDS[name]))
+        if not 0.0 < low < 1.0 < high:
+            raise ValueError(f"algo.correction_low ({low}) and correction_high ({high}) of "
+                             f"{name} must satisfy 0 < low < 1 < high")
+        return name, None, (low, high)
 
 
 @dataclass

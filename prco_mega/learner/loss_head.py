@@ -15,8 +15,9 @@ each token chunk (the role's weights), so its own partial sums are the metrics: 
 `pg_loss`, `kl`, `clipped_tokens` and `tokens` (token counts; `clip_frac` = clipped / tokens
 after the step's reduction). Hidden row t predicts token t+1, so per-token inputs are shifted by
 one row; the first token of a sequence has no log-prob and, by `TrainBatch`'s contract, loss
-mask 0. With `from_forward`, the chunk's own log-probs give the mismatch statistics and the TIS
-weights (see `loss_paths`).
+mask 0. With `from_forward`, the chunk's own log-probs give the mismatch statistics and the
+off-policy correction of the token-level presets (see `loss_paths`, `algo.corrections`);
+`seq_mask` needs whole sequences, so the policy applies it in a pre-step pass instead.
 """
 from __future__ import annotations
 
@@ -28,8 +29,13 @@ from torch import Tensor
 
 import prco_kernels
 from prco_kernels.ppo_loss import ppo_kl_loss_and_grad, sequence_level_weights, token_level_weights
+from prco_mega.algo.corrections import HIT_NAMES, correction_weights
 from prco_mega.learner.forward import qwen_vl_forward, with_loss_totals
-from prco_mega.learner.mismatch import mismatch_sums
+from prco_mega.learner.mismatch import (
+    correction_sums,
+    image_sequence_tokens,
+    mismatch_sums,
+)
 from prco_mega.types import Role, TrainBatch
 
 IMPLS = ("torch", "triton")
@@ -93,11 +99,16 @@ class LossHeadInput:
 class _RoleChunks:
     """The fused head's per-chunk loss (`prco_kernels` LossFn): one PPO kernel call per role on
     the chunk's rows, summing their losses and gradients and keeping the kernel's partial sums.
-    With `from_forward` the chunk's log-probs (the pre-update policy's) replace the old
-    log-probs, scaled by the TIS weights when a cap is set, and feed the mismatch statistics.
-    Every [T] input is already shifted to rows (`_next_row`)."""
+    With `from_forward` and a correction preset other than none, the chunk's log-probs (the
+    pre-update policy's) replace the old log-probs and the preset's coefficient scales the
+    advantages (`loss_paths.apply_correction`, token by token); they feed the mismatch and
+    correction statistics. Every [T] input is already shifted to rows (`_next_row`)."""
 
     def __init__(self, batch: TrainBatch, settings: Any, from_forward: bool):
+        if from_forward and settings.off_policy == "seq_mask":
+            raise ValueError("the fused loss head corrects one token chunk at a time; the "
+                             "seq_mask correction needs whole sequences: apply it before the "
+                             "step (from_forward=False, `loss_paths.apply_correction`)")
         den = {int(r): float(d) for r, d in batch.role_denominators.items()}
         weights = role_token_weights(batch.loss_mask, batch.role_ids, den, settings.level,
                                      batch.cu_seqlens)
@@ -108,16 +119,24 @@ class _RoleChunks:
         self.settings, self.from_forward, self.den = settings, from_forward, den
         self.totals = {r: torch.zeros(4, device=self.old.device) for r in self.weights}
         self.learner_old = torch.zeros_like(self.old)
+        self.coef = torch.ones_like(self.old)
+        self.hit = torch.zeros_like(self.old, dtype=torch.bool)
+        image_T = (None if settings.image_token_id is None else
+                   image_sequence_tokens(batch.tokens, batch.cu_seqlens, settings.image_token_id))
+        self.image = None if image_T is None else _next_row(image_T)
 
     def __call__(self, lp: Tensor, ent: Tensor, a: int, b: int):
         s = self.settings
         old, adv = self.old[a:b], self.adv[a:b]
         if self.from_forward:
             self.learner_old[a:b] = lp.detach()
-            if s.tis_cap is not None:
-                w = torch.exp(lp.detach() - old).clamp(max=s.tis_cap)
-                adv = torch.where(self.mask[a:b] != 0, adv * w, adv)
-            old = lp.detach()
+            if s.off_policy != "none":  # none keeps the rollout's log-probs, as the torch path
+                c, self.hit[a:b] = correction_weights(s.off_policy, lp.detach(), old,
+                                                      self.mask[a:b], None, cap=s.tis_cap,
+                                                      band=s.correction_band)
+                adv = torch.where(self.mask[a:b] != 0, adv * c, adv)
+                self.coef[a:b] = c
+                old = lp.detach()
         loss, grad = lp.new_zeros(()), torch.zeros_like(lp, dtype=torch.float32)
         for role, w in self.weights.items():
             loss_r, grad_r, totals = ppo_kl_loss_and_grad(
@@ -140,7 +159,11 @@ class _RoleChunks:
                 out[f"{name}/kl"] = t[1]
                 out["kl_loss"] = out["kl_loss"] + self.settings.kl_coef * t[1]
         if self.from_forward:
-            out |= mismatch_sums(self.learner_old, self.old, self.mask, self.roles, self.den)
+            out |= mismatch_sums(self.learner_old, self.old, self.mask, self.roles, self.den,
+                                 image_T=self.image)
+            if self.settings.off_policy != "none":
+                out |= correction_sums(self.coef, self.hit, self.mask, self.roles, self.den,
+                                       HIT_NAMES[self.settings.off_policy], image_T=self.image)
         return out
 
 
@@ -152,6 +175,11 @@ class FusedPPO:
     """`loss_paths.LossSettings`."""
     from_forward: bool = True
     reads_rollout: ClassVar[bool] = True
+
+    @property
+    def corrects_in_forward(self) -> bool:
+        """Whether `from_forward` can apply the correction (not seq_mask: whole sequences)."""
+        return self.settings.off_policy != "seq_mask"
 
     def forward(self, model: torch.nn.Module, batch: TrainBatch) -> Any:
         """Last stage: a `LossHeadInput` (no output-layer GEMM); other stages: the hidden

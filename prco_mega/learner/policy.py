@@ -17,8 +17,10 @@ from typing import Any
 
 import torch
 
+from prco_mega.dist.world import device
 from prco_mega.learner.config import LearnerConfig
-from prco_mega.learner.loss_paths import LossPath
+from prco_mega.learner.loss_paths import LossPath, corrected, with_image_token
+from prco_mega.learner.mismatch import lag_counts
 from prco_mega.learner.train_step import NonFiniteLoss  # noqa: F401  (raised by step)
 from prco_mega.learner.packing import pack_plan, shape_of
 from prco_mega.types import Trajectory
@@ -55,6 +57,7 @@ class MegatronPolicy:
         self.reference = (_frozen_chunks(hf_config, self.pg, par, load_weights) if reference
                           else None)
         self.encode = VisionInputs(hf_dir, hf_config)
+        self.path = with_image_token(path, self.encode.image_token_id)  # metrics by token kind
         self.pad_token_id = int(hf_config.text_config.pad_token_id or 0)
 
     # ------------------------------------------------------------------ batches
@@ -95,15 +98,18 @@ class MegatronPolicy:
         step's log-probs before the first update. A run whose ranks each hold a part of the step
         routes it first (`dist.routing`) and calls `train`.
 
-        The learner's pre-update log-probs (mismatch metric, TIS weights) come from the training
-        forward itself when the step is one mini-batch; with several, one pass before the first
-        update serves both (the later mini-batches' forwards see updated weights)."""
+        The learner's pre-update log-probs (mismatch metric, off-policy correction) come from the
+        training forward itself when the step is one mini-batch; with several, or a correction
+        the loss path cannot apply chunk by chunk, one pass before the first update serves both
+        (the later mini-batches' forwards see updated weights)."""
         return self.train(dict(enumerate(trajectories)),
                           self.plan([shape_of(t) for t in trajectories]))
 
-    def train(self, mine: dict[int, Trajectory], plan) -> dict[str, float]:
+    def train(self, mine: dict[int, Trajectory], plan, step: int | None = None
+              ) -> dict[str, float]:
         """`step` on this replica's trajectories (by step-wide id) of a planned step (`plan`,
-        the same on every rank; `dist.routing.Router.route` gives both)."""
+        the same on every rank; `dist.routing.Router.route` gives both). Given the RL `step`
+        being trained, the metrics add the policy-lag histogram of the step's trajectories."""
         from prco_mega.learner.mismatch import finish_mismatch
         from prco_mega.learner.train_step import train_step
 
@@ -112,9 +118,10 @@ class MegatronPolicy:
                            pad_to_multiple=b.pad_to_multiple, pad_token_id=self.pad_token_id)
         if self.path.settings.kl_coef != 0.0:
             packed = [self.with_reference(batches) for batches in packed]
-        path, before = self.path, {}
-        if self.path.reads_rollout and len(packed) > 1:
-            packed, before = self._pre_step_pass(packed)
+        path, before = self.path, {} if step is None else self._lag_counts(mine, step)
+        if self.path.reads_rollout and (len(packed) > 1 or not path.corrects_in_forward):
+            packed, stats = self._pre_step_pass(packed)
+            before |= stats
             path = dataclasses.replace(path, from_forward=False)
         for chunk in self.chunks:
             chunk.train()
@@ -138,22 +145,29 @@ class MegatronPolicy:
                          dp_size=self.pg.dp.size(), level=self.path.settings.level)
 
     def _pre_step_pass(self, packed: list[list[Any]]) -> tuple[list[list[Any]], dict[str, float]]:
-        """One no-gradient pass over every mini-batch before the first update: the mismatch
-        statistics (reduced over data parallelism) and, with a TIS cap, the rewritten batches."""
-        from prco_mega.learner.loss_paths import apply_tis
-        from prco_mega.learner.mismatch import mismatch_sums
+        """One no-gradient pass over every mini-batch before the first update: the batches
+        rewritten for the off-policy correction and the mismatch and correction statistics
+        (reduced over data parallelism)."""
         from prco_mega.learner.train_step import reduce_metrics
 
         flat = [b for batches in packed for b in batches]
-        learner = self.logprobs(flat)
-        store = [mismatch_sums(lp, b.old_logprobs, b.loss_mask, b.role_ids,
-                               [int(r) for r in b.role_denominators]) for lp, b in zip(learner, flat)]
-        stats = reduce_metrics(store, pp_group=_NoPipeline(), dp_group=self.pg.dp)
-        cap = self.path.settings.tis_cap
-        if cap is not None:
-            it = iter(learner)
-            packed = [[apply_tis(b, next(it), cap) for b in batches] for batches in packed]
-        return packed, stats
+        roles = sorted({int(r) for b in flat for r in b.role_denominators})
+        done = [corrected(b, lp, self.path.settings, roles)
+                for b, lp in zip(flat, self.logprobs(flat), strict=True)]
+        it = iter(b for b, _ in done)
+        return ([[next(it) for _ in batches] for batches in packed],
+                reduce_metrics([s for _, s in done], pp_group=_NoPipeline(), dp_group=self.pg.dp))
+
+    def _lag_counts(self, mine: dict[int, Trajectory], step: int) -> dict[str, float]:
+        """`mismatch.lag_counts` of the step's trajectories: host integers, summed over the
+        data-parallel replicas (one small collective where there are several)."""
+        from prco_mega.learner.train_step import reduce_metrics
+
+        versions = [t.policy_version for t in mine.values()]
+        if self.pg.dp.size() == 1:
+            return {k: float(v) for k, v in lag_counts(versions, step).items()}
+        return reduce_metrics([lag_counts(versions, step, device())], pp_group=_NoPipeline(),
+                              dp_group=self.pg.dp)
 
     # ------------------------------------------------------------------ state
     def save(self, root: str | Path, step: int, data_state: dict | None = None) -> Path:
