@@ -18,11 +18,21 @@ from typing import Any
 import torch
 
 from prco_mega.dist.world import device
+from prco_mega.learner.checkpoint import load_checkpoint, save_checkpoint
 from prco_mega.learner.config import LearnerConfig
 from prco_mega.learner.loss_paths import LossPath, corrected, with_image_token
-from prco_mega.learner.mismatch import lag_counts
-from prco_mega.learner.train_step import NonFiniteLoss  # noqa: F401  (raised by step)
-from prco_mega.learner.packing import pack_plan, shape_of
+from prco_mega.learner.mismatch import finish_mismatch, lag_counts
+from prco_mega.learner.optim import build_optimizer
+from prco_mega.learner.packing import pack_plan, plan_and_pack, plan_step, shape_of
+from prco_mega.learner.parallel import init_parallel
+from prco_mega.learner.provider import build_model
+from prco_mega.learner.train_step import (
+    NonFiniteLoss,  # noqa: F401  (raised by step)
+    compute_logprobs,
+    reduce_metrics,
+    train_step,
+)
+from prco_mega.learner.vision_inputs import VisionInputs
 from prco_mega.types import Trajectory
 
 LoadWeights = Callable[[list, Any], Any]
@@ -37,11 +47,6 @@ class MegatronPolicy:
     def __init__(self, hf_dir: str | Path, hf_config: Any, cfg: LearnerConfig, path: LossPath,
                  load_weights: LoadWeights, *, freeze_vision: bool = False,
                  reference: bool = False):
-        from prco_mega.learner.optim import build_optimizer
-        from prco_mega.learner.parallel import init_parallel
-        from prco_mega.learner.provider import build_model
-        from prco_mega.learner.vision_inputs import VisionInputs
-
         par = cfg.parallel
         self.hf_dir, self.hf_config, self.cfg, self.path = Path(hf_dir), hf_config, cfg, path
         self.pg = init_parallel(par.tensor_parallel, par.pipeline_parallel,
@@ -63,8 +68,6 @@ class MegatronPolicy:
     # ------------------------------------------------------------------ batches
     def micro_batches(self, trajectories: Sequence[Trajectory]):
         """This data-parallel rank's packed micro-batches of the step (global denominators)."""
-        from prco_mega.learner.packing import plan_and_pack
-
         b = self.cfg.batching
         return plan_and_pack(trajectories, token_budget=b.micro_batch_tokens,
                              dp_size=self.pg.dp.size(), dp_rank=self.pg.dp.rank(),
@@ -74,8 +77,6 @@ class MegatronPolicy:
     def logprobs(self, batches, chunks=None) -> list[torch.Tensor]:
         """[T_i] log-probs of each packed micro-batch's tokens under `chunks` (default: the
         policy's), no gradients."""
-        from prco_mega.learner.train_step import compute_logprobs
-
         chunks = self.chunks if chunks is None else chunks
         for chunk in chunks:
             chunk.eval()
@@ -110,9 +111,6 @@ class MegatronPolicy:
         """`step` on this replica's trajectories (by step-wide id) of a planned step (`plan`,
         the same on every rank; `dist.routing.Router.route` gives both). Given the RL `step`
         being trained, the metrics add the policy-lag histogram of the step's trajectories."""
-        from prco_mega.learner.mismatch import finish_mismatch
-        from prco_mega.learner.train_step import train_step
-
         b = self.cfg.batching
         packed = pack_plan(mine, plan, self.pg.dp.rank(), encode=self.encode,
                            pad_to_multiple=b.pad_to_multiple, pad_token_id=self.pad_token_id)
@@ -132,8 +130,6 @@ class MegatronPolicy:
 
     def plan(self, shapes: Sequence[Any]):
         """The step's `packing.StepPlan` for this learner's batching and data parallelism."""
-        from prco_mega.learner.packing import plan_step
-
         if not shapes:
             raise ValueError("a learner step needs at least one trajectory")
         b = self.cfg.batching
@@ -148,8 +144,6 @@ class MegatronPolicy:
         """One no-gradient pass over every mini-batch before the first update: the batches
         rewritten for the off-policy correction and the mismatch and correction statistics
         (reduced over data parallelism)."""
-        from prco_mega.learner.train_step import reduce_metrics
-
         flat = [b for batches in packed for b in batches]
         roles = sorted({int(r) for b in flat for r in b.role_denominators})
         done = [corrected(b, lp, self.path.settings, roles)
@@ -161,8 +155,6 @@ class MegatronPolicy:
     def _lag_counts(self, mine: dict[int, Trajectory], step: int) -> dict[str, float]:
         """`mismatch.lag_counts` of the step's trajectories: host integers, summed over the
         data-parallel replicas (one small collective where there are several)."""
-        from prco_mega.learner.train_step import reduce_metrics
-
         versions = [t.policy_version for t in mine.values()]
         if self.pg.dp.size() == 1:
             return {k: float(v) for k, v in lag_counts(versions, step).items()}
@@ -171,14 +163,10 @@ class MegatronPolicy:
 
     # ------------------------------------------------------------------ state
     def save(self, root: str | Path, step: int, data_state: dict | None = None) -> Path:
-        from prco_mega.learner.checkpoint import save_checkpoint
-
         return save_checkpoint(root, step, self.chunks, self.optimizer, self.scheduler, pg=self.pg,
                                data_state=data_state, keep_last=self.cfg.checkpoint.keep_last)
 
     def load(self, path: str | Path) -> dict[str, Any]:
-        from prco_mega.learner.checkpoint import load_checkpoint
-
         return load_checkpoint(path, self.chunks, self.optimizer, self.scheduler, pg=self.pg)
 
 
@@ -187,8 +175,6 @@ def _frozen_chunks(hf_config: Any, pg: Any, par: Any, load_weights: LoadWeights
     """Eval-mode chunks of the starting weights in this rank's layout, with no parameter
     requiring grad. Their random init (overwritten at once) runs under a forked CPU generator, so
     building the reference draws no numbers from the stream the rest of the run uses."""
-    from prco_mega.learner.provider import build_model
-
     with torch.random.fork_rng(devices=[]):
         chunks = build_model(hf_config, pg, vpp=par.virtual_pipeline_parallel)
     load_weights(chunks, pg)
