@@ -19,6 +19,7 @@ import yaml
 from prco_mega.cluster.config import ClusterSection
 from prco_mega.data.images import PIL_MAX_IMAGE_PIXELS
 from prco_mega.data.synthetic_families import FAMILIES, POLYGONS
+from prco_mega.families import FAMILIES as MODEL_FAMILIES
 from prco_mega.learner.config import LearnerConfig
 from prco_mega.rollout.config import EngineConfig, RolloutSection
 from prco_mega.tracking.config import SavedRolloutsSection, check_loggers
@@ -394,14 +395,19 @@ class ModelSection:
     tiny_seed: int = 0
     """Init seed of the tiny model."""
     tiny_sizes: dict[str, Any] = field(default_factory=dict)
-    """Overrides of the tiny model's size fields (`models.tiny.TinySizes`, Qwen3-VL:
-    `models.tiny_qwen3vl.TinyQwen3VLSizes`), e.g. {vision_hidden: 64, vision_depth: 4}."""
-    family: Literal["qwen2_5_vl", "qwen3_vl"] | None = None
-    """Model family (a Hugging Face model_type). None: the checkpoint's config.json decides (the
-    tiny model: qwen2_5_vl); set, it builds the tiny model of that family, or must match the
-    checkpoint at hf_path."""
+    """Overrides of the tiny model's size fields (the family's `TinyBuilder.sizes`, e.g.
+    `families/qwen2_5_vl/tiny.py`'s `TinySizes`), e.g. {vision_hidden: 64, vision_depth: 4}."""
+    family: str | None = None
+    """Model family: a Hugging Face model_type of the family registry (`prco_mega.families`).
+    None: the checkpoint's config.json decides (the tiny model: qwen2_5_vl); set, it builds the
+    tiny model of that family, or must match the checkpoint at hf_path."""
     freeze_vision: bool = False
     """Train only the language model (the vision tower stays as loaded)."""
+
+    def validate(self) -> None:
+        if self.family is not None and self.family not in MODEL_FAMILIES:
+            raise ValueError(f"model.family {self.family!r} is not a known model family; known: "
+                             f"{sorted(MODEL_FAMILIES)}")
 
 
 @dataclass

@@ -15,6 +15,7 @@ from prco_mega.bridge.mapping import family_table, hub_name
 from prco_mega.bridge.param_map import ParamMap
 from prco_mega.cluster.dims import dims_from_hf_config, model_dims, total_params
 from prco_mega.cluster.sizes import ModelDims
+from prco_mega.config import RunConfig, from_dict
 from prco_mega.families import FAMILIES, family, presets
 
 KINDS = {"replicated", "column", "row", "vocab", "qkv", "gate_up", "prefix"}
@@ -84,6 +85,15 @@ def test_unknown_model_type_is_refused_naming_the_known_ones(tmp_path):
     with pytest.raises(ValueError, match=message):
         make_tiny_checkpoint(tmp_path / "tiny", ["a b c"], family="llava")
     assert not (tmp_path / "tiny").exists()
+
+
+def test_config_takes_every_registered_family_and_refuses_another():
+    """`model.family` is checked against the registry: a new family needs no edit of the config."""
+    for model_type in FAMILIES:
+        assert from_dict(RunConfig, {"model": {"family": model_type}}).model.family == model_type
+    known = re.escape(str(sorted(FAMILIES)))
+    with pytest.raises(ValueError, match=rf"model.family 'llava' .*known: {known}"):
+        from_dict(RunConfig, {"model": {"family": "llava"}})
 
 
 def test_reading_the_registry_loads_no_heavy_package():
