@@ -55,16 +55,31 @@ def _train(args: argparse.Namespace) -> int:
         print(data.line(), flush=True)
     from prco_mega.runtime.loop import main as run_main  # imports torch at its top
 
-    run_main(cfg, resume_run=args.resume)
+    run_main(cfg, resume=args.resume)
     return 0
+
+
+class _Resume(argparse.Action):
+    """`--resume` is "yes", `--resume auto` is "auto"; a `key=value` right after a bare
+    `--resume` is an override, as it was before `--resume` took a value."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if value is not None and "=" in value:
+            namespace.overrides = [*(namespace.overrides or []), value]
+            value = None
+        if value not in (None, "auto"):
+            parser.error(f"argument --resume: expected nothing or 'auto', got {value!r}")
+        namespace.resume = value or "yes"
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="run PRCO (or a baseline) from a config")
     train.add_argument("config")
     train.add_argument("overrides", nargs="*", help="key.path=value")
-    train.add_argument("--resume", action="store_true",
-                       help="continue from the newest complete checkpoint of the run")
+    train.add_argument("--resume", nargs="?", action=_Resume, default="no", metavar="auto",
+                       help="continue from the run's newest complete checkpoint (without it, a "
+                       "run directory that has checkpoints is refused); `--resume auto`: "
+                       "continue if there is one, else start (the Slurm script's command)")
     train.set_defaults(func=_train)
 
 

@@ -1,17 +1,21 @@
 """Launchers: what `launch --dry-run` prints for each cluster config is a valid torchrun / sbatch
-launch with the right world size, ranks, rendezvous and environment; bad layouts never launch."""
+launch with the right world size, ranks, rendezvous and environment; bad layouts never launch;
+the sbatch script stops its ranks ahead of the time limit and requeues the job, whose command
+continues the run."""
 from __future__ import annotations
 
 import os
 import shlex
+import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from prco_mega.cluster.launch import STOP_WARNING_S, build_launch, execute
 from prco_mega.config import load_yaml
-from prco_mega.cluster.launch import build_launch, execute
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CLUSTER_CONFIGS = ["qwen25vl_3b_h100x8.yaml", "qwen25vl_7b_h100x8.yaml",
@@ -132,10 +136,69 @@ def test_sbatch_script_launches_torchrun_on_every_node_with_rendezvous_on_the_fi
         assert int(args.nnodes) * int(args.nproc_per_node) == tp * pp * dp
         assert args.rdzv_backend == "c10d" and args.rdzv_endpoint == "gpu-0:29500"
         assert args.rdzv_id == "4242" and args.log_dir == f"logs/torchrun-4242/node{i}"
-        assert args.training_script_args == ["train", path]
+        # a requeued job continues the run; its first attempt starts it
+        assert args.training_script_args == ["train", path, "--resume", "auto"]
         env = dict(line.split("=", 1) for line in
                    (tmp_path / "out" / f"env{i}").read_text().splitlines() if "=" in line)
         assert REQUIRED_ENV.items() <= env.items()
+
+
+STUB_SRUN = """#!/bin/bash
+while [[ $1 == --* ]]; do shift; done
+SLURM_NODEID=0 "$@" &
+task=$!
+trap 'kill -TERM $task' TERM
+while kill -0 $task 2>/dev/null; do wait $task || true; done
+wait $task
+"""
+"""One node's srun: starts the task and passes a SIGTERM on to it, as srun does."""
+STUB_TORCHRUN = """#!/bin/bash
+printf '%s\\n' "$@" > "$OUT/argv"
+trap 'echo "$TORCH_ELASTIC_SHUTDOWN_TIMEOUT" > "$OUT/stopped"; exit 1' TERM
+touch "$OUT/started"
+while :; do sleep 0.05; done
+"""
+"""A torchrun whose ranks are still in a step: a SIGTERM ends it, recording how long the real
+one would wait for its workers."""
+
+
+@pytest.mark.parametrize("sent, requeued", [("USR1", True), ("TERM", False)])
+def test_sbatch_script_stops_its_ranks_ahead_of_the_time_limit_and_requeues(sent, requeued,
+                                                                            tmp_path):
+    """USR1 is Slurm's warning ahead of the time limit, to the batch script only: the ranks get
+    one SIGTERM through srun and torchrun, which waits for them to save as long as the warning's
+    lead; then the script requeues the job. TERM to every process is preemption or scancel:
+    the script waits for its ranks and leaves requeueing to Slurm (a cancelled job stays so)."""
+    path = str(CONFIGS / "qwen25vl_7b_h100x8.yaml")
+    script = build_launch(load_yaml(path), "slurm", path).render()
+    assert {"#SBATCH --requeue", "#SBATCH --open-mode=append",
+            f"#SBATCH --signal=B:USR1@{STOP_WARNING_S}"} <= set(script.splitlines())
+    bin_dir, out = tmp_path / "bin", tmp_path / "out"
+    bin_dir.mkdir()
+    out.mkdir()
+    _write(bin_dir / "scontrol", '#!/bin/bash\nif [[ $1 == requeue ]]; then echo "$*" >> '
+           '"$OUT/requeue"; else echo gpu-0; fi\n')
+    _write(bin_dir / "srun", STUB_SRUN)
+    _write(bin_dir / "torchrun", STUB_TORCHRUN)
+    (tmp_path / "job.sbatch").write_text(script)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(out), "SLURM_JOB_ID": "4242",
+           "SLURM_JOB_NODELIST": "gpu-0", "HOME": str(tmp_path)}
+    job = subprocess.Popen(["bash", str(tmp_path / "job.sbatch")], env=env, cwd=tmp_path,
+                           start_new_session=True)
+    deadline = time.time() + 30
+    while not (out / "started").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert (out / "started").exists(), "the script never started torchrun"
+    if sent == "USR1":
+        job.send_signal(signal.SIGUSR1)
+    else:  # Slurm signals every process of the job
+        os.killpg(job.pid, signal.SIGTERM)
+    assert job.wait(timeout=30) == 1  # torchrun's status: the ranks stopped early
+    assert (out / "stopped").read_text().split() == [str(STOP_WARNING_S)]
+    requeues = (out / "requeue").read_text().splitlines() if (out / "requeue").exists() else []
+    assert requeues == (["requeue 4242"] if requeued else [])
+    argv = (out / "argv").read_text().splitlines()
+    assert argv[-4:] == ["train", path, "--resume", "auto"]
 
 
 def test_separate_rollout_nodes_join_the_job_after_the_learner_nodes(tmp_path):

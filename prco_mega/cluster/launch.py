@@ -32,6 +32,10 @@ from prco_mega.config import load_yaml
 
 Mode = Literal["torchrun", "slurm"]
 HEAD_PLACEHOLDER = "HEAD_NODE_ADDR"
+STOP_WARNING_S = 600
+"""Seconds ahead of a Slurm job's time limit at which its ranks are asked to stop: time for the
+step in flight and its checkpoint (`runtime.preemption`). A `--signal` among
+`cluster.slurm.extra_sbatch` comes later in the script and replaces it."""
 
 
 def launch_env(cluster: ClusterSection, learner_world: int) -> dict[str, str]:
@@ -51,6 +55,9 @@ def launch_env(cluster: ClusterSection, learner_world: int) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
         "PRCO_ROLLOUT_PLACEMENT": cluster.rollout_placement,
         "PRCO_LEARNER_WORLD_SIZE": str(learner_world),
+        # torchrun passes a SIGTERM on to its workers and kills them this many seconds later
+        # (30 by default): the ranks finish the step in flight and save it first.
+        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(STOP_WARNING_S),
     }
     if cluster.nccl_socket_ifname:
         env["NCCL_SOCKET_IFNAME"] = cluster.nccl_socket_ifname
@@ -152,7 +159,11 @@ def render_sbatch(spec: LaunchSpec) -> str:
             f"#SBATCH --output={log}/%x-%j.out", f"#SBATCH --error={log}/%x-%j.err"]
     head += [f"#SBATCH --partition={s.partition}"] * bool(s.partition)
     head += [f"#SBATCH --account={s.account}"] * bool(s.account)
-    head += ["#SBATCH --exclusive"] * s.exclusive + [f"#SBATCH {o}" for o in s.extra_sbatch]
+    # Requeued when preempted or when its node fails (a requeued job keeps its id: its logs are
+    # appended to); warned (USR1, this script only) ahead of its time limit: `_stop_and_requeue`.
+    head += ["#SBATCH --exclusive"] * s.exclusive + [
+        "#SBATCH --requeue", "#SBATCH --open-mode=append",
+        f"#SBATCH --signal=B:USR1@{STOP_WARNING_S}", *(f"#SBATCH {o}" for o in s.extra_sbatch)]
     body = [f"# {spec.world_size} ranks ({spec.learner_world_size} learner ranks); the log "
             f"directory {log}/ must exist before sbatch (tools/launch_slurm.sh creates it)",
             "set -euo pipefail", *s.setup, *_exports(spec.env),
@@ -162,8 +173,33 @@ def render_sbatch(spec: LaunchSpec) -> str:
             "export HEAD_NODE"]
     inner = _srun_inner(spec)
     body.append(f"srun --nodes={spec.nnodes} --ntasks-per-node=1 --kill-on-bad-exit=1 "
-                f"bash -c {shlex.quote(inner)}")
-    return "\n".join(head + [""] + body) + "\n"
+                f"bash -c {shlex.quote(inner)} &")
+    return "\n".join(head + [""] + body + _stop_and_requeue()) + "\n"
+
+
+def _stop_and_requeue() -> list[str]:
+    """The script's end: wait for srun, pass the time limit's warning on to the ranks, requeue.
+
+    The warning (USR1) reaches this script only: the script hands one SIGTERM to srun, which
+    gives it to each node's torchrun, which gives it to its workers and waits
+    TORCH_ELASTIC_SHUTDOWN_TIMEOUT for them; they stop after the step in flight and save it
+    (`runtime.preemption`); then the job is requeued and `train --resume auto` continues it.
+    Not USR1 to the ranks' step (`--signal` without `B:`): torchrun's agent does not handle
+    USR1 and would die of it, leaving its workers behind; nor a second SIGTERM: the agent would
+    stop waiting for its workers. Preemption and `scancel` signal the ranks themselves
+    (SIGTERM); the script then only keeps the job alive while they save, and requeueing a
+    preempted job is Slurm's (`--requeue`), never the script's: a cancelled job stays so."""
+    return [
+        "srun_pid=$!",
+        "requeue=0",
+        'trap \'requeue=1; kill -TERM "$srun_pid" 2>/dev/null || true\' USR1',
+        "trap : TERM",
+        "# a trapped signal ends `wait` early: wait again until srun has exited, then take its",
+        "# status (the shell keeps it)",
+        'while kill -0 "$srun_pid" 2>/dev/null; do wait "$srun_pid" || true; done',
+        'status=0; wait "$srun_pid" || status=$?',
+        'if (( requeue )); then scontrol requeue "$SLURM_JOB_ID"; fi',
+        'exit "$status"']
 
 
 def _srun_inner(spec: LaunchSpec) -> str:
@@ -192,6 +228,8 @@ def build_launch(config: dict, mode: Mode, config_path: str, *, node_rank: int |
     if node_rank is not None and not 0 <= node_rank < nnodes:
         raise ValueError(f"node_rank ({node_rank}) must be in [0, {nnodes})")
     host = master_addr or ("localhost" if nnodes == 1 else HEAD_PLACEHOLDER)
+    if mode == "slurm":  # a requeued job continues; the first attempt starts (`loop.main`)
+        train_args = (*train_args, "--resume", "auto")
     run_name = str((config.get("run") or {}).get("name", "prco"))
     return LaunchSpec(
         mode=mode, job_name=run_name, nnodes=nnodes, nproc_per_node=cluster.gpus_per_node,

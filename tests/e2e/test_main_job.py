@@ -1,7 +1,9 @@
 """The main job end to end on the real path (Megatron learner, vLLM engine, bridge), kept short:
 it writes metrics, curves, a report and checkpoints, TensorBoard event files, an offline W&B run
 and saved rollouts, and a run killed with SIGKILL and resumed produces the same metrics, event
-files, W&B history and saved rollouts as an uninterrupted one, each step once."""
+files, W&B history and saved rollouts as an uninterrupted one, each step once; a run sent SIGTERM
+(preemption) saves the step it is in and exits, and its relaunch ends where the uninterrupted
+run does."""
 from __future__ import annotations
 
 import json
@@ -9,10 +11,13 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))  # tests/: the shared readers of the loggers' files
@@ -43,6 +48,33 @@ def _metrics(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if not k.startswith("time/") and k != "sync/seconds"}
             for r in rows]
+
+
+def _plain(value):
+    """Tensors and arrays as nested lists, so two states compare with ==."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _checkpoint(path: Path) -> dict:
+    """What a checkpoint holds, as plain values: the model's and the optimizer's tensors (read
+    with torch.distributed.checkpoint's own reader), the optimizer's steps (common.pt),
+    meta.json (scheduler, task stream) and every rank's RNG states."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(path, Path(tmp) / "flat.pt")
+        state = torch.load(Path(tmp) / "flat.pt", weights_only=False)
+    state["common.pt"] = torch.load(path / "common.pt", weights_only=False)
+    state["meta.json"] = json.loads((path / "meta.json").read_text())
+    for rng in sorted((path / "rng").glob("*.pt")):
+        state[f"rng/{rng.name}"] = torch.load(rng, weights_only=False)
+    return {key: _plain(value) for key, value in state.items()}
 
 
 def _tracked(run_dir: Path) -> dict:
@@ -155,32 +187,82 @@ def test_tensor_parallel_run_under_torchrun(tmp_path):
     assert (tmp_path / "tp2" / "checkpoints" / "step_00000002" / "COMPLETE").exists()
 
 
-def test_two_engine_run_killed_and_resumed_equals_the_uninterrupted_one(tmp_path):
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def _two_rank_env() -> dict[str, str]:
+    return {**_env(), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def two_rank_uninterrupted(tmp_path_factory) -> Path:
     """Colocated on 2 ranks: learner DP=2 and two vLLM engines, each sampling its half of every
-    step; the whole torchrun job SIGKILLed after its first checkpoint and resumed gives the
-    metrics of an uninterrupted 2-rank run."""
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                "2"]
-    env = {**_env(), "OMP_NUM_THREADS": "1"}
-    subprocess.run(torchrun + _cmd(tmp_path, "full")[1:], check=True, env=env, cwd=ROOT,
+    step; run once, uninterrupted, for the tests that stop and continue the same job."""
+    out = tmp_path_factory.mktemp("two_rank")
+    subprocess.run(TORCHRUN + _cmd(out, "full")[1:], check=True, env=_two_rank_env(), cwd=ROOT,
                    timeout=900)
-    proc = subprocess.Popen(torchrun + _cmd(tmp_path, "killed")[1:], env=env, cwd=ROOT,
+    return out
+
+
+def test_two_engine_run_killed_and_resumed_equals_the_uninterrupted_one(two_rank_uninterrupted):
+    """The whole 2-rank torchrun job SIGKILLed after its first checkpoint and resumed gives the
+    metrics of the uninterrupted 2-rank run."""
+    out, env = two_rank_uninterrupted, _two_rank_env()
+    proc = subprocess.Popen(TORCHRUN + _cmd(out, "killed")[1:], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    marker = tmp_path / "killed" / "checkpoints" / "step_00000002" / "COMPLETE"
+    marker = out / "killed" / "checkpoints" / "step_00000002" / "COMPLETE"
     deadline = time.time() + 600
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     assert marker.exists(), "the run never reached its first checkpoint"
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks at once
     proc.wait()
-    subprocess.run(torchrun + _cmd(tmp_path, "killed", "--resume")[1:], check=True, env=env,
+    subprocess.run(TORCHRUN + _cmd(out, "killed", "--resume")[1:], check=True, env=env,
                    cwd=ROOT, timeout=900)
-    rows = _metrics(tmp_path / "full")
+    rows = _metrics(out / "full")
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert all(r["mismatch/max_abs"] < 1e-3 for r in rows)
-    assert _metrics(tmp_path / "killed") == rows
-    assert _check_tracked(tmp_path / "killed", rows) == _check_tracked(tmp_path / "full", rows)
+    assert _metrics(out / "killed") == rows
+    assert _check_tracked(out / "killed", rows) == _check_tracked(out / "full", rows)
+
+
+def test_two_rank_run_sent_sigterm_saves_its_step_and_its_relaunch_ends_as_uninterrupted(
+        two_rank_uninterrupted):
+    """Preemption as a Slurm job meets it: SIGTERM to torchrun mid-run (after step 0 is logged),
+    which hands it to both ranks at different moments and waits for them as the Slurm script's
+    TORCH_ELASTIC_SHUTDOWN_TIMEOUT says. Both ranks stop after the same step, save it (periodic
+    checkpoints are off: this save is the stop's) and exit; the same command (`--resume auto`,
+    the Slurm script's) run again finishes the run with the uninterrupted run's metrics,
+    TensorBoard, W&B and saved rollouts, and its final checkpoint: weights, optimizer, RNG."""
+    out = two_rank_uninterrupted
+    cmd = TORCHRUN + _cmd(out, "preempted", "learner.checkpoint.interval=0", "--resume",
+                          "auto")[1:]
+    env = {**_two_rank_env(), "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "600"}
+    log = out / "preempted.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+        metrics = out / "preempted" / "metrics.jsonl"
+        deadline = time.time() + 600
+        while not (metrics.exists() and metrics.read_text()) and proc.poll() is None \
+                and time.time() < deadline:
+            time.sleep(0.2)
+        assert metrics.exists() and metrics.read_text(), "the run never logged a step"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=600) != 0
+    rows = _metrics(out / "full")
+    stopped = _metrics(out / "preempted")
+    n = len(stopped)
+    assert 1 <= n < 4 and stopped == rows[:n]
+    assert [p.name for p in (out / "preempted" / "checkpoints").iterdir()] == [f"step_{n:08d}"]
+    assert f"stopped on SIGTERM after step {n - 1}" in log.read_text()
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT, timeout=900)
+    assert _metrics(out / "preempted") == rows
+    assert _tracked(out / "preempted") == _tracked(out / "full")
+    final = "checkpoints/step_00000004"
+    got, want = _checkpoint(out / "preempted" / final), _checkpoint(out / "full" / final)
+    assert sorted(got) == sorted(want)
+    assert [key for key in want if got[key] != want[key]] == []
 
 
 def test_main_job_on_the_tiny_qwen3vl(tmp_path):
