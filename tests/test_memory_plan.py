@@ -11,9 +11,12 @@ from prco_mega.config import load_yaml
 from prco_mega.cluster.plan import (ModelDims, PlanInputs, check_fits, plan_config,
                                     plan_inputs_from_config, plan_memory, total_params)
 from prco_mega.families.qwen2_5_vl.preset import QWEN25_VL
-from prco_mega.cluster.memory import (fused_loss_head_bytes, inflight_chunks, kv_bytes_per_token,
-                                   layer_activation_bytes, optimizer_bytes_per_param,
-                                   recompute_input_bytes, unfused_loss_head_bytes)
+from prco_mega.cluster.memory import (decoder_activation_bytes, fused_loss_head_bytes,
+                                      inflight_chunks, kv_bytes_per_token, layer_activation_bytes,
+                                      mlp_inner_bytes, optimizer_bytes_per_param,
+                                      recompute_activation_bytes, recompute_input_bytes,
+                                      unfused_loss_head_bytes)
+from prco_mega.learner.config import RecomputeConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CLUSTER_CONFIGS = ["qwen25vl_3b_h100x8.yaml", "qwen25vl_7b_h100x8.yaml",
@@ -106,6 +109,60 @@ def test_recompute_modes_order_activation_memory():
     act = {m: _row(plan, f"activations, recompute={m}").bytes
            for m in ("none", "selective", "full")}
     assert act["full"] < act["selective"] < act["none"]
+
+
+@pytest.mark.parametrize("rc,kept,rerun", [
+    (RecomputeConfig("none"), 2 * 8 * 10, 0),
+    (RecomputeConfig("selective"), 2 * 8 * 6, 10 - 6),
+    (RecomputeConfig("full", "uniform", 1), 2 * 8 * 1, 10),
+    (RecomputeConfig("full", "uniform", 4), 2 * 2 * 1, 4 * 10),
+    (RecomputeConfig("full", "block", 3), 2 * (3 * 1 + 5 * 10), 0),
+    (RecomputeConfig("full", "block", 8), 2 * 8 * 1, 10)])
+def test_recompute_bytes_by_hand(rc, kept, rerun):
+    # 2 micro-batches of an 8-layer chunk in flight; a layer keeps 10 B, 6 B with its selective
+    # modules re-run, 1 B as a checkpoint's input. Block: the first k layers re-run after the
+    # later ones have freed theirs, so they add to the peak only when k covers the chunk.
+    assert recompute_activation_bytes(rc, 8, 2, layer=10.0, selective_layer=6.0,
+                                      layer_input=1.0) == (kept, rerun)
+
+
+def test_selective_mlp_recompute_drops_the_swiglu_inner_activations_per_layer():
+    x = _dense_inputs(flash_attention=True)
+    attn, _ = decoder_activation_bytes(x, RecomputeConfig("selective", modules=["core_attn"]), 1)
+    mlp, rerun = decoder_activation_bytes(
+        x, RecomputeConfig("selective", modules=["core_attn", "mlp"]), 1)
+    inner = mlp_inner_bytes(x.micro_batch_tokens, QWEN25_7B_TEXT.intermediate, x.tp)
+    assert inner == x.micro_batch_tokens * 6 * 18944 / 4
+    assert attn - mlp == pytest.approx(QWEN25_7B_TEXT.layers * inner)
+    assert rerun == pytest.approx(inner)  # one layer's MLP re-runs at a time
+
+
+def test_each_recompute_setting_maps_to_the_megatron_fields():
+    assert RecomputeConfig("none").megatron_fields() == {"recompute_granularity": None}
+    assert RecomputeConfig("selective", modules=["core_attn", "mlp"]).megatron_fields() == {
+        "recompute_granularity": "selective", "recompute_modules": ["core_attn", "mlp"]}
+    assert RecomputeConfig("full", "block", 3).megatron_fields() == {
+        "recompute_granularity": "full", "recompute_method": "block", "recompute_num_layers": 3}
+
+
+def test_the_planner_counts_the_learners_own_recompute_setting():
+    path = CONFIGS / "qwen25vl_7b_h100x8.yaml"
+    counted = {mode: [r.name for r in plan_config(
+        str(path), [f"learner.recompute.granularity={mode}"]).train
+        if r.counted and r.name.startswith("activations")] for mode in ("none", "full")}
+    assert counted == {"none": ["activations, recompute=none"],
+                       "full": ["activations, recompute=full"]}
+    # one source of truth: the planner-only setting is gone
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['recompute'\] in "
+                                         r"cluster.memory"):
+        plan_config(str(path), ["cluster.memory.recompute=none"])
+
+
+def test_a_uniform_group_that_does_not_divide_the_chunk_is_refused():
+    rc = RecomputeConfig("full", "uniform", 3)
+    with pytest.raises(ValueError, match=r"num_layers \(3\) must divide the decoder layers of "
+                                         r"each pipeline chunk \(28\)"):
+        plan_memory(_dense_inputs(recompute=rc))
 
 
 def test_fused_loss_head_memory_does_not_grow_with_vocab_but_unfused_does():

@@ -33,8 +33,9 @@ class SlurmSection:
 
 @dataclass
 class MemoryAssumptions:
-    recompute: Literal["none", "selective", "full"] = "full"
-    """Activation recomputation planned for the decoder (and the ViT when it trains)."""
+    """What the planner assumes beyond the run config. Activation recompute is not here: the
+    planner reads the learner's own `learner.recompute`, the setting the runtime applies."""
+
     flash_attention: bool = True
     """Fused attention (flash / cuDNN): no [heads, s, s] score tensors are kept."""
     grad_dtype: Literal["fp32", "bf16"] = "fp32"

@@ -6,19 +6,23 @@ The estimates are formulas, each with its source, evaluated for the heavier pipe
   4 + 16/d for 16-bit grads, 8 + 8/d for fp32), the ZeRO stage-1 scheme (Rajbhandari et al. 2020,
   arXiv 1910.02054);
 - activations: Korthikanti et al. 2022 (arXiv 2205.05198), "Reducing Activation Recomputation in
-  Large Transformer Models", per-layer bytes sbh(34 + 5as/h), generalised to GQA and SwiGLU;
-  pipeline in-flight micro-batches from Megatron's 1F1B / interleaved warm-up counts;
+  Large Transformer Models", per-layer bytes sbh(34 + 5as/h), generalised to GQA and SwiGLU,
+  under the learner's own recompute setting (`learner.recompute`: what the forward keeps plus what
+  the backward re-runs at once); pipeline in-flight micro-batches from Megatron's 1F1B /
+  interleaved warm-up counts;
 - loss head: logits [T, V/tp] in the unfused path, a chunked working set in the fused one;
 - vLLM: weights / TP, and KV cache = 2 (K, V) * layers * kv_heads/TP * head_dim * bytes per token.
 Peak memory is the larger of the training phase and the colocated rollout phase.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 from prco_mega.cluster.plan_inputs import GiB, PlanInputs
 from prco_mega.cluster.dims import ModelDims, decoder_layer_params, total_params, vision_params
+from prco_mega.learner.config import RecomputeConfig
 
 
 # ----------------------------------------------------------------------------- pure formulas
@@ -80,6 +84,51 @@ def layer_activation_bytes(tokens: int, hidden: int, kv_hidden: int, ffn: int, h
 def recompute_input_bytes(tokens: int, hidden: int, tp: int = 1, sp: bool = False) -> float:
     """Full recompute keeps only each layer's input: 2sbh bytes (divided by t with SP)."""
     return tokens * 2 * hidden / (tp if sp else 1)
+
+
+def mlp_inner_bytes(tokens: int, ffn: int, tp: int = 1, gated_mlp: bool = True) -> float:
+    """What selective recompute of the MLP drops: SwiGLU's gate, up and product (6f per token;
+    GeLU: input and output, 4f), split by TP. The MLP's input (the fc1 input, 2h) stays."""
+    return tokens * (6 if gated_mlp else 4) * ffn / tp
+
+
+def recompute_activation_bytes(rc: RecomputeConfig, chunk_layers: int, microbatches: int,
+                               layer: float, selective_layer: float,
+                               layer_input: float) -> tuple[float, float]:
+    """(bytes kept through the forward, bytes the backward re-materialises at once) of
+    `microbatches` model-chunk micro-batches of `chunk_layers` layers in flight.
+
+    `layer`: one layer's activations without recompute; `selective_layer`: with `rc.modules`
+    recomputed; `layer_input`: the 2sbh a checkpoint keeps. With L = chunk_layers, m =
+    microbatches:
+      none:             m L layer                                       + 0
+      selective:        m L selective_layer                             + (layer - selective_layer)
+      full, uniform n:  m (L / n) layer_input                           + n layer (one group re-run)
+      full, block n:    m (k layer_input + (L - k) layer), k = min(n, L) + (layer if k = L else 0)
+    Under block the first k layers re-run after the later layers of their micro-batch have freed
+    their activations, so they add to the peak only when every layer is checkpointed.
+    """
+    if rc.granularity == "none":
+        return microbatches * chunk_layers * layer, 0.0
+    if rc.granularity == "selective":
+        return microbatches * chunk_layers * selective_layer, layer - selective_layer
+    if rc.method == "uniform":
+        groups = math.ceil(chunk_layers / rc.num_layers)
+        return microbatches * groups * layer_input, min(rc.num_layers, chunk_layers) * layer
+    k = min(rc.num_layers, chunk_layers)
+    held = microbatches * (k * layer_input + (chunk_layers - k) * layer)
+    return held, layer if k == chunk_layers else 0.0
+
+
+def recompute_label(rc: RecomputeConfig) -> str:
+    """`full (uniform, 1 layer per group)`, `selective (core_attn)`, `none`."""
+    if rc.granularity == "selective":
+        return f"selective ({', '.join(rc.modules)})"
+    if rc.granularity == "full":
+        if rc.method == "uniform":
+            return f"full (uniform, {rc.num_layers} layer{'s' * (rc.num_layers > 1)} per group)"
+        return f"full (block, first {rc.num_layers} layer{'s' * (rc.num_layers > 1)} per chunk)"
+    return "none"
 
 
 def inflight_chunks(pp: int, vpp: int, rank: int) -> int:
@@ -190,24 +239,39 @@ def _learner_static(x: PlanInputs, stage: str) -> tuple[list[Row], float]:
     return rows, sum(r.bytes for r in rows)
 
 
+def decoder_activation_bytes(x: PlanInputs, rc: RecomputeConfig,
+                             chunks: int) -> tuple[float, float]:
+    """`recompute_activation_bytes` for the decoder of `x` with `chunks` model-chunk micro-batches
+    in flight: Korthikanti's per-layer bytes, without the score term under fused attention or
+    with core_attn recomputed, and without the MLP's inner activations with mlp recomputed."""
+    m, t = x.model, x.micro_batch_tokens
+    seq = min(t, x.max_model_len)
+
+    def layer(flash: bool) -> float:
+        return layer_activation_bytes(t, m.hidden, m.kv_hidden, m.intermediate, m.heads, seq,
+                                      x.tp, x.sequence_parallel, flash=flash, q_hidden=m.q_hidden)
+
+    selective = layer(x.flash_attention or "core_attn" in rc.modules)
+    if "mlp" in rc.modules:
+        selective -= mlp_inner_bytes(t, m.intermediate, x.tp)
+    return recompute_activation_bytes(
+        rc, m.layers // (x.pp * x.vpp), chunks, layer(x.flash_attention), selective,
+        recompute_input_bytes(t, m.hidden, x.tp, x.sequence_parallel))
+
+
 def _activation_rows(x: PlanInputs, stage: str) -> list[Row]:
     m, t = x.model, x.micro_batch_tokens
     rank = 0 if stage in ("first", "only") else x.pp - 1
     chunks = inflight_chunks(x.pp, x.vpp, rank)
-    layers_held = chunks * (m.layers // (x.pp * x.vpp))
-    seq = min(t, x.max_model_len)
-    per_layer = {mode: layer_activation_bytes(
-        t, m.hidden, m.kv_hidden, m.intermediate, m.heads, seq, x.tp, x.sequence_parallel,
-        flash=x.flash_attention or mode == "selective", q_hidden=m.q_hidden)
-        for mode in ("none", "selective")}
-    full = (layers_held * recompute_input_bytes(t, m.hidden, x.tp, x.sequence_parallel)
-            + per_layer["none"])
-    modes = {"none": layers_held * per_layer["none"],
-             "selective": layers_held * per_layer["selective"], "full": full}
-    what = f"{layers_held} layer-micro-batches in flight x {t} tokens"
-    rows = [Row(f"activations, recompute={mode}", b, counted=mode == x.recompute,
-                note=what + (" (+1 layer recomputed)" if mode == "full" else ""))
-            for mode, b in modes.items()]
+    what = f"{chunks * (m.layers // (x.pp * x.vpp))} layer-micro-batches in flight x {t} tokens"
+    rows = []
+    for mode in ("none", "selective", "full"):
+        rc = dataclasses.replace(x.recompute, granularity=mode)
+        held, working = decoder_activation_bytes(x, rc, chunks)
+        again = f" + {working / GiB:.2f} GiB re-run in the backward" if working else ""
+        rows.append(Row(f"activations, recompute={mode}", held + working,
+                        counted=mode == x.recompute.granularity,
+                        note=f"{recompute_label(rc)}: {what}{again}"))
     if stage in ("first", "only") and m.vision is not None and x.image_tokens_per_micro_batch:
         rows.append(_vision_row(x, math.ceil(chunks / x.vpp)))
     return rows
@@ -221,11 +285,12 @@ def _vision_row(x: PlanInputs, microbatches: int) -> Row:
     if x.vision_frozen:
         return Row("ViT activations (frozen: one block's working set)", block,
                    note=f"{patches} patches, no grad")
-    if x.recompute == "full":
+    # the ViT is checkpointed block by block under full recompute only (`learner.model`)
+    if x.recompute.granularity == "full":
         held = microbatches * v.depth * recompute_input_bytes(patches, v.hidden) + block
     else:
         held = microbatches * v.depth * block
-    return Row(f"ViT activations, recompute={x.recompute}", held,
+    return Row(f"ViT activations, recompute={x.recompute.granularity}", held,
                note=f"{microbatches} micro-batch(es) x {patches} patches, replicated over TP")
 
 
@@ -323,7 +388,7 @@ def render_table(p: MemoryPlan) -> str:
     x, gib = p.inputs, p.inputs.gpu_memory_gib
     head = (f"Memory plan per GPU: {x.model.name}, TP={x.tp} PP={x.pp} VPP={x.vpp} DP={x.dp}, "
             f"SP={'on' if x.sequence_parallel else 'off'}, micro-batch {x.micro_batch_tokens} "
-            f"tokens, recompute={x.recompute}, "
+            f"tokens, recompute={recompute_label(x.recompute)}, "
             f"loss head {'fused' if x.fused_loss_head else 'unfused'}"
             f"\nGPU memory {gib:.2f} GiB")
     lines = [head, f"training phase ({p.stage} stage):"] + [_line(r) for r in p.train]

@@ -9,11 +9,10 @@ share (`learner.layout.check_layout`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
 
 from prco_mega.config import AlgoSection, KernelsSection, from_dict
-from prco_mega.learner.config import LearnerConfig
+from prco_mega.learner.config import LearnerConfig, RecomputeConfig
 from prco_mega.learner.layout import Layout, LayoutDims, check_layout
 from prco_mega.cluster.config import ClusterSection, MemoryAssumptions, SlurmSection  # noqa: F401
 from prco_mega.cluster.dims import ModelDims, model_dims
@@ -33,7 +32,8 @@ class PlanInputs:
     vpp: int = 1
     sequence_parallel: bool = True
     micro_batch_tokens: int = 16384
-    recompute: Literal["none", "selective", "full"] = "full"
+    recompute: RecomputeConfig = field(default_factory=RecomputeConfig)
+    """The learner's activation recompute (`learner.recompute`), the one the runtime applies."""
     flash_attention: bool = True
     fused_loss_head: bool = True
     param_bytes: int = 2
@@ -66,6 +66,7 @@ class PlanInputs:
         cannot hold, naming the numbers."""
         check_layout(layout_dims(self.model), self.tp * self.pp * self.dp, self.tp, self.pp,
                      None if self.vpp == 1 else self.vpp, engine_tp=self.rollout_tp)
+        self.recompute.check_chunk(self.model.layers // (self.pp * self.vpp))
         if self.micro_batch_tokens < self.max_model_len:
             raise ValueError(f"learner micro_batch_tokens ({self.micro_batch_tokens}) must be >= "
                              f"engine.max_model_len ({self.max_model_len}): a trajectory is "
@@ -112,7 +113,7 @@ def plan_inputs_from_config(data: dict) -> tuple[PlanInputs, ClusterSection]:
     inputs = PlanInputs(
         model=model, tp=par.tensor_parallel, pp=par.pipeline_parallel, dp=layout.dp,
         vpp=par.virtual_pipeline_parallel or 1, sequence_parallel=par.sequence_parallel,
-        micro_batch_tokens=learner.batching.micro_batch_tokens, recompute=mem.recompute,
+        micro_batch_tokens=learner.batching.micro_batch_tokens, recompute=learner.recompute,
         flash_attention=mem.flash_attention, fused_loss_head=kernels.impl == "triton",
         param_bytes=4 if precision == "fp32" else 2,
         grad_bytes=4 if precision == "fp32" or mem.grad_dtype == "fp32" else 2,

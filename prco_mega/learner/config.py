@@ -1,5 +1,5 @@
 """Typed configs of the learner section: parallel layout, micro-batching, optimizer, LR schedule,
-precision and checkpoints. Plain dataclasses (no heavy imports) so that the run config can be
+precision, activation recompute and checkpoints. Plain dataclasses (no heavy imports) so that the run config can be
 built and validated before any process group starts.
 """
 from __future__ import annotations
@@ -105,6 +105,60 @@ class ScheduleConfig:
                              f"warmup_steps ({self.warmup_steps})")
 
 
+RECOMPUTE_MODULES = ("core_attn", "mlp")
+"""Megatron 0.16.1's `recompute_modules` that a dense decoder on the local or TE spec can use. Its
+others are for MoE layers (`moe`, `moe_act`, `shared_experts`) or MLA (`mla_up_proj`), and
+`layernorm` fails without Transformer Engine (0.16.1's `CheckpointWithoutOutput` always takes the
+fp8 path, which imports TE)."""
+
+
+@dataclass
+class RecomputeConfig:
+    granularity: Literal["none", "selective", "full"] = "none"
+    """Activation recompute of the decoder layers (Megatron's `recompute_granularity`): none keeps
+    every activation; selective re-runs `modules` of every layer in the backward; full keeps only
+    the input of each checkpointed group of layers and re-runs the group. Full also checkpoints
+    each ViT block (Hugging Face's non-reentrant checkpoint) when the ViT trains; selective leaves
+    the ViT as it is. The memory planner reads this same setting."""
+    method: Literal["uniform", "block"] = "uniform"
+    """Full only (Megatron's `recompute_method`): uniform checkpoints every group of `num_layers`
+    consecutive layers; block checkpoints the first `num_layers` layers of each pipeline chunk and
+    lets the rest keep their activations."""
+    num_layers: int = 1
+    """Full only (Megatron's `recompute_num_layers`): layers per group (uniform) or checkpointed
+    layers per pipeline chunk (block)."""
+    modules: list[Literal["core_attn", "mlp"]] = field(default_factory=lambda: ["core_attn"])
+    """Selective only (Megatron's `recompute_modules`): core_attn drops the [heads, s, s] scores of
+    unfused attention (nothing to drop with fused/flash attention, which keeps no scores); mlp
+    drops the MLP's inner activations (gate, up, their product) and keeps its input."""
+
+    def validate(self) -> None:
+        if self.num_layers < 1:
+            raise ValueError(f"learner.recompute.num_layers ({self.num_layers}) must be >= 1")
+        if self.granularity == "selective" and not self.modules:
+            raise ValueError(f"learner.recompute.modules ({self.modules}) must name at least one "
+                             f"of {list(RECOMPUTE_MODULES)} for selective recompute")
+
+    def megatron_fields(self) -> dict:
+        """The `TransformerConfig` fields of this setting (Megatron refuses a method or layer count
+        with selective recompute, and needs both with full)."""
+        if self.granularity == "none":
+            return {"recompute_granularity": None}
+        if self.granularity == "selective":
+            return {"recompute_granularity": "selective", "recompute_modules": list(self.modules)}
+        return {"recompute_granularity": "full", "recompute_method": self.method,
+                "recompute_num_layers": self.num_layers}
+
+    def check_chunk(self, chunk_layers: int) -> None:
+        """Refuse a uniform group size that does not divide a pipeline chunk's `chunk_layers`
+        decoder layers (Megatron's last group would index past the chunk's layers)."""
+        if (self.granularity == "full" and self.method == "uniform"
+                and chunk_layers % self.num_layers):
+            raise ValueError(f"learner.recompute.num_layers ({self.num_layers}) must divide the "
+                             f"decoder layers of each pipeline chunk ({chunk_layers}) with "
+                             "method uniform")
+
+
 @dataclass
 class CheckpointConfig:
     dir: str | None = None
@@ -139,9 +193,12 @@ class LearnerConfig:
     logprob_temperature: float = 1.0
     """Divide logits by this before log-softmax; must match how the rollout engine's log-probs
     were computed (1.0 with vLLM's default raw log-probs)."""
+    recompute: RecomputeConfig = field(default_factory=RecomputeConfig)
+    """Activation recompute (decoder layers; the ViT under full), as Megatron takes it."""
 
     def validate(self) -> None:
-        for section in (self.parallel, self.batching, self.optim, self.schedule, self.checkpoint):
+        for section in (self.parallel, self.batching, self.optim, self.schedule, self.checkpoint,
+                        self.recompute):
             section.validate()
         if self.logprob_temperature <= 0:
             raise ValueError(

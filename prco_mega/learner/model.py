@@ -53,6 +53,7 @@ from megatron.core.transformer.module import MegatronModule  # noqa: E402
 from megatron.core.transformer.transformer_config import TransformerConfig  # noqa: E402
 
 from prco_mega.learner.attention import SdpaDotProductAttention  # noqa: E402
+from prco_mega.learner.config import RecomputeConfig  # noqa: E402
 from prco_mega.learner.mrope import packed_causal_mask  # noqa: E402
 
 
@@ -87,7 +88,8 @@ def transformer_config_from_hf(hf_config, *, tp: int = 1, pp: int = 1, vpp: int 
                                **overrides: Any) -> TransformerConfig:
     """Megatron `TransformerConfig` for the Qwen2 decoder of `hf_config` at the given layout.
 
-    `overrides` set any other TransformerConfig field (sequence_parallel, recompute_*, bf16, ...).
+    `overrides` set any other TransformerConfig field (sequence_parallel, bf16, ...); the
+    learner's activation recompute arrives here as `LearnerConfig.recompute.megatron_fields()`.
     """
     tc = text_config(hf_config)
     heads = tc.num_attention_heads
@@ -112,7 +114,11 @@ def transformer_config_from_hf(hf_config, *, tp: int = 1, pp: int = 1, vpp: int 
         persist_layer_norm=False,
     )
     kwargs.update(overrides)
-    return TransformerConfig(**kwargs)
+    config = TransformerConfig(**kwargs)
+    if config.recompute_granularity == "full":
+        RecomputeConfig("full", config.recompute_method, config.recompute_num_layers).check_chunk(
+            config.num_layers // (pp * (vpp or 1)))
+    return config
 
 
 class RMSNorm(torch.nn.Module):
@@ -199,6 +205,10 @@ class VisionLanguageModel(MegatronModule):
             self.vision = self.vision_tower_cls(config, hf_config.vision_config)
             if freeze_vision:
                 self.vision.requires_grad_(False)
+            elif config.recompute_granularity == "full":
+                # Megatron's recompute covers the decoder only: under full recompute each ViT block
+                # keeps only its input too (the planner's ViT row, `cluster.memory._vision_row`)
+                self.vision.model.gradient_checkpointing_enable()
         self.language_model = GPTModel(
             config, self.layer_specs(config, use_te, vp_stage, pg_collection.pp.rank()),
             vocab_size=tc.vocab_size, max_sequence_length=tc.max_position_embeddings,
