@@ -10,13 +10,19 @@ For each layout, after one real optimizer step of `MegatronPolicy`, every rank r
   into `param_data`) + Adam `exp_avg`, `exp_avg_sq` of the rank's shard + torch's 4-byte `step`
   tensors, and the rank's shard of the buffer (elements, padding excluded);
 - the planner's rows for the same dims (read from the checkpoint's config.json) and layout.
-Rank 0 writes `{layout: [per-rank dicts]}` to `--out`.
+Then, for each recompute setting of `tools/gpu_check.py` (shared out over the ranks, TP = 1), the
+bytes the autograd graph keeps inside the decoder during one bf16 forward + backward of the tiny
+model on one 256-token sequence with unfused (math) attention (`gpu_check.SavedActivations`:
+unique storages through `saved_tensors_hooks`, after the forward and at the peak), beside the
+planner's figure for the same dims.
+Rank 0 writes `{layout: [per-rank dicts], "activations": {setting: dict}}` to `--out`.
 """
 from __future__ import annotations
 
 import gc
 import json
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -25,7 +31,13 @@ import torch
 import torch.distributed as dist
 from tiny_world import start, text_trajectories
 
+# tools/gpu_check.py measures the same activations on CUDA: its meter and step are the ones used here
+sys.path.append(str(Path(__file__).resolve().parents[3] / "tools"))
+import gpu_check  # noqa: E402
+
 LAYOUTS = {"tp1_dp2": 1, "tp2_dp1": 2}  # name -> TP (2 ranks: DP = 2 / TP)
+ACT_TOKENS = 256
+"""Tokens of the activation measurement's one sequence."""
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int]:
@@ -125,6 +137,31 @@ def run_layout(hf_dir: Path, tp: int) -> dict:
     return out
 
 
+def measure_activations(hf_dir: Path, names: list[str]) -> dict:
+    """Saved-activation bytes of one bf16 forward + backward of the tiny decoder at the recompute
+    settings `names` (`gpu_check.settings`), unfused (math) attention, beside the planner's."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from prco_mega.bridge.hf_io import load_hf_config
+    from prco_mega.cluster.plan import model_dims
+    from prco_mega.learner.parallel import destroy_parallel, init_parallel
+
+    cfg, dims = load_hf_config(hf_dir), model_dims(str(hf_dir))
+    pg = init_parallel(1, 1)
+    tokens = torch.randint(0, 400, (1, ACT_TOKENS), generator=torch.Generator().manual_seed(0))
+    out = {}
+    for name in names:
+        rc = gpu_check.settings(dims.layers)[name]
+        chunk = gpu_check.build_chunk(cfg, pg, rc, torch.bfloat16)
+        with sdpa_kernel(SDPBackend.MATH):
+            meter = gpu_check.decoder_step(chunk, tokens, lambda h, w: h.float().square().mean())
+        out[name] = {"forward": meter.forward, "peak": meter.peak,
+                     "planned": gpu_check.planned(dims, rc, ACT_TOKENS, flash=False),
+                     "rotary_bytes": ACT_TOKENS * dims.head_dim * 4}
+    destroy_parallel()
+    return out
+
+
 def main() -> None:
     out, hf_dir = start()
     result = {}
@@ -132,6 +169,14 @@ def main() -> None:
         ranks = [None] * dist.get_world_size()
         dist.all_gather_object(ranks, run_layout(hf_dir, tp))
         result[name] = ranks
+    # the recompute settings shared out over the ranks (TP = 1, no DDP: no rank waits on another)
+    from prco_mega.cluster.plan import model_dims
+
+    names = list(gpu_check.settings(model_dims(str(hf_dir)).layers))
+    mine = measure_activations(hf_dir, names[dist.get_rank()::dist.get_world_size()])
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, mine)
+    result["activations"] = {n: next(p[n] for p in parts if n in p) for n in names}
     if dist.get_rank() == 0:
         out.write_text(json.dumps(result, indent=1))
     dist.destroy_process_group()
