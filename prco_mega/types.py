@@ -72,7 +72,11 @@ class Trajectory:
     reward: float = 0.0
     advantage: float = 0.0
     policy_version: int = 0
-    """Learner step whose weights produced this sample."""
+    """Updates in the weights that drew this sample (the oldest, when several drew its tokens)."""
+    token_versions: list[int] | None = None
+    """[len(response_ids)] the version that drew each token, when new weights arrived while it
+    was generated (partial rollouts); None: `policy_version` drew them all. Each token's
+    behaviour log-prob is in `rollout_logprobs`."""
     caption_index: int | None = None
     """Solver only: which of the task's Observer captions this answer was conditioned on."""
     images: list[Image] = field(default_factory=list)

@@ -122,9 +122,22 @@ class EngineLink:
         return [outbox[0], dict(enumerate(self.part))]
 
 
+class Store:
+    """The launcher's key-value store, as the learner's publisher uses it."""
+
+    def __init__(self):
+        self.keys: set[str] = set()
+
+    def set(self, key, value):
+        self.keys.add(key)
+
+    def check(self, keys):
+        return all(k in self.keys for k in keys)
+
+
 def _remote(log: Recorder, part: list[Trajectory]) -> Remote:
     link = EngineLink(log, part)
-    split = SimpleNamespace(link=link, learner_size=1, engine_ranks=[1])
+    split = SimpleNamespace(link=link, learner_size=1, engine_ranks=[1], store=Store())
     place = Remote.__new__(Remote)
     place.split, place.policy, place.logger = split, _policy(log), Logger(log)
     place.router = Router(link, 0)

@@ -140,9 +140,13 @@ class RemotePublisher:
 
     def __init__(self, split: SplitWorld, config: EngineConfig):
         self.split, self.config = split, config
+        self.published = 0
 
     def publish(self, policy: Any) -> dict[str, float]:
         tp = self.config.tensor_parallel_size
+        # engines that generate in chunks look for this key between chunks (`WeightReceiver.ready`)
+        self.split.store.set(weights_key(self.published), "1")
+        self.published += 1
         stats = send_weights(policy.chunks, policy.pg, policy.hf_config, self.split,
                              dtype=cast_dtype(self.config.dtype), engine_tp=tp)
         learner = all_gather((stats.received_bytes, stats.sent_per_engine_rank))
@@ -156,7 +160,20 @@ class WeightReceiver:
                  config: EngineConfig):
         self.engine, self.hf_config, self.split = engine, hf_config, split
         self.bucket_bytes = config.sync_bucket_mib * 2**20
+        self.received = 0
+
+    def ready(self) -> bool:
+        """Whether the learner has begun its next publish (so `receive` would not wait for the
+        learner's update): a look at the launcher's store, no collective."""
+        return self.split.store.check([weights_key(self.received)])
 
     def receive(self) -> SyncStats:
-        return receive_weights(self.engine, self.hf_config, self.split,
-                               bucket_bytes=self.bucket_bytes)
+        stats = receive_weights(self.engine, self.hf_config, self.split,
+                                bucket_bytes=self.bucket_bytes)
+        self.received += 1
+        return stats
+
+
+def weights_key(n: int) -> str:
+    """The store key the learner sets as it begins its n-th publish of the run (from 0)."""
+    return f"prco/weights/{n}"

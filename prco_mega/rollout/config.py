@@ -81,6 +81,20 @@ class RolloutSection:
     while the learner trains (`runtime.engine_worker`); trajectories record the policy version
     that drew them, so `train/policy_lag` shows the lag and an off-policy correction can use it."""
 
+    partial_rollouts: bool = False
+    """Generate in chunks of `chunk_tokens` and take the learner's new weights between chunks:
+    a sequence in flight continues from its prefix under the new weights, each token keeping the
+    version and log-prob that drew it (`rollout.partial`). Needs `max_staleness` >= 1 (the
+    engines generate while the learner trains). Off: new weights wait for the step in flight."""
+    chunk_tokens: int = 16
+    """New tokens per sequence between two looks for new weights (partial rollouts): smaller
+    takes weights sooner, at one more engine call per chunk."""
+
     def __post_init__(self) -> None:
         if self.max_staleness < 0:
             raise ValueError(f"rollout.max_staleness must be >= 0, got {self.max_staleness}")
+        if self.partial_rollouts and self.max_staleness < 1:
+            raise ValueError("rollout.partial_rollouts needs rollout.max_staleness >= 1 (the "
+                             "engines must be generating while the learner trains)")
+        if self.chunk_tokens < 1:
+            raise ValueError(f"rollout.chunk_tokens must be >= 1, got {self.chunk_tokens}")

@@ -89,6 +89,9 @@ class Generation:
     """"stop" (EOS, stop string or stop id) or "length"."""
     prompt_ids: list[int] = field(default_factory=list)
     """[P] the prompt as the engine saw it (image pads expanded): the learner's prompt ids."""
+    token_versions: list[int] | None = None
+    """[L] the policy version that drew each token (partial rollouts, `rollout.partial`); None:
+    one version drew them all."""
 
 
 @dataclass(frozen=True)

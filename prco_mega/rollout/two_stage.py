@@ -102,7 +102,8 @@ def trajectory_of(gen: Generation, role: Role, task: Task, group_id: int, policy
         role=role, task_uid=task.uid, group_id=group_id, prompt_ids=list(gen.prompt_ids),
         response_ids=list(gen.token_ids), rollout_logprobs=list(gen.logprobs), text=gen.text,
         policy_version=policy_version, caption_index=caption_index, images=list(images),
-        slot=slot, meta={"step": step, "finish_reason": gen.finish_reason})
+        token_versions=gen.token_versions, slot=slot,
+        meta={"step": step, "finish_reason": gen.finish_reason})
 
 
 def require_logprobs(**settings: SamplingSettings) -> None:

@@ -192,15 +192,19 @@ def run_loggers(cfg: RunConfig, dirs: RunDirs, algo: algorithms.AlgoSettings) ->
 
 
 def engine_side(cfg: RunConfig, dirs: RunDirs, model_dir: Path,
-                algo: algorithms.AlgoSettings) -> EngineSide:
+                algo: algorithms.AlgoSettings,
+                sampling_engine: Callable[[Any], Any] | None = None) -> EngineSide:
     """This rank's engine (built at the same moment on every rank of its world), the task
-    stream, the algorithm's sampler and the rollout saver."""
+    stream, the algorithm's sampler and the rollout saver. `sampling_engine(engine)` gives the
+    engine the sampler draws from (e.g. `rollout.partial.PartialRollouts` around it); the
+    evaluations use the engine itself."""
     from prco_mega.tracking.rollouts import RolloutSaver
 
     shard = shard_of(cfg)
     engine = start_engine(cfg, model_dir)
     stream = task_stream(cfg, cfg.data.prompts_per_step)
-    sample = samplers.build_sampler(cfg, algo, engine, prompt_set(cfg),
+    drawing = engine if sampling_engine is None else sampling_engine(engine)
+    sample = samplers.build_sampler(cfg, algo, drawing, prompt_set(cfg),
                                     leakage_checker(cfg, engine), torch.Generator(), shard)
     samples = RolloutSaver(cfg.saved_rollouts, dirs.root / "rollouts", shard,
                            cfg.data.prompts_per_step)

@@ -19,6 +19,12 @@ s. Sampled steps wait in a queue; every trajectory records the policy version th
 (`policy_version`), so the loss knows its lag (`train/policy_lag`) and a correction can use it.
 At each checkpoint the engine ranks save their queue (and the stream position after it), so a
 resumed run trains on the very samples the uninterrupted run trains on.
+
+With `rollout.partial_rollouts` the engines generate in chunks (`rollout.partial`) and, between
+chunks, take the learner's new weights as soon as it publishes them and hand over the next queued
+step (`Worker.serve`): a sequence in flight continues from its prefix under the new weights, each
+token keeping the version and log-prob that drew it. When weights arrive then depends on timing,
+so such a run is not reproducible token for token (the synchronous order above is).
 """
 from __future__ import annotations
 
@@ -34,16 +40,19 @@ from prco_mega.bridge.remote import WeightReceiver
 from prco_mega.config import RunConfig
 from prco_mega.dist.link import SplitWorld
 from prco_mega.dist.routing import Router
-from prco_mega.dist.world import is_host, rank
+from prco_mega.dist.world import all_gather, broadcast, is_host, rank
 from prco_mega.runtime import build
+from prco_mega.rollout.partial import PartialRollouts
 from prco_mega.runtime.placement import EngineReport
 from prco_mega.tracking.timing import PhaseTimer
 from prco_mega.types import Trajectory
 
 
 def stamp(part: Sequence[Trajectory], version: int) -> list[Trajectory]:
-    """The part with the policy version that drew it."""
-    return [dataclasses.replace(t, policy_version=version) for t in part]
+    """The part with the policy version that drew it (the oldest of its tokens' when new weights
+    arrived while it was generated)."""
+    return [dataclasses.replace(t, policy_version=min(t.token_versions or [version]))
+            for t in part]
 
 
 @dataclass
@@ -92,8 +101,12 @@ def sample_step(side: build.EngineSide, ahead: Ahead) -> None:
     leader = side.shard.placement.is_engine_leader
     part = stamp(scored.train, ahead.version) if leader else []
     state = side.stream.state_dict()
-    report = (EngineReport({**scored.metrics, **timer.metrics()}, scored.weights, ahead.version,
-                           state) if leader else None)
+    # trajectories whose tokens came from more than one policy version (partial rollouts)
+    mixed = float(sum(len(set(t.token_versions or ())) > 1 for t in part))
+    report = (EngineReport({**scored.metrics, **timer.metrics(), "rollout/mixed_versions": mixed},
+                           scored.weights, min((t.policy_version for t in part),
+                                               default=ahead.version), state)
+              if leader else None)
     ahead.queue[step] = (part, report)
     ahead.next_step, ahead.stream_state = step + 1, state
 
@@ -115,13 +128,76 @@ def engine_step(side: build.EngineSide, router: Router, weights: WeightReceiver,
     return trained
 
 
+@dataclass
+class Worker:
+    """Partial rollouts: the engine rank's link operations (W, X) served whenever they can
+    proceed, between generation chunks and between steps, in the order the learner makes them."""
+
+    side: build.EngineSide
+    router: Router
+    weights: WeightReceiver
+    ahead: Ahead
+    max_staleness: int
+    last: int
+    handed: int = 0
+    """The next step to hand over."""
+    pending: bool = False
+    """The learner trains the last step handed over: its new weights come next."""
+
+    def take_weights(self) -> None:
+        self.weights.receive()
+        self.ahead.version += 1
+        self.pending = False
+
+    def hand_over(self) -> None:
+        part, report = self.ahead.queue.pop(self.handed)
+        self.pending = self.router.route(part, report).trained
+        self.handed += 1
+
+    def serve(self) -> int:
+        """What can proceed without waiting: the learner's published weights, then the next
+        queued step; the version the engine then holds (`PartialRollouts.between`). Collective
+        over the engines' world: its first rank decides whether the weights are there."""
+        while True:
+            if self.pending and broadcast(self.weights.ready()):
+                self.take_weights()
+            elif not self.pending and self.handed in self.ahead.queue:
+                self.hand_over()
+            else:
+                return self.ahead.version
+
+    def run(self) -> bool:
+        """Every step handed over, sampling ahead within the staleness bound whenever the next
+        link operation would wait; returns whether the last step trains."""
+        while self.handed <= self.last:
+            self.serve()
+            if self.handed > self.last:
+                break
+            ahead = self.ahead
+            if (ahead.next_step <= min(ahead.version + self.max_staleness, self.last)
+                    or ahead.next_step == self.handed):  # the step the learner waits for
+                sample_step(self.side, ahead)
+            elif self.pending:
+                self.take_weights()  # nothing to draw within the bound: wait for the learner
+        return self.pending
+
+
 def run_engine_worker(cfg: RunConfig, dirs: build.RunDirs, algo: AlgoSettings,
                       split: SplitWorld) -> None:
     """The engine ranks' whole run, paired with the learner's loop over `remote.Remote`."""
     model = Path(split.link.broadcast_object(None, src=0))
-    side = build.engine_side(cfg, dirs, model, algo)
+    worker: Worker | None = None
+
+    def partial(engine):  # the sampler's engine generates in chunks, serving the links between
+        return PartialRollouts(engine, cfg.rollout.chunk_tokens, lambda: worker.serve(),
+                               lambda mine: any(all_gather(mine)))
+
+    side = build.engine_side(cfg, dirs, model, algo,
+                             partial if cfg.rollout.partial_rollouts else None)
     weights = WeightReceiver(side.engine, load_hf_config(model), split, cfg.engine)
     router = Router(split.link, None)
+    if cfg.rollout.partial_rollouts:
+        worker = Worker(side, router, weights, Ahead(0), cfg.rollout.max_staleness, 0)
     start, data_state = split.link.broadcast_object(None, src=0)
     ahead = load_ahead(dirs.root, start) if start else None
     if ahead is None:  # a fresh run, or a checkpoint without the engines' queue
@@ -138,8 +214,11 @@ def run_engine_worker(cfg: RunConfig, dirs: build.RunDirs, algo: AlgoSettings,
     before = build.evaluate_policy(side, dirs.root / "eval_start.json", cache=start > 0)
     split.link.broadcast_object(before, src=split.learner_size)
     trained, steps, k = False, cfg.run.steps, cfg.rollout.max_staleness
+    if worker is not None:
+        worker.ahead, worker.handed, worker.last = ahead, start, steps - 1
+        trained = worker.run()
     every, keep = cfg.learner.checkpoint.interval, cfg.learner.checkpoint.keep_last
-    for step in range(start, steps):
+    for step in range(start, steps if worker is None else start):
         trained = engine_step(side, router, weights, ahead, step, trained, steps - 1, k)
         if (every and (step + 1) % every == 0) or step + 1 == steps:  # the learner saves here
             save_ahead(dirs.root, step + 1, ahead, keep)

@@ -86,3 +86,14 @@ def test_killed_and_resumed_separate_run_trains_on_the_same_samples(runs):
     _train(runs, "killed", "--resume")
     assert _metrics(runs / "killed") == _metrics(runs / "full")
     assert json.loads((runs / "killed" / "eval_end.json").read_text())["tasks"] == 2
+
+
+def test_partial_rollouts_take_new_weights_mid_sequence_within_the_bound(runs):
+    _train(runs, "partial", "rollout.partial_rollouts=true", "rollout.chunk_tokens=4",
+           "solver.max_new_tokens=48")
+    rows = _metrics(runs / "partial")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert all(0 <= r["train/policy_lag"] <= 2 and r["loss_tokens"] > 0 for r in rows)
+    # a learner update of the tiny model takes about a second, an engine step of 48-token
+    # answers in 4-token chunks several: some sequences in flight take the new weights mid-way
+    assert sum(r["rollout/mixed_versions"] for r in rows) > 0
