@@ -112,9 +112,11 @@ def loss_settings(cfg: RunConfig, algo: algorithms.AlgoSettings) -> LossSettings
     from prco_mega.learner.loss_paths import LossSettings
 
     a = cfg.algo
+    correction, cap, band = a.correction()
     return LossSettings(clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=a.dual_clip,
                         kl_coef=a.kl_coef, kl_kind=a.kl_kind, level=algo.level,
-                        temperature=cfg.learner.logprob_temperature, tis_cap=a.tis_cap)
+                        temperature=cfg.learner.logprob_temperature, tis_cap=cap,
+                        correction=correction, correction_band=band)
 
 
 def hf_weights(hf_dir: Path, hf_config: Any) -> Callable[[list, Any], Any]:
