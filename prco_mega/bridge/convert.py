@@ -15,6 +15,13 @@ mapping table as the live weight sync (`bridge.mapping`), so conversion and sync
   worth of tensors. Output: hub-layout names, `model.safetensors.index.json`, the original
   `config.json`, generation config, tokenizer and processor files (transformers and vLLM load it).
 
+Experts (mixture-of-experts families): a world of tp * pp * dp ranks may hold them with expert
+parallel `ep` (and expert tensor parallel `etp`; `learner.layout.check_layout` states what fits);
+each rank reads and saves only its experts, and the way back gathers a layer's experts on the
+writer, which writes them fused in the hub's layout (the one vLLM loads). A source may hold
+either the hub's layout or transformers' (`bridge.mapping.fused_layout` refuses sizes that make
+them read alike); manifests compare in the hub's.
+
 Sources are checked before any tensor is read: the `model_type` must have a mapping table, the
 architecture must be one the table describes, and the source's tensor names and shapes must be
 exactly those of transformers' model for that config (built on the meta device: no memory) and
@@ -34,9 +41,12 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from prco_mega.bridge.hf_io import (INDEX_NAME, HFCheckpointReader, layer_offset, load_hf_config,
-                                    load_hf_into_megatron, mapping_args, megatron_params, unwrap)
-from prco_mega.bridge.mapping import family_table, hub_name, megatron_shards_to_hf, tp_split_dim
+from prco_mega.bridge.hf_io import (INDEX_NAME, ExpertFuser, HFCheckpointReader, layer_offset,
+                                    load_hf_config, load_hf_into_megatron, local_experts,
+                                    mapping_args, megatron_params, num_experts, split_group,
+                                    unwrap)
+from prco_mega.bridge.mapping import (family_table, fold_expert_shapes, fused_row, hub_name,
+                                      hub_shape, is_expert, megatron_shards_to_hf, tp_split_dim)
 from prco_mega.families import family
 from prco_mega.learner.checkpoint import (COMPLETE_MARKER, _finalize, is_complete,
                                           latest_checkpoint, load_checkpoint,
@@ -70,15 +80,17 @@ def check_architecture(hf_config) -> None:
 
 def expected_hf_tensors(hf_config) -> dict[str, tuple[int, ...]]:
     """Hub-layout name -> shape of every tensor a checkpoint of `hf_config` holds, from
-    transformers' own model built on the meta device (no memory, any model size)."""
+    transformers' own model built on the meta device (no memory, any model size); fused experts
+    in the hub's layout (transformers holds them transposed)."""
     import transformers
 
     arch = (list(getattr(hf_config, "architectures", None) or [])
             or list(family(hf_config.model_type).architectures))[0]
     with torch.device("meta"):
         model = getattr(transformers, arch)._from_config(hf_config)
-    out = {hub_name(k, hf_config.model_type): tuple(v.shape)
-           for k, v in model.state_dict().items()}
+    mt = hf_config.model_type
+    out = {hub_name(k, mt): tuple(v.shape) for k, v in model.state_dict().items()}
+    out = {k: hub_shape(v) if fused_row(k, mt) else v for k, v in out.items()}
     if getattr(hf_config, "tie_word_embeddings", False):
         out.pop("lm_head.weight", None)  # the embedding is the output layer
     return out
@@ -106,12 +118,15 @@ def _some(names: list[str], n: int = 5) -> str:
 
 
 def source_manifest(hf_dir: str | Path) -> tuple[dict[str, tuple], torch.dtype]:
-    """({hub name: shape}, dtype of the floating tensors) from the safetensors headers only."""
+    """({hub name: shape}, dtype of the floating tensors) from the safetensors headers only;
+    fused experts stored in transformers' layout are listed with their hub-layout shape."""
     reader = HFCheckpointReader(hf_dir)
     shapes, dtypes = {}, set()
     for name in reader.names():
         sl = reader(name)
         shapes[name] = tuple(sl.get_shape())
+        if fused_row(name, reader.model_type) and reader.layout(name) == "transformers":
+            shapes[name] = hub_shape(shapes[name])
         dtypes.add(sl.get_dtype())
     floats = sorted(d for d in dtypes if d in _DTYPES)
     if len(floats) != 1:
@@ -146,27 +161,31 @@ def _refuse_interrupted(path: Path) -> None:
                          f"the {COMPLETE_MARKER!r} marker); refusing to read it")
 
 
-def mapped_hf_tensors(chunks, hf_config) -> dict[str, tuple[int, ...]]:
-    """{hub name: full shape} of every HF tensor the mapping reads for this rank's chunks: the
-    mapping applied to meta tensors of the TP shard shapes (no data)."""
+def mapped_hf_tensors(chunks, hf_config, pg) -> dict[str, tuple[int, ...]]:
+    """{hub name: full shape} of every HF tensor the mapping reads for this rank's chunks (its
+    experts by their per-expert names): the mapping applied to meta tensors of the TP (or
+    expert-TP) shard shapes (no data)."""
     args = mapping_args(hf_config)
+    mt = args["model_type"]
     out = {}
     for chunk in chunks:
-        tp = unwrap(chunk).tp_group.size()
-        offset = layer_offset(unwrap(chunk))
+        offset, (first_expert, _) = layer_offset(unwrap(chunk)), local_experts(unwrap(chunk))
         for name, p in megatron_params(chunk):
-            n = tp if tp_split_dim(name, args["model_type"]) is not None else 1
+            n = split_group(name, mt, pg).size() if tp_split_dim(name, mt) is not None else 1
             shards = [torch.empty(p.shape, device="meta")] * n
-            full = megatron_shards_to_hf(name, shards, layer_offset=offset, **args)
+            full = megatron_shards_to_hf(name, shards, layer_offset=offset,
+                                         expert_offset=first_expert, **args)
             out.update({k: tuple(v.shape) for k, v in full.items()})
     return out
 
 
-def _check_mapping_covers(chunks, hf_config, source: dict[str, tuple]) -> None:
-    """Collective: the union over ranks of what the mapping reads must be exactly the source."""
+def _check_mapping_covers(chunks, hf_config, source: dict[str, tuple], pg) -> None:
+    """Collective: the union over ranks of what the mapping reads must be exactly the source
+    (a layer's experts, spread over expert-parallel ranks, compared as its fused tensor)."""
     parts = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, mapped_hf_tensors(chunks, hf_config))
-    mapped = {k: v for part in parts for k, v in part.items()}
+    dist.all_gather_object(parts, mapped_hf_tensors(chunks, hf_config, pg))
+    mapped = fold_expert_shapes({k: v for part in parts for k, v in part.items()},
+                                hf_config.model_type)
     optional = {"lm_head.weight"} if getattr(hf_config, "tie_word_embeddings", False) else set()
     problems = manifest_differences(source, mapped, optional, " (for the weight mapping)")
     if problems:
@@ -220,10 +239,13 @@ def _build(hf_config, pg, vpp: int | None, dtype: torch.dtype, use_te: bool | No
 
 # ----------------------------------------------------------------------------- HF -> Megatron
 def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, tp: int, pp: int,
-                   vpp: int | None = None, *, use_te: bool | None = None) -> Path:
-    """Convert a HF checkpoint into a Megatron distributed checkpoint at (tp, pp, vpp).
+                   vpp: int | None = None, *, use_te: bool | None = None, ep: int = 1,
+                   etp: int | None = None) -> Path:
+    """Convert a HF checkpoint into a Megatron distributed checkpoint at (tp, pp, vpp) and, for a
+    mixture of experts, expert parallel `ep` and expert tensor parallel `etp` (None: tp).
 
-    Collective over a world of tp * pp ranks (torch.distributed started here if needed). The
+    Collective over a world of tp * pp ranks, or a multiple of it that fits the experts
+    (torch.distributed started here if needed). The
     result loads with `learner.checkpoint.load_checkpoint` at any layout (no optimizer state;
     `meta.json` records step 0). Returns `out_dir`.
     """
@@ -231,10 +253,10 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, tp: int, pp: int,
 
     hf_config, dtype = check_hf_source(hf_dir)
     out = check_output(out_dir)
-    pg = init_parallel(tp, pp, vpp, hf_config=hf_config)
+    pg = init_parallel(tp, pp, vpp, hf_config=hf_config, ep=ep, etp=etp)
     try:
         chunks = _build(hf_config, pg, vpp, dtype, use_te)
-        _check_mapping_covers(chunks, hf_config, source_manifest(hf_dir)[0])
+        _check_mapping_covers(chunks, hf_config, source_manifest(hf_dir)[0], pg)
         tmp = _begin_output(out)
         load_hf_into_megatron(chunks, hf_dir, pg, hf_config)
         dist_checkpointing.save({"model": model_sharded_state_dict(chunks)}, str(tmp))
@@ -291,19 +313,21 @@ def _checkpoint_dtype(ckpt: Path, hf_config) -> torch.dtype:
 def megatron_to_hf(ckpt_dir: str | Path, out_dir: str | Path, tp: int, pp: int,
                    reference_hf_dir: str | Path | None = None, *, vpp: int | None = None,
                    shard_bytes: int = DEFAULT_SHARD_BYTES, dtype: torch.dtype | None = None,
-                   use_te: bool | None = None) -> Path:
+                   use_te: bool | None = None, ep: int = 1, etp: int | None = None) -> Path:
     """Convert a Megatron distributed checkpoint (saved at any layout; a run's checkpoint root
-    means its newest complete step) into a HF checkpoint, loading it at (tp, pp, vpp).
+    means its newest complete step) into a HF checkpoint, loading it at (tp, pp, vpp) with
+    expert parallel `ep` and expert tensor parallel `etp` (None: tp).
 
-    Collective over tp * pp ranks. `reference_hf_dir` gives config, tokenizer and processor
-    (default: those stored by `hf_to_megatron`). `dtype`: of the exported tensors (default: the
-    converted checkpoint's, else the config's). Returns `out_dir`.
+    Collective over tp * pp ranks, or a multiple of it that fits the experts. `reference_hf_dir`
+    gives config, tokenizer and processor (default: those stored by `hf_to_megatron`). `dtype`:
+    of the exported tensors (default: the converted checkpoint's, else the config's). Returns
+    `out_dir`.
     """
     ckpt = resolve_megatron_checkpoint(ckpt_dir)
     hf_config, ref = reference_config(ckpt, reference_hf_dir)
     dtype = dtype or _checkpoint_dtype(ckpt, hf_config)
     out = check_output(out_dir)
-    pg = init_parallel(tp, pp, vpp, hf_config=hf_config)
+    pg = init_parallel(tp, pp, vpp, hf_config=hf_config, ep=ep, etp=etp)
     try:
         chunks = _build(hf_config, pg, vpp, dtype, use_te)
         load_checkpoint(ckpt, chunks, pg=pg)
@@ -349,11 +373,25 @@ def _gather_on_tp0(param: torch.Tensor, dim: int | None, tp_group) -> list[torch
     """The TP shards [tp] of `param` on TP rank 0 (others get []); replicated: its own copy."""
     if dim is None or tp_group.size() == 1:
         return [param.detach()]
-    first = tp_group.rank() == 0
-    shards = [torch.empty_like(param) for _ in range(tp_group.size())] if first else None
-    dist.gather(param.detach().contiguous(), shards, dst=dist.get_global_rank(tp_group, 0),
-                group=tp_group)
-    return shards or []
+    return _gather_on_first(param.detach(), tp_group)
+
+
+def _gather_on_first(tensor: torch.Tensor, group) -> list[torch.Tensor]:
+    """Every rank's `tensor` of `group`, in rank order, on its rank 0 (others get [])."""
+    first = group.rank() == 0
+    got = [torch.empty_like(tensor) for _ in range(group.size())] if first else None
+    dist.gather(tensor.contiguous(), got, dst=dist.get_global_rank(group, 0), group=group)
+    return got or []
+
+
+def _experts_on_writer(shards: list[torch.Tensor], ep_group) -> list[list[torch.Tensor]]:
+    """Every expert-parallel rank's expert-TP `shards` of the same local expert, in rank order,
+    on expert-parallel rank 0 (others get []). The ranks of an expert-parallel group share their
+    expert-TP rank, so either all of them hold the shards or none does."""
+    if ep_group.size() == 1 or not shards:
+        return [shards]
+    per_shard = [_gather_on_first(shard, ep_group) for shard in shards]
+    return [list(ranks) for ranks in zip(*per_shard)]
 
 
 @torch.no_grad()
@@ -362,17 +400,28 @@ def _write_hf_shards(chunks, out: Path, pg, hf_config, shard_bytes: int) -> dict
     `model-0000i-of-0000n.safetensors` (pipeline order) and writes the index. Returns the
     written {hub name: shape} on every rank."""
     args = mapping_args(hf_config)
+    mt = args["model_type"]
     is_writer = pg.tp.rank() == 0 and pg.dp.rank() == 0
+    # the stage's first rank: also expert-TP and expert-parallel rank 0, where experts gather
+    assert not is_writer or pg.expt_tp.rank() == pg.ep.rank() == 0
     writer = _ShardWriter(out, pg.pp.rank(), shard_bytes)
+    fuser = ExpertFuser(mt, num_experts(hf_config))
     shapes: dict[str, tuple] = {}
     for chunk in chunks:
-        offset = layer_offset(unwrap(chunk))
+        offset, (_, per_rank) = layer_offset(unwrap(chunk)), local_experts(unwrap(chunk))
         for name, p in megatron_params(chunk):
-            shards = _gather_on_tp0(p, tp_split_dim(name, args["model_type"]), pg.tp)
-            if is_writer:
-                hf = megatron_shards_to_hf(name, shards, layer_offset=offset, **args)
-                shapes.update({k: tuple(v.shape) for k, v in hf.items()})
+            shards = _gather_on_tp0(p, tp_split_dim(name, mt), split_group(name, mt, pg))
+            by_rank = _experts_on_writer(shards, pg.ep) if is_expert(name, mt) else [shards]
+            if not is_writer:
+                continue
+            for k, rank_shards in enumerate(by_rank):
+                # Megatron's rule: expert-parallel rank k holds experts k * per_rank ...
+                hf = fuser.add(megatron_shards_to_hf(name, rank_shards, layer_offset=offset,
+                                                     expert_offset=k * per_rank, **args))
+                shapes.update({n: tuple(v.shape) for n, v in hf.items()})
                 writer.add(hf)
+    if is_writer:
+        fuser.close()
     writer.flush()
     parts = [None] * dist.get_world_size()
     dist.all_gather_object(parts, (pg.pp.rank(), writer.files, shapes))
