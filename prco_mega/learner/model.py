@@ -49,7 +49,10 @@ from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable
 # time; their providers import this module first
 ensure_torchvision_importable()
 from megatron.core.models.gpt import GPTModel  # noqa: E402
+from megatron.core.models.gpt import gpt_layer_specs as specs  # noqa: E402
 from megatron.core.transformer.module import MegatronModule  # noqa: E402
+from megatron.core.transformer.transformer_block import (  # noqa: E402
+    TransformerBlockSubmodules, get_num_layers_to_build)
 from megatron.core.transformer.transformer_config import TransformerConfig  # noqa: E402
 
 from prco_mega.learner.attention import SdpaDotProductAttention  # noqa: E402
@@ -143,10 +146,6 @@ class RMSNorm(torch.nn.Module):
 def decoder_spec(config: TransformerConfig, use_te: bool, vp_stage: int | None, pp_rank: int):
     """Layer specs of this chunk: TE's fused spec, or the local spec with our `RMSNorm` and
     SDPA core attention (`attention.py`)."""
-    from megatron.core.models.gpt import gpt_layer_specs as specs
-    from megatron.core.transformer.transformer_block import (
-        TransformerBlockSubmodules, get_num_layers_to_build)
-
     if use_te:
         return specs.get_gpt_layer_with_transformer_engine_spec()
     layer = specs.get_gpt_layer_local_spec(normalization="RMSNorm")
