@@ -57,7 +57,7 @@ class Plan:
 
 
 def _policy(log: Recorder):
-    def train(mine, plan):
+    def train(mine, plan, step=None):
         log.calls.append(("learn", sorted(mine)))
         return {"loss": 0.1, "update_successful": 1.0}
 

@@ -38,7 +38,7 @@ def rl_step(place: Placement, step: int) -> dict[str, float]:
         return {**metrics, **timer.metrics(), "update_successful": 0.0}
     place.before_learn()
     with timer("learn"):
-        learned = place.policy.train(got.mine, got.plan)
+        learned = place.policy.train(got.mine, got.plan, step=step)
     with timer("sync"):
         synced = place.publish()
     return {**metrics, **learned, **timer.metrics(),
