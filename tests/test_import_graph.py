@@ -97,7 +97,9 @@ def test_find_cycle_sees_a_cycle_through_a_function_level_import():
 
 def test_graph_reads_imports_inside_functions_and_package_inits():
     graph = import_graph()
-    # `build.start_engine` imports the vLLM engine module inside the function
+    # `cli._train` imports the run inside the function (the run imports torch at its top)
+    assert "prco_mega.runtime.loop" in graph["prco_mega.cli"]
+    # importing `rollout.vllm_engine` runs `rollout/__init__` first
     assert "prco_mega.rollout.vllm_engine" in graph["prco_mega.runtime.build"]
     assert "prco_mega.rollout" in graph["prco_mega.runtime.build"]
 

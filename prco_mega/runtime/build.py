@@ -1,9 +1,9 @@
 """The build layer: a `RunConfig` in, the run's parts out.
 
-Everything the loop (`controller`) calls is made here from the config sections, once: the data
-stream, the prompts, the learner with its loss path, the rollout engine, the algorithm's sampler
-(`algorithms.REGISTRY`), the evaluation. Heavy parts (vLLM, Megatron) are imported at this edge
-when a run starts. Nothing here imports the controller.
+Everything the loop (`runtime.loop`) calls is made here from the config sections, once: the
+data stream, the prompts, the learner with its loss path, the rollout engine, the algorithm's
+sampler (`algo.registry.REGISTRY`), the evaluation. vLLM and Megatron are imported by the parts
+that use them, when the run builds those. Nothing here imports the loop.
 """
 from __future__ import annotations
 
@@ -12,28 +12,36 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from prco_mega.algo import registry as algorithms
-from prco_mega.runtime import samplers
-from prco_mega.config import RunConfig
+from prco_mega.algo.credit import LeakageFn
+from prco_mega.bridge.hf_io import load_hf_config, load_hf_into_megatron
+from prco_mega.config import RunConfig, to_dict
+from prco_mega.data.reader import read_tasks
+from prco_mega.data.stream import TaskStream, list_stream
 from prco_mega.data.synthetic import held_out_tasks, source_of
+from prco_mega.data.validate import reader_config
 from prco_mega.dist.link import ROLE_ENGINE, current
+from prco_mega.dist.world import broadcast, device, is_host, rank
+from prco_mega.eval.report import comparison_table
+from prco_mega.eval.synthetic import EvalResult, evaluate
+from prco_mega.learner.loss_paths import LossSettings, make_loss_path
+from prco_mega.learner.policy import MegatronPolicy
+from prco_mega.rewards.leakage import RuleLeakageChecker
 from prco_mega.roles import PromptSet
+from prco_mega.rollout.engine import RolloutEngine
+from prco_mega.rollout.judge import engine_judge
+from prco_mega.rollout.placement import Shard, engine_placement
+from prco_mega.rollout.two_stage import settings_from_section
+from prco_mega.rollout.vllm_engine import VllmEngine
+from prco_mega.runtime import samplers
+from prco_mega.tracking.loggers import Loggers, make_loggers
+from prco_mega.tracking.rollouts import RolloutSaver, write_eval_records
 from prco_mega.types import Role
-from prco_mega.dist.world import broadcast, is_host, rank
-
-if TYPE_CHECKING:
-    from prco_mega.data.stream import TaskStream
-    from prco_mega.learner.loss_paths import LossSettings
-    from prco_mega.learner.policy import MegatronPolicy
-    from prco_mega.rollout.engine import RolloutEngine
-    from prco_mega.rollout.placement import Shard
-    from prco_mega.algo.credit import LeakageFn
-    from prco_mega.tracking.loggers import Loggers
-    from prco_mega.tracking.rollouts import RolloutSaver
 
 
 @dataclass
@@ -78,13 +86,9 @@ def prompt_set(cfg: RunConfig) -> PromptSet:
 
 def task_stream(cfg: RunConfig, batch_size: int, seed_offset: int = 0) -> TaskStream:
     """The training stream: synthetic tasks by index, or a seeded walk over a local data file."""
-    from prco_mega.data.stream import TaskStream, list_stream
-
     if cfg.data.source == "synthetic":
         source = source_of(cfg.data, cfg.run.seed + seed_offset)
         return TaskStream(source.task, batch_size, seed=cfg.run.seed)
-    from prco_mega.data.reader import read_tasks
-    from prco_mega.data.validate import reader_config
 
     tasks, stats = read_tasks(cfg.data.path, reader_config(cfg.data))
     print(f"data: {len(tasks)} tasks from {cfg.data.path} ({stats})")
@@ -92,14 +96,10 @@ def task_stream(cfg: RunConfig, batch_size: int, seed_offset: int = 0) -> TaskSt
 
 
 def leakage_checker(cfg: RunConfig, engine: Any) -> LeakageFn:
-    from prco_mega.rewards.leakage import RuleLeakageChecker
-
     if cfg.reward.leakage == "rule":
         return RuleLeakageChecker()
     if cfg.reward.leakage == "none":
         return lambda questions, captions, answers: [0] * len(captions)
-    from prco_mega.rollout.judge import engine_judge
-
     return engine_judge(engine)
 
 
@@ -109,8 +109,6 @@ def resolved_algo(cfg: RunConfig) -> algorithms.AlgoSettings:
 
 
 def loss_settings(cfg: RunConfig, algo: algorithms.AlgoSettings) -> LossSettings:
-    from prco_mega.learner.loss_paths import LossSettings
-
     a = cfg.algo
     correction, cap, band = a.correction()
     return LossSettings(clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=a.dual_clip,
@@ -121,8 +119,6 @@ def loss_settings(cfg: RunConfig, algo: algorithms.AlgoSettings) -> LossSettings
 
 def hf_weights(hf_dir: Path, hf_config: Any) -> Callable[[list, Any], Any]:
     """`load_weights(chunks, pg)` for the policy: the Hugging Face checkpoint through the bridge."""
-    from prco_mega.bridge.hf_io import load_hf_into_megatron
-
     return lambda chunks, pg: load_hf_into_megatron(chunks, hf_dir, pg, hf_config)
 
 
@@ -130,9 +126,6 @@ def make_policy(cfg: RunConfig, model_dir: Path, *, objective: str, settings: Lo
                 learner: Any = None) -> MegatronPolicy:
     """The Megatron learner on `model_dir` with the loss path of `objective` ("ppo" or "sft"),
     chosen once here (`kernels.impl` for PPO; supervised steps run the torch path)."""
-    from prco_mega.learner.loss_paths import make_loss_path
-    from prco_mega.dist.world import device
-
     impl = cfg.kernels.impl if objective == "ppo" else "torch"
     path = make_loss_path(objective, impl, settings, device())
     return policy_from_hf(model_dir, learner or cfg.learner, path,
@@ -143,9 +136,6 @@ def make_policy(cfg: RunConfig, model_dir: Path, *, objective: str, settings: Lo
 def policy_from_hf(model_dir: Path, learner: Any, path: Any, **kwargs: Any) -> MegatronPolicy:
     """A `MegatronPolicy` with the loss path `path`, its weights read from the Hugging Face
     checkpoint `model_dir` (kwargs: `freeze_vision`, `reference`)."""
-    from prco_mega.bridge.hf_io import load_hf_config
-    from prco_mega.learner.policy import MegatronPolicy
-
     hf_config = load_hf_config(model_dir)
     return MegatronPolicy(model_dir, hf_config, learner, path, hf_weights(model_dir, hf_config),
                           **kwargs)
@@ -154,19 +144,15 @@ def policy_from_hf(model_dir: Path, learner: Any, path: Any, **kwargs: Any) -> M
 # ----------------------------------------------------------------------------- engine and run
 def shard_of(cfg: RunConfig) -> Shard:
     """This rank's place among the engines (colocated: every rank hosts one engine rank)."""
-    import torch.distributed as dist
-
-    from prco_mega.rollout.placement import Shard, engine_placement
-
     if cfg.cluster is not None and cfg.cluster.rollout_placement != "colocated":
         # vLLM's external_launcher adopts the whole world as its own, so engines on a subset of
-        # the ranks run in a world of their own (`link.split_world`); the engines' world is then
-        # this process's default group
+        # the ranks run in a world of their own (`dist.link.split_world`); the engines' world is
+        # then this process's default group
         split = current()
         if split is None or split.role != ROLE_ENGINE:
             raise ValueError(f"cluster.rollout_placement {cfg.cluster.rollout_placement!r}: only "
-                             "the engine ranks of a split world (`link.split_world`) host engines"
-                             "; the main job runs colocated placement only")
+                             "the engine ranks of a split world (`dist.link.split_world`) host "
+                             "engines; the main job runs colocated placement only")
     world = dist.get_world_size() if dist.is_initialized() else 1
     return Shard(engine_placement(world, rank(), cfg.engine.tensor_parallel_size))
 
@@ -175,8 +161,6 @@ def start_engine(cfg: RunConfig, model_dir: Path) -> RolloutEngine:
     """This rank's rollout engine. Every rank builds its engine at the same moment (vLLM's
     start-up is collective over the world); in a torchrun world vLLM runs one worker per rank
     (`external_launcher`), engines of `engine.tensor_parallel_size` consecutive ranks."""
-    from prco_mega.rollout.vllm_engine import VllmEngine
-
     threads = torch.get_num_threads()
     engine = VllmEngine(model_dir, cfg.engine)
     torch.set_num_threads(threads)  # vLLM's CPU engine pins the whole process to one thread
@@ -185,8 +169,6 @@ def start_engine(cfg: RunConfig, model_dir: Path) -> RolloutEngine:
 
 def run_loggers(cfg: RunConfig, dirs: RunDirs, algo: algorithms.AlgoSettings) -> Loggers:
     """The loggers of `run.loggers` for the run's folder (opened by `Loggers.start`)."""
-    from prco_mega.tracking.loggers import make_loggers
-
     r = cfg.run
     return make_loggers(r.loggers, dirs.root, total_steps=r.steps, run_name=r.name,
                         wandb_project=r.wandb_project, wandb_mode=r.wandb_mode,
@@ -200,8 +182,6 @@ def engine_side(cfg: RunConfig, dirs: RunDirs, model_dir: Path,
     stream, the algorithm's sampler and the rollout saver. `sampling_engine(engine)` gives the
     engine the sampler draws from (e.g. `rollout.partial.PartialRollouts` around it); the
     evaluations use the engine itself."""
-    from prco_mega.tracking.rollouts import RolloutSaver
-
     shard = shard_of(cfg)
     engine = start_engine(cfg, model_dir)
     stream = task_stream(cfg, cfg.data.prompts_per_step)
@@ -225,8 +205,6 @@ def announce(cfg: RunConfig, dirs: RunDirs, algo: algorithms.AlgoSettings) -> No
 def resolved_config(cfg: RunConfig, algo: algorithms.AlgoSettings) -> dict:
     """The run's config as written to `config.json`: every section, and the algorithm's resolved
     preset under `algo_resolved`."""
-    from prco_mega.config import to_dict
-
     return {**to_dict(cfg), "algo_resolved": dataclasses.asdict(algo)}
 
 
@@ -235,10 +213,6 @@ def evaluate_policy(side: EngineSide, path: Path, *, cache: bool) -> dict | None
     """Greedy Observer -> Solver (with the image) on held-out tasks, plus the perception of
     captions sampled at the rollout's settings. Every engine evaluates its block of the tasks;
     the host gathers the records, writes the JSON and returns the summary (None elsewhere)."""
-    from prco_mega.eval.synthetic import EvalResult, evaluate
-    from prco_mega.rollout.two_stage import settings_from_section
-    from prco_mega.tracking.rollouts import write_eval_records
-
     cached = broadcast(cache and is_host() and path.exists())
     if cached:
         return json.loads(path.read_text()) if is_host() else None
@@ -263,8 +237,6 @@ def evaluate_policy(side: EngineSide, path: Path, *, cache: bool) -> dict | None
 
 
 def write_report(root: Path, cfg: RunConfig, before: dict, after: dict) -> str:
-    from prco_mega.eval.report import comparison_table
-
     table = comparison_table(before, after)
     text = (f"# {cfg.run.name}: {cfg.algo.name}, {cfg.run.steps} steps, "
             f"{cfg.run.eval_tasks} held-out tasks\n\n{table}\n")
