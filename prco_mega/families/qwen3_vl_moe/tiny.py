@@ -2,8 +2,8 @@
 QK-norm, interleaved MRoPE, deepstack, its ViT) with every MLP a mixture of 8 experts, 2 per token,
 as the published Qwen3-VL-30B-A3B and 235B-A22B have them (128 experts, 8 per token).
 
-Saved in the hub's fused expert layout (`bridge.hf_io.save_pretrained_hub`), the one the published
-checkpoints hold and vLLM loads, at sizes that keep that layout distinguishable from transformers'
+Saved (`tiny.checkpoint.make_tiny_checkpoint`, through `bridge.hf_io.save_pretrained_hub`) in the
+hub's fused expert layout, the one the published checkpoints hold and vLLM loads, at sizes that keep that layout distinguishable from transformers'
 (hidden 128 is neither moe_intermediate 32 nor twice it, `bridge.mapping.fused_layout`), with
 hidden % 32 == 0 (vLLM's CPU MoE kernel) and `norm_topk_prob: true` in the text config (vLLM
 reads it; transformers renormalises in any case).
@@ -11,7 +11,6 @@ reads it; transformers renormalises in any case).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from prco_mega.families.qwen2_5_vl.tiny import SpecialTokenIds
 from prco_mega.families.qwen3_vl.tiny import TinyQwen3VLSizes, tiny_qwen3vl_config
@@ -70,12 +69,3 @@ def build_tiny_qwen3vl_moe(config, seed: int = 0, init_std: float = 0.02):
                     p.add_(0.1 * torch.randn_like(p))
     return model
 
-
-def save_tiny_qwen3vl_moe(out_dir: str | Path, sizes: TinyQwen3VLMoeSizes = TinyQwen3VLMoeSizes(),
-                          special: SpecialTokenIds | None = None, seed: int = 0) -> Path:
-    """Build and save the tiny model as a safetensors checkpoint in the hub's expert layout."""
-    # not at the top: bridge.mapping imports the families registry, which imports this module
-    from prco_mega.bridge.hf_io import save_pretrained_hub
-
-    model = build_tiny_qwen3vl_moe(tiny_qwen3vl_moe_config(sizes, special), seed=seed)
-    return save_pretrained_hub(model, out_dir)
