@@ -58,8 +58,9 @@ def test_the_experts_are_read_as_transformers_writes_them_and_from_tiny_sizes():
     written = {**QWEN3VL_30B_A3B, "text_config": {
         k if k != "num_experts" else "num_local_experts": v
         for k, v in QWEN3VL_30B_A3B["text_config"].items()}}
-    assert layout_dims(written) == layout_dims(QWEN3VL_30B_A3B)
-    assert (layout_dims(written).num_experts, layout_dims(written).moe_ffn_hidden_size) == (128, 768)
+    dims = layout_dims(written)
+    assert dims == layout_dims(QWEN3VL_30B_A3B)
+    assert (dims.num_experts, dims.moe_ffn_hidden_size) == (128, 768)
     tiny = TinyQwen3VLMoeSizes()
     assert check_layout(tiny, world_size=2, tp=2, pp=1, ep=2, etp=1).ep == 2
     with pytest.raises(ValueError, match=r"expert_parallel \(3\) must divide num_experts \(8\)"):
@@ -70,3 +71,18 @@ def test_deepstack_still_on_the_first_stage_with_experts():
     with pytest.raises(ValueError, match=r"0-2 \(3 levels\).*pipeline_parallel=24 the first "
                                          r"stage holds 2 of 48 layers"):
         check_layout(QWEN3VL_30B_A3B, world_size=24, tp=1, pp=24)
+
+
+def test_learner_config_takes_expert_parallel_and_router_losses_off_by_default():
+    from prco_mega.learner.config import LearnerConfig, MoEConfig, ParallelConfig
+
+    cfg = LearnerConfig(parallel=ParallelConfig(tensor_parallel=2, expert_parallel=4,
+                                                expert_tensor_parallel=1))
+    cfg.validate()
+    assert cfg.moe.megatron_fields() == {"moe_router_load_balancing_type": "none",
+                                         "moe_aux_loss_coeff": 0.0, "moe_z_loss_coeff": None}
+    with pytest.raises(ValueError, match=r"expert_parallel \(0\) must be >= 1"):
+        ParallelConfig(expert_parallel=0).validate()
+    with pytest.raises(ValueError, match=r"aux_loss_coeff \(0.01\) and load_balancing \('none'\)"):
+        MoEConfig(aux_loss_coeff=0.01).validate()
+    MoEConfig(load_balancing="seq_aux_loss", aux_loss_coeff=0.001, z_loss_coeff=0.001).validate()

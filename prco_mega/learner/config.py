@@ -1,6 +1,7 @@
-"""Typed configs of the learner section: parallel layout, micro-batching, optimizer, LR schedule,
-precision, activation recompute and checkpoints. Plain dataclasses (no heavy imports) so that the run config can be
-built and validated before any process group starts.
+"""Typed configs of the learner section: parallel layout (experts included), micro-batching,
+optimizer, LR schedule, precision, activation recompute, router losses (MoE) and checkpoints.
+Plain dataclasses (no heavy imports) so that the run config can be built and validated before any
+process group starts.
 """
 from __future__ import annotations
 
@@ -17,12 +18,25 @@ class ParallelConfig:
     virtual_pipeline_parallel: int | None = None
     """Model chunks per pipeline stage (interleaved 1F1B); None = plain 1F1B."""
     sequence_parallel: bool = False
-    """Shard activations outside attention/MLP along the sequence over the TP group."""
+    """Shard activations outside attention/MLP along the sequence over the TP group. Megatron
+    trains mixture-of-experts layers under TP > 1 only with it (without it every TP rank's copy of
+    a token reaches the experts, whose gradients would count it TP times)."""
+    expert_parallel: int = 1
+    """EP degree (mixture-of-experts models): each MoE layer's experts are split over this many
+    ranks, taken from the TP x DP ranks of a pipeline stage (EP x expert_tensor_parallel must
+    divide them; `learner.layout.check_layout`); tokens travel to their experts by all-to-all."""
+    expert_tensor_parallel: int | None = None
+    """Expert-TP degree: each expert's MLP is split over this many ranks; None = tensor_parallel
+    (Megatron's default). 1 keeps experts whole, the usual choice for many narrow experts
+    (Qwen3-VL-30B-A3B's are 768 wide), with EP spanning the TP ranks."""
 
     def validate(self) -> None:
-        for name in ("tensor_parallel", "pipeline_parallel"):
+        for name in ("tensor_parallel", "pipeline_parallel", "expert_parallel"):
             if getattr(self, name) < 1:
                 raise ValueError(f"learner.parallel.{name} ({getattr(self, name)}) must be >= 1")
+        etp = self.expert_tensor_parallel
+        if etp is not None and etp < 1:
+            raise ValueError(f"learner.parallel.expert_tensor_parallel ({etp}) must be >= 1")
         vpp = self.virtual_pipeline_parallel
         if vpp is not None and (vpp < 2 or self.pipeline_parallel < 2):
             raise ValueError(
@@ -160,6 +174,35 @@ class RecomputeConfig:
 
 
 @dataclass
+class MoEConfig:
+    load_balancing: Literal["none", "aux_loss", "seq_aux_loss", "global_aux_loss"] = "none"
+    """Router load balancing (Megatron's `moe_router_load_balancing_type`): none for RL, where a
+    balancing loss would move the policy by something other than its reward (the checkpoint
+    arrives balanced); aux_loss per micro-batch (GShard, Switch), seq_aux_loss per sequence,
+    global_aux_loss over the global batch."""
+    aux_loss_coeff: float = 0.0
+    """Weight of the load-balancing loss (`moe_aux_loss_coeff`; Qwen3-VL-MoE pre-trained with
+    0.001); must be > 0 when load_balancing is set and 0 when it is none."""
+    z_loss_coeff: float | None = None
+    """Weight of the router z-loss (`moe_z_loss_coeff`: mean squared log-sum-exp of the router
+    logits, keeps them small); None = off."""
+
+    def validate(self) -> None:
+        if self.aux_loss_coeff < 0 or (self.z_loss_coeff is not None and self.z_loss_coeff < 0):
+            raise ValueError(f"learner.moe: aux_loss_coeff ({self.aux_loss_coeff}) and "
+                             f"z_loss_coeff ({self.z_loss_coeff}) must be >= 0")
+        if (self.load_balancing == "none") != (self.aux_loss_coeff == 0):
+            raise ValueError(f"learner.moe.aux_loss_coeff ({self.aux_loss_coeff}) and "
+                             f"load_balancing ({self.load_balancing!r}) disagree: a coefficient "
+                             "needs a balancing type and a balancing type a coefficient > 0")
+
+    def megatron_fields(self) -> dict:
+        """The `TransformerConfig` fields of these settings (for a mixture-of-experts model)."""
+        return {"moe_router_load_balancing_type": self.load_balancing,
+                "moe_aux_loss_coeff": self.aux_loss_coeff, "moe_z_loss_coeff": self.z_loss_coeff}
+
+
+@dataclass
 class CheckpointConfig:
     dir: str | None = None
     """Directory of `step_XXXXXXXX/` checkpoints; None = no checkpoints."""
@@ -195,10 +238,12 @@ class LearnerConfig:
     were computed (1.0 with vLLM's default raw log-probs)."""
     recompute: RecomputeConfig = field(default_factory=RecomputeConfig)
     """Activation recompute (decoder layers; the ViT under full), as Megatron takes it."""
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    """Router losses of mixture-of-experts models (ignored by dense ones); off for RL."""
 
     def validate(self) -> None:
         for section in (self.parallel, self.batching, self.optim, self.schedule, self.checkpoint,
-                        self.recompute):
+                        self.recompute, self.moe):
             section.validate()
         if self.logprob_temperature <= 0:
             raise ValueError(
