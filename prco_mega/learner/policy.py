@@ -51,8 +51,10 @@ class MegatronPolicy:
         self.hf_dir, self.hf_config, self.cfg, self.path = Path(hf_dir), hf_config, cfg, path
         self.pg = init_parallel(par.tensor_parallel, par.pipeline_parallel,
                                 par.virtual_pipeline_parallel, seed=cfg.seed, hf_config=hf_config)
+        # the recompute the planner counts is the one the model applies (`learner.recompute`)
         chunks = build_model(hf_config, self.pg, freeze_vision=freeze_vision,
-                             vpp=par.virtual_pipeline_parallel)
+                             vpp=par.virtual_pipeline_parallel,
+                             config_overrides=cfg.recompute.megatron_fields())
         # Weights first: the optimizer's fp32 master copies are taken from them.
         load_weights(chunks, self.pg)
         self.chunks, self.optimizer, self.scheduler = build_optimizer(chunks, cfg, pg=self.pg)
