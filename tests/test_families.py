@@ -51,7 +51,10 @@ def test_planner_counts_every_parameter_of_the_family_tiny_model(tiny):
 def _hf_pattern(row: ParamMap) -> re.Pattern:
     if row.kind == "prefix":
         return re.compile(re.escape(row.hf[0]) + ".+")
-    return re.compile("|".join(re.escape(h).replace(r"\{i\}", r"\d+") for h in row.hf))
+    # expert rows: per-expert names ({e}) and the file's fused tensor of all experts of a layer
+    names = row.hf + ((row.experts,) if row.experts else ())
+    return re.compile("|".join(re.escape(h).replace(r"\{i\}", r"\d+").replace(r"\{e\}", r"\d+")
+                               for h in names))
 
 
 def test_mapping_rows_name_every_tensor_of_the_family_tiny_checkpoint(tiny):
@@ -103,3 +106,18 @@ def test_reading_the_registry_loads_no_heavy_package():
             "if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name, total, active", [
+    ("qwen3-vl-30b-a3b", 31.1e9, 3.3e9),     # huggingface.co/Qwen/Qwen3-VL-30B-A3B-Instruct
+    ("qwen3-vl-235b-a22b", 236e9, 22e9),     # huggingface.co/Qwen/Qwen3-VL-235B-A22B-Instruct
+])
+def test_moe_presets_count_the_published_sizes(name, total, active):
+    """Total: every expert of every layer plus the ViT. Active ("A3B"): the language model's
+    dense parts and 8 of 128 experts per layer; the published figure is the text model's, so the
+    ViT (0.58B) is left out of it."""
+    from prco_mega.cluster.dims import active_params, vision_params
+
+    m = model_dims(name)
+    assert total_params(m) == pytest.approx(total, rel=0.005)
+    assert active_params(m) - vision_params(m.vision) == pytest.approx(active, rel=0.04)

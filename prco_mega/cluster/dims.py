@@ -34,17 +34,26 @@ def dims_from_hf_config(cfg: dict, name: str = "hf") -> ModelDims:
 
 
 # ----------------------------------------------------------------------------- parameter counts
-def decoder_layer_params(m: ModelDims) -> tuple[int, int]:
-    """(TP-split, replicated) parameters of one decoder layer.
+def decoder_layer_params(m: ModelDims, moe: bool = False) -> tuple[int, int]:
+    """(TP-split, replicated) parameters of one decoder layer, without its experts.
 
     split = q (h*q + q) + k, v (h*kv + kv each) + o (q*h) + gate, up, down (3*h*f), q = heads *
     head_dim (= h for Qwen2.5), the biases only with `qkv_bias`;
     replicated = the two RMSNorm weights (2*h) + QK-norm (2*head_dim, Qwen3).
+    A MoE layer (`moe`) has no dense MLP but a router [E, h], replicated like Megatron's.
     """
     h, q, kv, f = m.hidden, m.q_hidden, m.kv_hidden, m.intermediate
     bias = 1 if m.qkv_bias else 0
-    split = (h * q + bias * q) + 2 * (h * kv + bias * kv) + q * h + 3 * h * f
-    return split, 2 * h + (2 * m.head_dim if m.qk_norm else 0)
+    attn = (h * q + bias * q) + 2 * (h * kv + bias * kv) + q * h
+    repl = 2 * h + (2 * m.head_dim if m.qk_norm else 0)
+    if moe:
+        return attn, repl + m.num_experts * h
+    return attn + 3 * h * f, repl
+
+
+def expert_params(m: ModelDims) -> int:
+    """Parameters of one expert: SwiGLU gate, up [I, h] and down [h, I], no biases."""
+    return 3 * m.hidden * m.moe_intermediate
 
 
 def vision_params(v: VisionDims | None) -> int:
@@ -65,9 +74,19 @@ def vision_params(v: VisionDims | None) -> int:
     return patch + v.depth * block + hv + mlp_merger
 
 
-def total_params(m: ModelDims) -> int:
-    """All parameters of the checkpoint: embeddings, decoder, final norm, LM head, vision tower."""
-    split, repl = decoder_layer_params(m)
+def total_params(m: ModelDims, experts_used: int | None = None) -> int:
+    """All parameters of the checkpoint: embeddings, decoder (a MoE layer: attention, router and
+    every expert), final norm, LM head, vision tower. `experts_used` counts only that many experts
+    per MoE layer (`active_params`)."""
+    dense, moe = m.layers - m.moe_layers, m.moe_layers
+    experts = m.num_experts if experts_used is None else experts_used
+    decoder = (dense * sum(decoder_layer_params(m)) + moe * sum(decoder_layer_params(m, True))
+               + moe * experts * expert_params(m) + m.hidden)
     head = 0 if m.tie_embeddings else m.vocab * m.hidden
-    decoder = m.layers * (split + repl) + m.hidden
     return m.vocab * m.hidden + decoder + head + vision_params(m.vision)
+
+
+def active_params(m: ModelDims) -> int:
+    """Parameters one token runs through: every dense part and its top-k experts per MoE layer
+    (the "A3B" of Qwen3-VL-30B-A3B; the whole model for a dense one)."""
+    return total_params(m, m.experts_per_token if m.num_experts else None)

@@ -36,7 +36,8 @@ class VisionDims:
 
 @dataclass(frozen=True)
 class ModelDims:
-    """Language-model sizes (Qwen2 decoder: RMSNorm, SwiGLU, QKV bias, GQA) and the ViT."""
+    """Language-model sizes (Qwen2 decoder: RMSNorm, SwiGLU, QKV bias, GQA; a MoE model's layers
+    with a router and SwiGLU experts in place of the MLP) and the ViT."""
 
     name: str
     hidden: int
@@ -53,6 +54,21 @@ class ModelDims:
     """Qwen2.5 has q, k, v biases; Qwen3 none."""
     qk_norm: bool = False
     """Qwen3: RMSNorm weights [head_dim] on q and k in every layer."""
+    num_experts: int = 0
+    """Routed experts per MoE layer (0: a dense model; Qwen3-VL-30B-A3B: 128)."""
+    experts_per_token: int = 0
+    """The router's top-k (Qwen3-VL-MoE: 8)."""
+    moe_intermediate: int = 0
+    """Width of each expert's SwiGLU (Qwen3-VL-30B-A3B: 768); `intermediate` is then the width
+    of the dense MLP layers, if any."""
+    dense_mlp_layers: tuple[int, ...] = ()
+    """Layers of a MoE model whose MLP is dense (HF `mlp_only_layers`, `decoder_sparse_step`);
+    Qwen3-VL-MoE: none, every layer is MoE."""
+
+    @property
+    def moe_layers(self) -> int:
+        """Decoder layers with a router and experts (0 for a dense model)."""
+        return self.layers - len(self.dense_mlp_layers) if self.num_experts else 0
 
     @property
     def head_dim(self) -> int:
