@@ -145,9 +145,9 @@ def test_sbatch_script_launches_torchrun_on_every_node_with_rendezvous_on_the_fi
 
 STUB_SRUN = """#!/bin/bash
 while [[ $1 == --* ]]; do shift; done
+trap 'kill -TERM $task' TERM
 SLURM_NODEID=0 "$@" &
 task=$!
-trap 'kill -TERM $task' TERM
 while kill -0 $task 2>/dev/null; do wait $task || true; done
 wait $task
 """

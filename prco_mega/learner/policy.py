@@ -50,18 +50,19 @@ class MegatronPolicy:
         par = cfg.parallel
         self.hf_dir, self.hf_config, self.cfg, self.path = Path(hf_dir), hf_config, cfg, path
         self.pg = init_parallel(par.tensor_parallel, par.pipeline_parallel,
-                                par.virtual_pipeline_parallel, seed=cfg.seed, hf_config=hf_config)
-        # the recompute the planner counts is the one the model applies (`learner.recompute`)
+                                par.virtual_pipeline_parallel, seed=cfg.seed, hf_config=hf_config,
+                                ep=par.expert_parallel, etp=par.expert_tensor_parallel)
         chunks = build_model(hf_config, self.pg, freeze_vision=freeze_vision,
                              vpp=par.virtual_pipeline_parallel,
-                             config_overrides=cfg.recompute.megatron_fields())
+                             config_overrides=megatron_overrides(cfg, hf_config))
         # Weights first: the optimizer's fp32 master copies are taken from them.
         load_weights(chunks, self.pg)
         self.chunks, self.optimizer, self.scheduler = build_optimizer(chunks, cfg, pg=self.pg)
         # The KL anchor is the checkpoint RL starts from, in the learner's own layout: a second
         # set of chunks, forward only (no optimizer state, no gradients). It is never saved: a
         # resumed run rebuilds it with `load_weights`, so it stays the starting point.
-        self.reference = (_frozen_chunks(hf_config, self.pg, par, load_weights) if reference
+        self.reference = (_frozen_chunks(hf_config, self.pg, par, load_weights,
+                                         megatron_overrides(cfg, hf_config)) if reference
                           else None)
         self.encode = VisionInputs(hf_dir, hf_config)
         self.path = with_image_token(path, self.encode.image_token_id)  # metrics by token kind
@@ -172,13 +173,26 @@ class MegatronPolicy:
         return load_checkpoint(path, self.chunks, self.optimizer, self.scheduler, pg=self.pg)
 
 
-def _frozen_chunks(hf_config: Any, pg: Any, par: Any, load_weights: LoadWeights
-                   ) -> list[torch.nn.Module]:
+def megatron_overrides(cfg: LearnerConfig, hf_config: Any) -> dict[str, Any]:
+    """The `TransformerConfig` fields the learner config sets: its recompute (the one the planner
+    counts), sequence parallel (TP > 1 only), and for a mixture-of-experts model the router's
+    losses (`learner.moe`)."""
+    out = dict(cfg.recompute.megatron_fields())
+    if cfg.parallel.sequence_parallel and cfg.parallel.tensor_parallel > 1:
+        out["sequence_parallel"] = True
+    if getattr(getattr(hf_config, "text_config", hf_config), "num_experts", 0):
+        out.update(cfg.moe.megatron_fields())
+    return out
+
+
+def _frozen_chunks(hf_config: Any, pg: Any, par: Any, load_weights: LoadWeights,
+                   overrides: dict[str, Any]) -> list[torch.nn.Module]:
     """Eval-mode chunks of the starting weights in this rank's layout, with no parameter
     requiring grad. Their random init (overwritten at once) runs under a forked CPU generator, so
     building the reference draws no numbers from the stream the rest of the run uses."""
     with torch.random.fork_rng(devices=[]):
-        chunks = build_model(hf_config, pg, vpp=par.virtual_pipeline_parallel)
+        chunks = build_model(hf_config, pg, vpp=par.virtual_pipeline_parallel,
+                             config_overrides=overrides)
     load_weights(chunks, pg)
     for chunk in chunks:
         chunk.requires_grad_(False).eval()
