@@ -54,7 +54,7 @@ def mismatch_kl_k3(learner_logprobs: Tensor, rollout_logprobs: Tensor) -> Tensor
     """Per-token k3 estimate of KL(rollout || learner) on tokens sampled by the rollout engine.
 
     With rho = exp(learner - rollout): k3[t] = rho - 1 - log rho >= 0, unbiased for the KL and
-    0 exactly when the two log-probs agree. This is the token-level stat the controller logs.
+    0 exactly when the two log-probs agree. This is the token-level stat the loop logs.
 
     learner_logprobs, rollout_logprobs  # [T]
     returns                             # [T]

@@ -1,5 +1,5 @@
 """Separate placement on two ranks: rank 0 is the learner's world, rank 1 the engines' world
-(`link.split_world`). Two RL steps of the tiny PRCO run (the caption-first warm-up, then with
+(`dist.link.split_world`). Two RL steps of the tiny PRCO run (the caption-first warm-up, then with
 images): the engine samples, routes its part over the link (`dist.routing.Router`), the
 learner trains and streams its weights to the engine (`bridge.remote.send_weights` /
 `receive_weights`). `--off-policy 1` samples step 1 before update 1's weights arrive. The untrained
