@@ -25,6 +25,10 @@ chunks, take the learner's new weights as soon as it publishes them and hand ove
 step (`Worker.serve`): a sequence in flight continues from its prefix under the new weights, each
 token keeping the version and log-prob that drew it. When weights arrive then depends on timing,
 so such a run is not reproducible token for token (the synchronous order above is).
+
+When the cluster asks the run to stop (`runtime.preemption`), the learner decides after a step
+and tells the engine ranks, which save their queue with the learner's checkpoint and exit (not
+yet with partial rollouts: there the engine ranks end on the signal itself).
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ from prco_mega.dist.world import all_gather, broadcast, is_host, rank
 from prco_mega.runtime import build
 from prco_mega.rollout.partial import PartialRollouts
 from prco_mega.runtime.placement import EngineReport
+from prco_mega.runtime.preemption import caught, engines_stop
 from prco_mega.tracking.timing import PhaseTimer
 from prco_mega.types import Trajectory
 
@@ -218,10 +223,20 @@ def run_engine_worker(cfg: RunConfig, dirs: build.RunDirs, algo: AlgoSettings,
         worker.ahead, worker.handed, worker.last = ahead, start, steps - 1
         trained = worker.run()
     every, keep = cfg.learner.checkpoint.interval, cfg.learner.checkpoint.keep_last
-    for step in range(start, steps if worker is None else start):
-        trained = engine_step(side, router, weights, ahead, step, trained, steps - 1, k)
-        if (every and (step + 1) % every == 0) or step + 1 == steps:  # the learner saves here
-            save_ahead(dirs.root, step + 1, ahead, keep)
+    with caught():  # a signal stops the engines only when the learner decides so
+        for step in range(start, steps if worker is None else start):
+            if trained:
+                weights.receive()
+                ahead.version += 1
+            # the learner decides whether the run stops after each step but the last, once it
+            # has sent that step's weights (`preemption.StopVote`): then it saves this step
+            signum = engines_stop(split.link) if step > start else 0
+            if signum:
+                save_ahead(dirs.root, step, ahead, keep)
+                raise SystemExit(128 + signum)
+            trained = engine_step(side, router, weights, ahead, step, False, steps - 1, k)
+            if (every and (step + 1) % every == 0) or step + 1 == steps:  # the learner saves
+                save_ahead(dirs.root, step + 1, ahead, keep)
     if trained:  # the last update's weights
         weights.receive()
     after = build.evaluate_policy(side, dirs.root / "eval_end.json", cache=False)

@@ -128,5 +128,8 @@ def main(cfg: RunConfig, resume: str = "no") -> Path:
     if split.role == ROLE_ENGINE:
         run_engine_worker(cfg, dirs, algo, split)
     else:
-        run(Remote(cfg, dirs, algo, split), cfg, dirs, resume_run, StopVote())
+        # the engine ranks follow the learner's stop decision (not yet with partial rollouts,
+        # whose worker serves the link between chunks)
+        engines = None if cfg.rollout.partial_rollouts else split.link
+        run(Remote(cfg, dirs, algo, split), cfg, dirs, resume_run, StopVote(engines=engines))
     return dirs.root
