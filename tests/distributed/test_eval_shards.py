@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, _free_port
+from conftest import REPO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared fixture files
 from bench_data import MIXED, NAMES, write_root
@@ -38,8 +38,9 @@ def _env() -> dict[str, str]:
 
 def _command(nproc: int, model: Path, root: Path, out: Path) -> list[str]:
     launcher = [sys.executable] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+        # torchrun's standalone rendezvous picks its own port (none chosen here and released)
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+        str(nproc)]
     return [*launcher, "-m", "prco_mega.cli", "eval", "--model", str(model), "--data-root",
             str(root), "--out", str(out), *EVAL]
 

@@ -28,8 +28,8 @@ def test_two_rank_vocab_parallel_equals_single_rank(tmp_path):
     torch.save(data, tmp_path / "inputs.pt")
     env = dict(os.environ, OMP_NUM_THREADS="1", TRITON_INTERPRET="1")
     worker = Path(__file__).with_name("tp_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(29500 + os.getpid() % 1000), str(worker), str(tmp_path)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(worker), str(tmp_path)]  # the standalone rendezvous picks a free port itself
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
