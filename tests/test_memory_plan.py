@@ -233,3 +233,26 @@ def test_micro_batch_smaller_than_a_trajectory_is_refused():
                      ["learner.batching.micro_batch_tokens=4096"])
     with pytest.raises(ValueError, match=r"micro_batch_tokens \(4096\).*max_model_len \(8192\)"):
         plan_inputs_from_config(data)
+
+
+def test_moe_experts_are_sharded_by_ep_and_their_optimizer_over_expert_dp():
+    """Qwen3-VL-30B-A3B on 16 GPUs, TP1: each rank holds 128 / EP experts of every layer, its
+    dense parts whole; the distributed optimizer shards the dense state over DP=16 and the expert
+    state over expert-DP = 16 / EP (Megatron's expert-data-parallel group)."""
+    from prco_mega.cluster.dims import expert_params, model_dims
+    from prco_mega.cluster.memory import stage_expert_params, stage_params
+
+    m = model_dims("qwen3-vl-30b-a3b")
+    plans = {ep: plan_memory(PlanInputs(model=m, tp=1, pp=1, dp=16, ep=ep, etp=1,
+                                        max_model_len=8192, rollout_tp=4,
+                                        rollout_gpu_memory_utilization=0.25)) for ep in (8, 16)}
+    lm, vis = stage_params(m, 1, 1, "only")
+    for ep, plan in plans.items():
+        experts = 48 * (128 // ep) * expert_params(m)
+        assert stage_expert_params(m, 1, ep, 1) == experts
+        assert _row(plan, "weights").bytes == 2 * (lm + vis + experts)
+        assert _row(plan, "optimizer").bytes == pytest.approx(
+            12 / 16 * (lm + vis) + 12 / (16 // ep) * experts)
+        tokens, k, h = plan.inputs.micro_batch_tokens, 8, 2048
+        assert _row(plan, "MoE all-to-all").bytes == 2 * tokens * k * h * 2
+    assert _row(plans[16], "weights").bytes < _row(plans[8], "weights").bytes

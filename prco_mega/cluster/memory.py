@@ -11,7 +11,13 @@ The estimates are formulas, each with its source, evaluated for the heavier pipe
   the backward re-runs at once); pipeline in-flight micro-batches from Megatron's 1F1B /
   interleaved warm-up counts;
 - loss head: logits [T, V/tp] in the unfused path, a chunked working set in the fused one;
-- vLLM: weights / TP, and KV cache = 2 (K, V) * layers * kv_heads/TP * head_dim * bytes per token.
+- mixture of experts: each rank holds num_experts / EP experts of each MoE layer, each split over
+  expert-TP; their optimizer state is sharded over the expert-data-parallel ranks (TP x DP / (EP x
+  expert-TP)), as Megatron's distributed optimizer does; routed tokens keep top-k copies of their
+  expert inputs and SwiGLU activations, and the all-to-all dispatcher holds send and receive
+  buffers of tokens x top-k x hidden for the layer it runs (an estimate: balanced routing);
+- vLLM: weights / TP (vLLM's TP splits every expert's width too: no engine expert parallel), and
+  KV cache = 2 (K, V) * layers * kv_heads/TP * head_dim * bytes per token.
 Peak memory is the larger of the training phase and the colocated rollout phase.
 """
 from __future__ import annotations
@@ -21,7 +27,8 @@ import math
 from dataclasses import dataclass, field
 
 from prco_mega.cluster.plan_inputs import GiB, PlanInputs
-from prco_mega.cluster.dims import ModelDims, decoder_layer_params, total_params, vision_params
+from prco_mega.cluster.dims import (ModelDims, decoder_layer_params, expert_params, total_params,
+                                    vision_params)
 from prco_mega.learner.config import RecomputeConfig
 
 
@@ -30,13 +37,15 @@ def stage_params(m: ModelDims, tp: int, pp: int, stage: str) -> tuple[int, int]:
     """(language-model, vision) parameters held by one rank of pipeline stage `stage`.
 
     Decoder layers: layers/pp, each with its matrices and biases split over TP and its norms
-    replicated. First stage: + word embeddings [V/tp, h] (the learner shards the vocab unpadded)
+    (and a MoE layer's router) replicated; experts apart (`stage_expert_params`). First stage: + word embeddings [V/tp, h] (the learner shards the vocab unpadded)
     + the whole ViT (replicated over TP).
     Last stage: + final norm + output layer [V/tp, h] (a copy of the embeddings when tied and
     pp > 1, as Megatron keeps one for the tied gradient). pp = 1 holds both ends.
     """
+    dense, moe = (m.layers - m.moe_layers) // pp, m.moe_layers // pp
     split, repl = decoder_layer_params(m)
-    lm = (m.layers // pp) * (split // tp + repl)
+    moe_split, moe_repl = decoder_layer_params(m, moe=True)
+    lm = dense * (split // tp + repl) + moe * (moe_split // tp + moe_repl)
     emb = math.ceil(m.vocab / tp) * m.hidden
     first, last = stage in ("first", "only"), stage in ("last", "only")
     vision = vision_params(m.vision) if first else 0
@@ -45,6 +54,27 @@ def stage_params(m: ModelDims, tp: int, pp: int, stage: str) -> tuple[int, int]:
     if last:
         lm += m.hidden + (0 if (m.tie_embeddings and pp == 1) else emb)
     return lm, vision
+
+
+def stage_expert_params(m: ModelDims, pp: int, ep: int, etp: int) -> int:
+    """Expert parameters one rank holds: (MoE layers / pp) x (num_experts / ep) experts, each
+    split over expert-TP (`etp`)."""
+    return (m.moe_layers // pp) * (m.num_experts // ep) * expert_params(m) // etp
+
+
+def moe_layer_activation_bytes(tokens: int, m: ModelDims, etp: int) -> float:
+    """Bytes one MoE layer keeps beyond its attention part, per rank, for the `tokens` that rank
+    routes (with SP: its sequence slice): router logits and probabilities in fp32 (8E per token),
+    then per routed copy (top-k per token, each received by etp ranks) the permuted expert input
+    (2h) and SwiGLU's gate, up and product over the expert's etp slice (6I / etp)."""
+    k, h, i = m.experts_per_token, m.hidden, m.moe_intermediate
+    return tokens * (8 * m.num_experts + k * etp * (2 * h + 6 * i / etp))
+
+
+def dispatcher_buffer_bytes(tokens: int, m: ModelDims, dtype_bytes: int = 2) -> float:
+    """The alltoall dispatcher's send and receive buffers for one MoE layer: 2 x tokens x top-k x
+    hidden in 16-bit (balanced routing: a rank receives as many routed copies as it sends)."""
+    return 2 * tokens * m.experts_per_token * m.hidden * dtype_bytes
 
 
 def optimizer_bytes_per_param(param_bytes: int, grad_bytes: int, distributed: bool,
@@ -221,20 +251,27 @@ class MemoryPlan:
 
 def _learner_static(x: PlanInputs, stage: str) -> tuple[list[Row], float]:
     lm, vis = stage_params(x.model, x.tp, x.pp, stage)
-    trained = lm + (0 if x.vision_frozen else vis)
+    ex = stage_expert_params(x.model, x.pp, x.ep, x.expert_etp)
+    trained = lm + ex + (0 if x.vision_frozen else vis)
     opt = optimizer_bytes_per_param(x.param_bytes, x.grad_bytes, x.distributed_optimizer, x.dp)
+    opt_ex = optimizer_bytes_per_param(x.param_bytes, x.grad_bytes, x.distributed_optimizer,
+                                       x.expert_dp)
     where = "distributed over DP" if x.distributed_optimizer else "replicated"
+    experts = (f" + experts {ex / 1e9:.2f}B ({x.model.num_experts // x.ep} per layer: "
+               f"EP{x.ep}, expert-TP{x.expert_etp})" if ex else "")
     rows = [
-        Row(f"weights ({8 * x.param_bytes}-bit)", (lm + vis) * x.param_bytes,
-            note=f"{(lm + vis) / 1e9:.2f}B params: LM/TP{x.tp}/PP{x.pp}"
+        Row(f"weights ({8 * x.param_bytes}-bit)", (lm + ex + vis) * x.param_bytes,
+            note=f"{(lm + ex + vis) / 1e9:.2f}B params: LM/TP{x.tp}/PP{x.pp}" + experts
                  + (f" + ViT {vis / 1e9:.2f}B (not split)" if vis else "")),
         Row(f"gradients ({8 * x.grad_bytes}-bit buffer)", trained * x.grad_bytes,
             note="frozen ViT has none" if x.vision_frozen and vis else ""),
-        Row("optimizer: fp32 master + Adam m, v", trained * opt,
-            note=f"{opt:.2f} B/param, {where} (DP={x.dp})"),
+        Row("optimizer: fp32 master + Adam m, v", (trained - ex) * opt + ex * opt_ex,
+            note=f"{opt:.2f} B/param, {where} (DP={x.dp})"
+                 + (f"; experts {opt_ex:.2f} B/param over expert-DP {x.expert_dp}" if ex else "")),
     ]
     if x.reference_model:
-        rows.append(Row("reference weights (KL anchor, frozen)", (lm + vis) * x.param_bytes,
+        rows.append(Row("reference weights (KL anchor, frozen)",
+                        (lm + ex + vis) * x.param_bytes,
                         note="algo.kl_coef > 0: no gradients, no optimizer state"))
     return rows, sum(r.bytes for r in rows)
 
@@ -243,17 +280,23 @@ def decoder_activation_bytes(x: PlanInputs, rc: RecomputeConfig,
                              chunks: int) -> tuple[float, float]:
     """`recompute_activation_bytes` for the decoder of `x` with `chunks` model-chunk micro-batches
     in flight: Korthikanti's per-layer bytes, without the score term under fused attention or
-    with core_attn recomputed, and without the MLP's inner activations with mlp recomputed."""
+    with core_attn recomputed, and without the MLP's inner activations with mlp recomputed. A MoE
+    model's layers are its heaviest (`moe_layer_activation_bytes` in place of the dense MLP's
+    inner; mlp recompute re-runs the whole MoE block, keeping its input)."""
     m, t = x.model, x.micro_batch_tokens
-    seq = min(t, x.max_model_len)
+    seq, moe = min(t, x.max_model_len), m.moe_layers > 0
+    ffn = 0 if moe else m.intermediate
+    experts = moe_layer_activation_bytes(t // x.tp if x.sequence_parallel else t, m,
+                                         x.expert_etp) if moe else 0.0
 
     def layer(flash: bool) -> float:
-        return layer_activation_bytes(t, m.hidden, m.kv_hidden, m.intermediate, m.heads, seq,
-                                      x.tp, x.sequence_parallel, flash=flash, q_hidden=m.q_hidden)
+        return experts + layer_activation_bytes(t, m.hidden, m.kv_hidden, ffn, m.heads, seq,
+                                                x.tp, x.sequence_parallel, flash=flash,
+                                                q_hidden=m.q_hidden)
 
     selective = layer(x.flash_attention or "core_attn" in rc.modules)
     if "mlp" in rc.modules:
-        selective -= mlp_inner_bytes(t, m.intermediate, x.tp)
+        selective -= experts if moe else mlp_inner_bytes(t, m.intermediate, x.tp)
     return recompute_activation_bytes(
         rc, m.layers // (x.pp * x.vpp), chunks, layer(x.flash_attention), selective,
         recompute_input_bytes(t, m.hidden, x.tp, x.sequence_parallel))
@@ -272,6 +315,12 @@ def _activation_rows(x: PlanInputs, stage: str) -> list[Row]:
         rows.append(Row(f"activations, recompute={mode}", held + working,
                         counted=mode == x.recompute.granularity,
                         note=f"{recompute_label(rc)}: {what}{again}"))
+    if m.moe_layers:
+        tokens = t // x.tp if x.sequence_parallel else t
+        rows.append(Row("MoE all-to-all dispatcher buffers (one layer)",
+                        dispatcher_buffer_bytes(tokens, m),
+                        note=f"send + receive: 2 x {tokens} tokens x top-{m.experts_per_token} x "
+                             f"h {m.hidden} x 2 B (estimate: balanced routing)"))
     if stage in ("first", "only") and m.vision is not None and x.image_tokens_per_micro_batch:
         rows.append(_vision_row(x, math.ceil(chunks / x.vpp)))
     return rows
@@ -315,7 +364,9 @@ def _vllm_rows(x: PlanInputs) -> tuple[list[Row], int]:
     tokens = int(kv // per_tok)
     rows = [Row(f"vLLM budget (gpu_memory_utilization={x.rollout_gpu_memory_utilization})",
                 budget, note=f"engine TP={x.rollout_tp}; split below"),
-            Row("  vLLM weights (/TP)", weights, counted=False, part=True),
+            Row("  vLLM weights (/TP)", weights, counted=False, part=True,
+                note=f"every expert's width split over TP{x.rollout_tp} (no engine expert "
+                     "parallel)" if x.model.num_experts else ""),
             Row("  vLLM activations, CUDA graphs", overhead, counted=False, part=True),
             Row("  vLLM KV cache", kv, counted=False, part=True,
                 note=f"{per_tok} B/token -> {tokens} tokens = "
@@ -386,7 +437,9 @@ def _line(r: Row) -> str:
 
 def render_table(p: MemoryPlan) -> str:
     x, gib = p.inputs, p.inputs.gpu_memory_gib
-    head = (f"Memory plan per GPU: {x.model.name}, TP={x.tp} PP={x.pp} VPP={x.vpp} DP={x.dp}, "
+    experts = f" EP={x.ep} expert-TP={x.expert_etp}" if x.model.num_experts else ""
+    head = (f"Memory plan per GPU: {x.model.name}, TP={x.tp} PP={x.pp} VPP={x.vpp} DP={x.dp}"
+            f"{experts}, "
             f"SP={'on' if x.sequence_parallel else 'off'}, micro-batch {x.micro_batch_tokens} "
             f"tokens, recompute={recompute_label(x.recompute)}, "
             f"loss head {'fused' if x.fused_loss_head else 'unfused'}"

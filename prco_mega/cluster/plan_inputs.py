@@ -30,6 +30,11 @@ class PlanInputs:
     pp: int
     dp: int
     vpp: int = 1
+    ep: int = 1
+    """Expert parallel (`learner.parallel.expert_parallel`): each rank holds num_experts / ep of
+    each MoE layer's experts."""
+    etp: int | None = None
+    """Expert tensor parallel (None: tp, Megatron's default): each expert split over etp ranks."""
     sequence_parallel: bool = True
     micro_batch_tokens: int = 16384
     recompute: RecomputeConfig = field(default_factory=RecomputeConfig)
@@ -61,11 +66,23 @@ class PlanInputs:
     """A frozen copy of the weights in the learner's layout, the KL anchor (`algo.kl_coef > 0`):
     one more weights row, without gradients or optimizer state."""
 
+    @property
+    def expert_etp(self) -> int:
+        """The expert-TP size in effect (`etp`, else tp)."""
+        return self.tp if self.etp is None else self.etp
+
+    @property
+    def expert_dp(self) -> int:
+        """Expert data parallel: the ranks of a pipeline stage holding the same experts, over
+        which the distributed optimizer shards their state (tp * dp / (ep * etp))."""
+        return self.tp * self.dp // (self.ep * self.expert_etp)
+
     def validate(self) -> None:
         """Refuse layouts the model cannot be split into (`check_layout`) and settings the plan
         cannot hold, naming the numbers."""
         check_layout(layout_dims(self.model), self.tp * self.pp * self.dp, self.tp, self.pp,
-                     None if self.vpp == 1 else self.vpp, engine_tp=self.rollout_tp)
+                     None if self.vpp == 1 else self.vpp, engine_tp=self.rollout_tp, ep=self.ep,
+                     etp=self.etp)
         self.recompute.check_chunk(self.model.layers // (self.pp * self.vpp))
         if self.micro_batch_tokens < self.max_model_len:
             raise ValueError(f"learner micro_batch_tokens ({self.micro_batch_tokens}) must be >= "
@@ -79,7 +96,8 @@ class PlanInputs:
 def layout_dims(m: ModelDims) -> LayoutDims:
     """The sizes of `m` that the layout rules read."""
     return LayoutDims(m.layers, m.heads, m.kv_heads, m.vocab, m.hidden, m.intermediate,
-                      m.vision.deepstack if m.vision is not None else 0)
+                      m.vision.deepstack if m.vision is not None else 0, m.num_experts,
+                      m.moe_intermediate if m.num_experts else 0)
 
 
 def _check_data_parallel(layout: Layout, expected_dp: int | None) -> None:
@@ -107,12 +125,14 @@ def plan_inputs_from_config(data: dict) -> tuple[PlanInputs, ClusterSection]:
         raise ValueError(f"engine.tensor_parallel_size ({rtp}) must divide gpus_per_node "
                          f"({cluster.gpus_per_node}): an engine stays inside one node")
     layout = check_layout(layout_dims(model), cluster.world_size, par.tensor_parallel,
-                          par.pipeline_parallel, par.virtual_pipeline_parallel, engine_tp=rtp)
+                          par.pipeline_parallel, par.virtual_pipeline_parallel, engine_tp=rtp,
+                          ep=par.expert_parallel, etp=par.expert_tensor_parallel)
     _check_data_parallel(layout, cluster.data_parallel)
     precision = "fp32" if learner.precision == "fp32" else "bf16"  # "auto" is bf16 on GPUs
     inputs = PlanInputs(
         model=model, tp=par.tensor_parallel, pp=par.pipeline_parallel, dp=layout.dp,
-        vpp=par.virtual_pipeline_parallel or 1, sequence_parallel=par.sequence_parallel,
+        vpp=par.virtual_pipeline_parallel or 1, ep=layout.ep, etp=layout.etp,
+        sequence_parallel=par.sequence_parallel,
         micro_batch_tokens=learner.batching.micro_batch_tokens, recompute=learner.recompute,
         flash_attention=mem.flash_attention, fused_loss_head=kernels.impl == "triton",
         param_bytes=4 if precision == "fp32" else 2,
