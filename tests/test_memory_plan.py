@@ -21,7 +21,8 @@ from prco_mega.learner.config import RecomputeConfig
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CLUSTER_CONFIGS = ["qwen25vl_3b_h100x8.yaml", "qwen25vl_7b_h100x8.yaml",
                    "qwen25vl_32b_h100x32.yaml", "qwen25vl_72b_h100x64.yaml",
-                   "qwen3vl_8b_h100x8.yaml", "qwen3vl_32b_h100x32.yaml"]
+                   "qwen3vl_8b_h100x8.yaml", "qwen3vl_32b_h100x32.yaml",
+                   "qwen3vl_30b_a3b_h100x16.yaml", "qwen3vl_235b_a22b_h100x192.yaml"]
 GIB = 2**30
 # Qwen2.5-7B text-only (Hugging Face config.json of Qwen/Qwen2.5-7B): a dense decoder, no ViT.
 QWEN25_7B_TEXT = ModelDims("qwen2.5-7b", hidden=3584, intermediate=18944, layers=28, heads=28,
