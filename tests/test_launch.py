@@ -20,7 +20,10 @@ from prco_mega.config import load_yaml
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CLUSTER_CONFIGS = ["qwen25vl_3b_h100x8.yaml", "qwen25vl_7b_h100x8.yaml",
                    "qwen25vl_32b_h100x32.yaml", "qwen25vl_72b_h100x64.yaml",
-                   "qwen3vl_8b_h100x8.yaml", "qwen3vl_32b_h100x32.yaml"]
+                   "qwen3vl_8b_h100x8.yaml", "qwen3vl_32b_h100x32.yaml",
+                   "qwen3vl_30b_a3b_h100x16.yaml"]
+"""Colocated configs (the learner's nodes are the job's); qwen3vl_235b_a22b_h100x192.yaml places
+its engines on nodes of their own (`test_the_separate_placement_config_launches_its_rollout_nodes`)."""
 REQUIRED_ENV = {"CUDA_DEVICE_MAX_CONNECTIONS": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
                 "VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
 
@@ -269,3 +272,17 @@ def test_cluster_configs_validate_as_whole_run_configs(name):
 
     cfg = load_config(CONFIGS / name)  # raises on an unknown key or a wrong type anywhere
     assert cfg.cluster is not None and cfg.observer.n >= 2 and cfg.solver.n >= 2
+
+
+def test_the_separate_placement_config_launches_its_rollout_nodes():
+    path = str(CONFIGS / "qwen3vl_235b_a22b_h100x192.yaml")
+    data = load_yaml(path)
+    text = build_launch(data, "torchrun", path, master_addr="10.1.2.3").render()
+    commands = [shlex.split(line) for line in text.splitlines() if line.startswith("torchrun ")]
+    cluster = data["cluster"]
+    nodes = cluster["nodes"] + cluster["rollout_nodes"]
+    assert cluster["rollout_placement"] == "separate" and len(commands) == nodes
+    tp, pp, dp = _layout(data)
+    assert cluster["nodes"] * 8 == tp * pp * dp  # the learner's world is its own nodes'
+    assert all(int(_torchrun(argv).nnodes) == nodes for argv in commands)
+    assert _exports(text)["PRCO_LEARNER_WORLD_SIZE"] == str(tp * pp * dp)
