@@ -7,7 +7,7 @@ and fetches only those rows (`bridge.units`), one unit at a time, stage by stage
 them in buckets of whole fused groups (`bridge.buckets`).
 
 What crosses the network per rank: the rows its engine loads that the rank does not hold (other TP
-shards, other stages' units), never more than its engine loads (`SyncStats.engine_bytes`), except
+shards, other stages' units, other expert-parallel ranks' experts), never more than its engine loads (`SyncStats.engine_bytes`), except
 that a pipeline group whose stages feed different engine ranks shares one hull of rows. Peak extra
 memory is about one unit plus one bucket.
 """
@@ -22,7 +22,8 @@ import torch.distributed as dist
 from prco_mega.bridge.buckets import push_units
 from prco_mega.bridge.hf_io import mapping_args
 from prco_mega.bridge.units import (DEFAULT_BUCKET_BYTES, SyncContext, SyncStats, cast_dtype,
-                                    engine_slot, model_units, refuse_nonfinite)
+                                    engine_slot, model_units, refuse_nonfinite,
+                                    set_expert_slots)
 from prco_mega.dist.world import all_gather, device
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ def sync_weights(chunks, pg_collection, hf_config, engine, *,
                       slot=engine_slot(dist.get_rank(), engine_tp))
     ctx.tp_slots = all_gather([engine_slot(dist.get_global_rank(pp, i), engine_tp)
                                for i in range(pp.size())], group=pg_collection.tp)
+    set_expert_slots(ctx)
     with ctx.clock("check"):
         refuse_nonfinite(chunks, ctx)
     return push_units(engine, model_units(chunks, ctx), ctx, bucket_bytes, t0)

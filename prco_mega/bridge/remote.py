@@ -20,6 +20,7 @@ import torch.distributed as dist
 from prco_mega.bridge.buckets import push_units
 from prco_mega.bridge.colocated import sync_metrics
 from prco_mega.bridge.hf_io import mapping_args
+from prco_mega.bridge.mapping import expert_rows
 from prco_mega.bridge.slices import engine_span
 from prco_mega.bridge.units import (DEFAULT_BUCKET_BYTES, Slab, SyncContext, SyncStats, cast_dtype,
                                     convert_unit, engine_slot, nbytes, refuse_nonfinite,
@@ -66,11 +67,18 @@ def send_weights(chunks, pg_collection, hf_config, split, *,
     per_index = [0] * engine_tp  # bytes sent to each engine rank of index e
     if pg_collection.dp.rank() == 0:
         ctx.tp_slots = [[(0, 1)]] + [[]] * (pg_collection.tp.size() - 1)  # TP rank 0 sends
+        if expert_rows(ctx.args["model_type"]):
+            if pg_collection.ep.size() > 1:
+                # the EP group spans data-parallel replicas, which do not take part here
+                raise ValueError(f"separate placement with expert parallel "
+                                 f"{pg_collection.ep.size()} is not supported: use colocated "
+                                 "placement or expert_parallel 1")
+            ctx.etp_slots = [[(0, 1)]] + [[]] * (pg_collection.expt_tp.size() - 1)
         stage = pg_collection.pp.rank()
         sending = split.global_rank == senders[stage]
         links = [split.weight_link(stage, senders[stage], e, engine_tp) for e in range(engine_tp)]
-        for offset, params in units_of(chunks):
-            slabs = convert_unit(offset, params, ctx)
+        for where, params in units_of(chunks):
+            slabs = convert_unit(where, params, ctx)
             if not sending:
                 continue
             for e, link in enumerate(links):

@@ -11,6 +11,12 @@ embedding). For each unit, this rank:
 3. with PP > 1, the owning stage broadcasts the unit's rows to the other stages over the explicit
    PP group (each data-parallel replica over its own group) (`model_units`), or streams them over
    a separate-placement link (`stream_unit`).
+Experts (mixture-of-experts layers) move in their own names (one tensor per expert, named by its
+global index) over their own groups: their TP shards over the expert-TP group (`fetch`, the rows
+the ranks of the rank's expert-parallel group need), then every expert-parallel rank sends each
+peer the rows of its experts that the peer's engine rank loads (`exchange_experts`): the engine
+has no expert parallel, so every engine rank loads its rows of every expert. The router is
+replicated and moves as any replicated tensor.
 `materialize` lays a slab into a checkpoint-shaped tensor whose rows the engine rank does not load
 are NaN, so a wrong row rule poisons the output instead of loading stale values. The row rules
 follow vLLM's loaders (`bridge.slices`). Non-finite weights are refused before anything reaches an
@@ -26,10 +32,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from prco_mega.bridge.hf_io import layer_offset, megatron_params, unwrap
-from prco_mega.bridge.mapping import family_table, megatron_shards_to_hf, resolve
+from prco_mega.bridge.hf_io import layer_offset, local_experts, megatron_params, unwrap
+from prco_mega.bridge.mapping import (expert_rows, family_table, is_expert, megatron_shards_to_hf,
+                                      resolve)
 from prco_mega.bridge.slices import (Span, engine_span, full_shape_of, held_span, hull, intersect,
                                      kind_of, local_heads)
+from prco_mega.dist.world import all_gather
 from prco_mega.tracking.timing import PhaseTimer
 
 PHASES = ("gather", "convert", "push", "check")
@@ -106,14 +114,31 @@ class SyncContext:
     """Bytes received from other ranks so far."""
     engine_bytes: int = 0
     """Bytes of the rows this rank's engine loads, so far."""
+    ep_slots: list = field(default_factory=list)
+    """Per expert-parallel peer (EP rank order): the slots whose rows it needs (its entry of
+    `tp_slots`)."""
+    etp_slots: list = field(default_factory=list)
+    """Per expert-TP peer: the slots of every rank of its expert-parallel group."""
 
 
-def units_of(chunks) -> Iterator[tuple[int, list[tuple[str, torch.Tensor]]]]:
-    """(layer offset, [(Megatron name, parameter)]) per unit of this rank's chunks, in order."""
+def set_expert_slots(ctx: SyncContext) -> None:
+    """Fill `ctx.ep_slots` and `ctx.etp_slots` from `ctx.tp_slots` (collective over the
+    expert-parallel and expert-TP groups; nothing for a model without experts)."""
+    if not expert_rows(ctx.args["model_type"]):
+        return
+    mine = ctx.tp_slots[ctx.pg.tp.rank()]
+    ctx.ep_slots = all_gather(mine, group=ctx.pg.ep)
+    ctx.etp_slots = all_gather([slot for peer in ctx.ep_slots for slot in peer],
+                               group=ctx.pg.expt_tp)
+
+
+def units_of(chunks) -> Iterator[tuple[tuple[int, int, int], list[tuple[str, torch.Tensor]]]]:
+    """((layer offset, first local expert, experts per rank), [(Megatron name, parameter)]) per
+    unit of this rank's chunks, in order."""
     for chunk in chunks:
-        offset = layer_offset(unwrap(chunk))
+        where = (layer_offset(unwrap(chunk)), *local_experts(unwrap(chunk)))
         for _, params in itertools.groupby(megatron_params(chunk), key=lambda np: unit_key(np[0])):
-            yield offset, list(params)
+            yield where, list(params)
 
 
 @dataclass
@@ -139,16 +164,19 @@ class Slab:
         return self.data.narrow(part.dim, start, part.stop - part.start)
 
 
-def local_slabs(offset: int, params, ctx: SyncContext) -> list[Slab]:
-    """This rank's part of the HF tensors of one unit, in HF layout (no communication)."""
-    tp = ctx.pg.tp
+def local_slabs(offset: int, params, ctx: SyncContext, tp=None,
+                expert_offset: int = 0) -> list[Slab]:
+    """This rank's part of the HF tensors of one unit, in HF layout (no communication). `tp`:
+    the group the parameters are split over (default the TP group; experts: expert-TP)."""
+    tp = tp or ctx.pg.tp
     args = ctx.args
     heads = args["heads"] if tp.size() == 1 else local_heads(args["heads"], tp.size())
     out = []
     for name, param in params:
         kind = kind_of(name, args["model_type"])
         hf = megatron_shards_to_hf(name, [param.detach()], model_type=args["model_type"],
-                                   layer_offset=offset, heads=heads, tied=args["tied"])
+                                   layer_offset=offset, heads=heads, tied=args["tied"],
+                                   expert_offset=expert_offset)
         for member, (hf_name, t) in enumerate(hf.items()):
             shape = full_shape_of(kind, tuple(t.shape), tp.size())
             span = held_span(kind, shape, tp.rank(), tp.size(), hf_name)
@@ -163,14 +191,15 @@ def need_of(slab: Slab, slots: list[tuple[int, int]], ctx: SyncContext) -> Span:
                              slab.name) for r, t in slots])
 
 
-def fetch(slabs: list[Slab], ctx: SyncContext) -> list[Slab]:
+def fetch(slabs: list[Slab], ctx: SyncContext, tp=None, slots=None) -> list[Slab]:
     """Each rank of the TP group ends with the rows its stage's engine ranks load (`ctx.tp_slots`):
     every rank sends each peer the intersection of what it holds with what the peer needs, in one
     `all_to_all_single` per dtype. Nothing moves for rows a rank already holds (matching TP sizes,
-    replicated tensors), so an engine split like the learner receives no TP traffic."""
-    tp = ctx.pg.tp
+    replicated tensors), so an engine split like the learner receives no TP traffic. `tp`,
+    `slots`: another group and its peers' slots (experts: expert-TP, `ctx.etp_slots`)."""
+    tp, slots = tp or ctx.pg.tp, ctx.tp_slots if slots is None else slots
     me, n = tp.rank(), tp.size()
-    needs = [[need_of(s, ctx.tp_slots[j], ctx) for j in range(n)] for s in slabs]
+    needs = [[need_of(s, slots[j], ctx) for j in range(n)] for s in slabs]
     out: list[Slab | None] = [None] * len(slabs)
     for dtype in dict.fromkeys(s.data.dtype for s in slabs):
         idx = [i for i, s in enumerate(slabs) if s.data.dtype == dtype]
@@ -228,13 +257,83 @@ def _assemble(s: Slab, need: Span, inbox: list[torch.Tensor], cursor: list[int],
     return Slab(s.name, s.kind, s.member, s.shape, want, data)
 
 
-def convert_unit(offset: int, params, ctx: SyncContext) -> list[Slab]:
+def exchange_experts(slabs: list[Slab], peer_names: list[list[str]],
+                     ctx: SyncContext) -> list[Slab]:
+    """Every expert of a layer, the rows this rank's stage's engine ranks load: each
+    expert-parallel rank sends each peer, in one `all_to_all_single` per dtype, the rows of its
+    own experts (`slabs`, already holding what every peer needs) that the peer needs.
+    `peer_names[j][i]`: the name of peer j's counterpart of `slabs[i]` (the same local expert,
+    its global index), so receivers know what they get without asking."""
+    ep = ctx.pg.ep
+    me, n = ep.rank(), ep.size()
+    needs = [[need_of(s, ctx.ep_slots[j], ctx) for j in range(n)] for s in slabs]
+    out = [_narrow(s, needs[i][me]) for i, s in enumerate(slabs)]
+    for dtype in dict.fromkeys(s.data.dtype for s in slabs):
+        idx = [i for i, s in enumerate(slabs) if s.data.dtype == dtype]
+        send = [[] if j == me else [_narrow(slabs[i], needs[i][j]).data.reshape(-1) for i in idx]
+                for j in range(n)]
+        recv_sizes = [0 if j == me else sum(_rows(slabs[i], needs[i][me]) for i in idx)
+                      for j in range(n)]
+        send_sizes = [sum(t.numel() for t in ts) for ts in send]
+        recv = torch.empty(sum(recv_sizes), dtype=dtype, device=ctx.device)
+        flat = torch.cat([t for ts in send for t in ts]) if any(send_sizes) else \
+            torch.empty(0, dtype=dtype, device=ctx.device)
+        dist.all_to_all_single(recv, flat, output_split_sizes=recv_sizes,
+                               input_split_sizes=send_sizes, group=ep)
+        ctx.received += nbytes(recv)
+        for j, box in enumerate(recv.split(recv_sizes)):
+            if j == me:
+                continue
+            cursor = 0
+            for i in idx:
+                s, need = slabs[i], needs[i][me]
+                size = _rows(s, need)
+                shape = s.shape if need.whole else [need.stop - need.start if d == need.dim
+                                                    else x for d, x in enumerate(s.shape)]
+                out.append(Slab(peer_names[j][i], s.kind, s.member, s.shape, need,
+                                box[cursor:cursor + size].view(shape)))
+                cursor += size
+    return out
+
+
+def _rows(s: Slab, need: Span) -> int:
+    """Elements of `s`'s full tensor inside `need`."""
+    return need.numel(s.shape) if not need.whole else torch.Size(s.shape).numel()
+
+
+def _narrow(s: Slab, need: Span) -> Slab:
+    """The rows `need` of `s` (which holds them)."""
+    if need.whole:
+        return s
+    return Slab(s.name, s.kind, s.member, s.shape, need, s.piece(need).contiguous())
+
+
+def _expert_slabs(offset: int, first: int, per_rank: int, params,
+                  ctx: SyncContext) -> list[Slab]:
+    """A unit's experts, all of them, the rows this rank's stage's engine ranks load."""
+    with ctx.clock("convert"):
+        slabs = local_slabs(offset, params, ctx, tp=ctx.pg.expt_tp, expert_offset=first)
+        table = family_table(ctx.args["model_type"])
+        peer_names = [[hf for name, _ in params
+                       for hf in resolve(name, table, offset, j * per_rank)[1]]
+                      for j in range(ctx.pg.ep.size())]
+    with ctx.clock("gather"):
+        slabs = fetch(slabs, ctx, tp=ctx.pg.expt_tp, slots=ctx.etp_slots)
+        return exchange_experts(slabs, peer_names, ctx) if ctx.pg.ep.size() > 1 else slabs
+
+
+def convert_unit(where: tuple[int, int, int], params, ctx: SyncContext) -> list[Slab]:
     """The rows of one unit's HF tensors that this rank's stage's engine ranks load, on every TP
-    rank of the stage."""
+    rank of the stage. `where`: (layer offset, first local expert, experts per rank)."""
+    offset, first, per_rank = where
+    experts = [(n, p) for n, p in params if is_expert(n, ctx.args["model_type"])]
+    if experts:
+        params = [(n, p) for n, p in params if not is_expert(n, ctx.args["model_type"])]
     with ctx.clock("convert"):
         slabs = local_slabs(offset, params, ctx)
     with ctx.clock("gather"):
-        return fetch(slabs, ctx)
+        slabs = fetch(slabs, ctx)
+    return slabs + (_expert_slabs(offset, first, per_rank, experts, ctx) if experts else [])
 
 
 class _GroupChannel:
@@ -285,13 +384,13 @@ def model_units(chunks, ctx: SyncContext) -> Iterator[list[Slab]]:
     TP and PP groups)."""
     pp = ctx.pg.pp
     if pp.size() == 1:
-        for offset, params in units_of(chunks):
-            yield convert_unit(offset, params, ctx)
+        for where, params in units_of(chunks):
+            yield convert_unit(where, params, ctx)
         return
     for stage in range(pp.size()):
         if pp.rank() == stage:
-            for offset, params in units_of(chunks):
-                yield _broadcast_unit(convert_unit(offset, params, ctx), stage, ctx)
+            for where, params in units_of(chunks):
+                yield _broadcast_unit(convert_unit(where, params, ctx), stage, ctx)
             _broadcast_unit(None, stage, ctx)
         else:
             while (named := _broadcast_unit(None, stage, ctx)) is not None:
@@ -319,7 +418,7 @@ def _first_nonfinite(chunks, ctx: SyncContext) -> str | None:
             value = p.detach() if ctx.dtype is None else p.detach().to(ctx.dtype)
             if not bool(torch.isfinite(value).all()):
                 _, hf = resolve(name, family_table(ctx.args["model_type"]),
-                                layer_offset(unwrap(chunk)))
+                                layer_offset(unwrap(chunk)), local_experts(unwrap(chunk))[0])
                 return f"Megatron parameter {name} (HF {hf})"
     return None
 

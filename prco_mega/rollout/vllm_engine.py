@@ -10,12 +10,21 @@ Weight pushes go through `collective_rpc("reload_weights")` with Hugging Face ch
 vLLM finalises a layer (fused q/k/v, fused gate/up, weight + bias) from the tensors of one call
 only, so every call must carry all checkpoint tensors of each engine layer it touches; the engine
 checks this, the names, shapes and finiteness before anything reaches vLLM.
+
+Mixture-of-experts models are pushed per expert (`...mlp.experts.E.gate_proj.weight` [I, H],
+`up_proj` [I, H], `down_proj` [H, I]), names vLLM's Qwen3-MoE loader maps onto its fused expert
+parameters one expert at a time: the learner holds experts one by one, so nothing is stacked or
+transposed on the way, and vLLM's TP split of an expert is the dense MLP's (gate/up rows, down
+columns). The engine lists those names in place of the file's fused hub-layout tensors, and all
+experts of a layer (gate, up and down) form one fused group: vLLM sets up the layer's expert
+kernel once per reload, from the tensors of that call.
 """
 from __future__ import annotations
 
 import gc
 import json
 import os
+import re
 import sys
 import time
 from collections import defaultdict
@@ -26,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from safetensors import safe_open
 
 from prco_mega.data.images import require_normalized
+from prco_mega.rollout import vllm_cpu_moe
 from prco_mega.rollout.config import EngineConfig
 from prco_mega.rollout.engine import (Generation, GenerationRequest, PushStats, RolloutEngine,
                                       SamplingSettings)
@@ -80,9 +90,39 @@ def checkpoint_shapes(model_dir: str | Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+_FUSED_EXPERTS = re.compile(r"^(?P<layer>.*\.mlp\.experts)\.(?P<kind>gate_up_proj|down_proj)$")
+_PER_EXPERT = re.compile(r"^(?P<layer>.*\.layers\.(?P<i>\d+)\.mlp\.experts)\.\d+\."
+                         r"(gate_proj|up_proj|down_proj)\.weight$")
+
+
+def per_expert_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """`shapes` with each fused hub-layout expert tensor (`...mlp.experts.gate_up_proj`
+    [E, H, 2I], `down_proj` [E, I, H]) replaced by the per-expert tensors it holds
+    (`...mlp.experts.{e}.gate_proj.weight` [I, H], `up_proj` [I, H], `down_proj` [H, I]): the
+    names a weight push uses."""
+    out = {}
+    for name, shape in shapes.items():
+        m = _FUSED_EXPERTS.match(name)
+        if m is None or len(shape) != 3:
+            out[name] = shape
+            continue
+        experts, a, b = shape
+        for e in range(experts):
+            prefix = f"{m['layer']}.{e}."
+            if m["kind"] == "gate_up_proj":
+                out[prefix + "gate_proj.weight"] = out[prefix + "up_proj.weight"] = (b // 2, a)
+            else:
+                out[prefix + "down_proj.weight"] = (b, a)
+    return out
+
+
 def fused_layer_key(name: str, packed: dict[str, list[str]]) -> str:
     """The engine layer a checkpoint tensor lands in: its module path with fused members renamed
-    to the fused layer ("...self_attn.k_proj.bias" -> "...self_attn.qkv_proj")."""
+    to the fused layer ("...self_attn.k_proj.bias" -> "...self_attn.qkv_proj"; every expert
+    tensor of a layer -> "...mlp.experts")."""
+    expert = _PER_EXPERT.match(name)
+    if expert is not None:
+        return expert["layer"]
     module = name.rpartition(".")[0]
     parent, _, leaf = module.rpartition(".")
     for fused, members in packed.items():
@@ -154,7 +194,7 @@ class VllmEngine(RolloutEngine):
         vllm = _import_vllm()
         if self.on_cpu:
             _check_cpu_head_dim(self.model_dir)
-        self.shapes = checkpoint_shapes(self.model_dir)
+        self.shapes = per_expert_shapes(checkpoint_shapes(self.model_dir))
         self._llm = vllm.LLM(**self._engine_kwargs())
         self._vllm = vllm
         self.tokenizer = self._llm.get_tokenizer()
@@ -162,6 +202,11 @@ class VllmEngine(RolloutEngine):
         self.groups = fused_groups(self.shapes, packed)
         self._group_of = {n: k for k, names in self.groups.items() for n in names}
         self._asleep = False
+        self.repack_experts = vllm_cpu_moe.needs_cpu_expert_repack(vllm.__version__, self.on_cpu)
+        """Run the CPU MoE kernel's prepack on expert updates (`rollout.vllm_cpu_moe`; off only to
+        show vLLM's stock behaviour)."""
+        if self.repack_experts:
+            vllm_cpu_moe.install()
         self.start_seconds = time.perf_counter() - t0
         """Wall time of the constructor (import + engine start)."""
 
@@ -236,7 +281,9 @@ class VllmEngine(RolloutEngine):
         tensors = list(named_tensors)
         try:
             self._validate_push(tensors, checked_finite)
-            self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": tensors})
+            with vllm_cpu_moe.repack_on_update(self.repack_experts):
+                self._llm.collective_rpc("reload_weights",
+                                         kwargs={"weights_iterator": tensors})
         except BaseException:
             # vLLM may have run part of the reload; NaN written into KV blocks would survive a
             # prefix-cache reset (masked attention still multiplies stale values by zero).

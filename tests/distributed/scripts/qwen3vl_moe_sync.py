@@ -1,0 +1,123 @@
+"""2 ranks hosting vLLM (`external_launcher`: `--engine-tp 1` an engine per rank, 2 one engine
+over both) and a Megatron Qwen3-VL-MoE learner at expert parallel 2 (`--tp`, `--ep`) ->
+`bridge.colocated` -> every rank's engine.
+
+The learner loads the tiny Qwen3-VL-MoE checkpoint and is perturbed (every parameter moves, each
+expert its own way); the engines start on the original checkpoint. First (engine TP=1 only) a sync
+with the CPU expert repack switched off (`VllmEngine.repack_experts`), its greedy tokens recorded;
+then the same sync with it on: each engine's greedy tokens and log-probs for an image+text prompt, with
+transformers' greedy tokens from the learner's exported weights and the learner's own log-probs
+of that sequence, and every rank's sync statistics. Rank 0 writes the JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import zlib
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+T0 = time.time()
+
+import bridge_sync_tp2 as bs  # noqa: E402  (same directory)
+
+from prco_mega.platform.megatron_cpu import install_megatron_cpu_compat  # noqa: E402
+
+
+def hf_greedy(model_dir: Path, processor, text: str, image) -> tuple[list[int], dict]:
+    from transformers import Qwen3VLMoeForConditionalGeneration
+
+    model = Qwen3VLMoeForConditionalGeneration.from_pretrained(model_dir,
+                                                               dtype=torch.float32).eval()
+    inputs = processor(text=[text], images=[image], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, do_sample=False, max_new_tokens=bs.MAX_NEW,
+                             temperature=None, top_p=None, top_k=None)
+    return out[0, inputs["input_ids"].shape[1]:].tolist(), inputs
+
+
+@torch.no_grad()
+def perturb(chunks, pg, model_type: str) -> None:
+    """p += PERTURB * std(p) * noise; the noise of a shard depends on the ranks holding other
+    parts (TP, or for experts expert-TP and expert parallel), so replicas move alike and every
+    expert moves its own way."""
+    from prco_mega.bridge.hf_io import megatron_params
+    from prco_mega.bridge.mapping import is_expert, tp_split_dim
+
+    for chunk in chunks:
+        for name, p in megatron_params(chunk):
+            expert = is_expert(name, model_type)
+            group = pg.expt_tp if expert else pg.tp
+            split = tp_split_dim(name, model_type) is not None and group.size() > 1
+            seed = (zlib.crc32(name.encode()) + (1000 * group.rank() if split else 0)
+                    + (7919 * pg.ep.rank() if expert else 0))
+            gen = torch.Generator().manual_seed(seed)
+            spread = float(p.float().std()) if p.numel() > 1 else 0.0
+            p.add_(bs.PERTURB * (spread or 1.0) * torch.randn(p.shape, generator=gen))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--engine-tp", type=int, default=1,
+                   help="1: an engine per rank; 2: one engine over both ranks")
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--ep", type=int, default=2)
+    args = p.parse_args()
+    dist.init_process_group("gloo")
+    install_megatron_cpu_compat()
+    rank, work = dist.get_rank(), Path(args.out).parent
+    from prco_mega.platform.cpu_torchvision import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    from transformers import AutoProcessor
+
+    from prco_mega.bridge.colocated import sync_weights
+    from prco_mega.bridge.hf_io import load_hf_config, load_hf_into_megatron
+    from prco_mega.learner.parallel import init_parallel
+    from prco_mega.learner.provider import build_model
+    from prco_mega.rollout import EngineConfig, VllmEngine, vllm_cpu_moe
+    from prco_mega.tiny.checkpoint import make_tiny_checkpoint
+    from prco_mega.tiny.tokenizer import demo_corpus
+
+    ckpt, res = work / "tiny-qwen3vl-moe", {}
+    if rank == 0:
+        make_tiny_checkpoint(ckpt, demo_corpus(3000, seed=0), seed=0, init_std=bs.INIT_STD,
+                             family="qwen3_vl_moe")
+    dist.barrier()
+    cfg = load_hf_config(ckpt)
+    pg = init_parallel(tp=args.tp, hf_config=cfg, ep=args.ep, etp=1)
+    chunks = build_model(cfg, pg, config_overrides={"sequence_parallel": args.tp > 1})
+    engine = VllmEngine(ckpt, EngineConfig(dtype="float32", max_model_len=512, seed=0,
+                                           tensor_parallel_size=args.engine_tp))
+    res["engine_start_s"] = engine.start_seconds
+    res["repack_default"] = bs.gathered(engine.repack_experts)
+    for c in chunks:
+        c.eval()
+    load_hf_into_megatron(chunks, ckpt, pg, cfg)
+    perturb(chunks, pg, cfg.model_type)
+    processor, image = AutoProcessor.from_pretrained(ckpt), bs.make_image()
+    if args.engine_tp == 1:
+        # stock vLLM 0.32 CPU behaviour (at engine TP=2 the stock reload fails outright on the
+        # padded expert width: `rollout.vllm_cpu_moe`)
+        engine.repack_experts = False
+        sync_weights(chunks, pg, cfg, engine, bucket_bytes=bs.BUCKET_BYTES)
+        res["no_repack"] = bs.gathered(bs.host_generate(engine, processor, image)["tokens"])
+        engine.repack_experts = True
+    bs.sync_and_compare(chunks, pg, cfg, ckpt, engine, processor, image, work, res,
+                        hf_greedy=hf_greedy)
+    res["repacked_layers"] = bs.gathered(vllm_cpu_moe.repacked_layers())
+    if rank == 0:
+        res["checkpoint_tensors"] = len(engine.shapes)
+        res["checkpoint_bytes"] = sum(int(torch.Size(s).numel()) * 4
+                                      for s in engine.shapes.values())
+        res["total_s"] = time.time() - T0
+        Path(args.out).write_text(json.dumps(res, indent=1))
+    dist.barrier()  # no engine.close(): vLLM's shutdown destroys the shared default group
+
+
+if __name__ == "__main__":
+    main()
