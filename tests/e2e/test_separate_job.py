@@ -97,3 +97,23 @@ def test_partial_rollouts_take_new_weights_mid_sequence_within_the_bound(runs):
     # a learner update of the tiny model takes about a second, an engine step of 48-token
     # answers in 4-token chunks several: some sequences in flight take the new weights mid-way
     assert sum(r["rollout/mixed_versions"] for r in rows) > 0
+
+
+def test_sigterm_stops_both_worlds_after_a_step_and_resume_auto_continues(runs):
+    """Preemption under separate placement: the engine rank holds the signal and follows the
+    learner's decision, saving its queue of samples drawn ahead with the learner's checkpoint."""
+    proc = subprocess.Popen(_cmd(runs, "term"), env=ENV, cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = runs / "term" / "metrics.jsonl"
+    deadline = time.time() + 900
+    while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
+        assert proc.poll() is None, "the run ended before its first step"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)  # as Slurm signals every process of the job
+    text, _ = proc.communicate(timeout=600)
+    assert proc.returncode != 0 and "stopped on SIGTERM after step" in text
+    newest = sorted(p.name for p in (runs / "term" / "checkpoints").iterdir())[-1]
+    assert newest != "step_00000004"  # it stopped early
+    assert (runs / "term" / "engine_state" / f"{newest}.rank0.pkl").exists()
+    _train(runs, "term", "--resume", "auto")
+    assert _metrics(runs / "term") == _metrics(runs / "full")
