@@ -336,6 +336,13 @@ class AlgoSection:
     informative groups are found (preset: DAPO yes, single-role only)."""
     max_extra_draws: int | None = None
     """Dynamic sampling: at most this many extra batches of prompts per step (preset: 4)."""
+    routing_replay: Literal["none", "learner", "rollout"] = "none"
+    """Mixture-of-experts policies: which routing the learner's forwards use
+    (`learner/routing_replay.py`, docs/algorithm.md). none: its routers' own top-k; learner (R2):
+    the first pass of the step records its routing and the later passes (mini-batches after the
+    first update) replay it; rollout (R3): the engine's routing of each sample (captured by the
+    engine, one extra prefill per sample on CPU) is replayed in every forward, and the step logs
+    per layer, role and token kind how often the learner's own routing agrees with it."""
     overlong_buffer: int | None = None
     """DAPO's soft overlong penalty: the last N tokens before `solver.max_new_tokens` where the
     penalty ramps from 0 to -1; 0 = off (preset: DAPO a fifth of max_new_tokens, else 0)."""
@@ -499,6 +506,11 @@ class RunConfig:
                              "cluster.rollout_placement: separate (colocated placement is "
                              "synchronous: its engines share the learner's devices, so the "
                              "rollout cannot overlap the learner step)")
+        if self.algo.routing_replay == "rollout" and self.rollout.partial_rollouts:
+            raise ValueError("algo.routing_replay: rollout with rollout.partial_rollouts: a "
+                             "sequence continued under new weights was routed by several policy "
+                             "versions, and one routing cannot be replayed for all of them (use "
+                             "routing_replay: learner, or turn partial rollouts off)")
         # The engine reports log_softmax(logits / T) of the sampled tokens; the learner's ratio is
         # only right if it divides by the same T.
         t = self.learner.logprob_temperature

@@ -83,6 +83,10 @@ class Trajectory:
     """Images in the prompt (empty for a Solver during the caption-first warm-up)."""
     slot: Slot | None = None
     """Its place in the step (set by the rollout); routing a step over engines needs it."""
+    routed_experts: Any = None
+    """numpy [len(prompt_ids) + len(response_ids), MoE layers, top_k] uint8/int16: the experts the
+    engine routed each position to (mixture-of-experts policies with `algo.routing_replay:
+    rollout`); None otherwise."""
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -137,6 +141,9 @@ class TrainBatch:
     """[num_images, 3] int64 (t, h, w) patch grid of each image."""
     seq_group_ids: torch.Tensor | None = None
     """[N] int64 advantage group of each sequence."""
+    routed_experts: torch.Tensor | None = None
+    """[T, MoE layers, top_k] uint8/int16 expert ids the learner's routers replay
+    (`learner.routing_replay`); None: the routers pick their own."""
 
     @property
     def num_tokens(self) -> int:

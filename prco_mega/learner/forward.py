@@ -1,8 +1,8 @@
 """The model forward of a packed micro-batch and the per-token log-probs read from its logits.
 
 Shared by every loss path (`loss_paths`), the no-gradient passes (`train_step.compute_logprobs`)
-and the checks against other implementations; it imports no other learner module but `model`,
-inside its functions (`model` imports Megatron at its top).
+and the checks against other implementations; of the learner it imports `routing_replay` (light)
+and `model` inside its functions (`model` imports Megatron at its top).
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
+from prco_mega.learner.routing_replay import replay_scope
 from prco_mega.types import TrainBatch
 
 
@@ -29,9 +30,10 @@ def qwen_vl_forward(model: torch.nn.Module, batch: TrainBatch, return_hidden: bo
     longest = int((cu[1:] - cu[:-1]).max())
     packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
                              max_seqlen_q=longest, max_seqlen_kv=longest)
-    return forward(model, batch.tokens[None, :], batch.position_ids[:, None, :],
-                   batch.pixel_values, batch.image_grid_thw, packed_seq_params=packed,
-                   return_hidden=return_hidden)
+    with replay_scope(model, batch):  # a MoE policy's routing replay, where installed
+        return forward(model, batch.tokens[None, :], batch.position_ids[:, None, :],
+                       batch.pixel_values, batch.image_grid_thw, packed_seq_params=packed,
+                       return_hidden=return_hidden)
 
 
 # ----------------------------------------------------------------------------- log-probs

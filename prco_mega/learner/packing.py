@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from prco_mega.learner.routing_replay import padding_rows
 from prco_mega.types import Role, TrainBatch, Trajectory
 
 PAD_ROLE = -1
@@ -175,6 +176,7 @@ def pack_trajectories(
         lens.append(len(fields[0]))
         inputs.append(encode(traj))
     batch = _assemble(cols, lens, inputs, trajectories, role_denominators)
+    batch.routed_experts = _packed_routing(trajectories, lens)
     return pad_to_length(batch, -(-batch.num_tokens // pad_to_multiple) * pad_to_multiple,
                          pad_token_id)
 
@@ -211,6 +213,9 @@ def pad_to_length(batch: TrainBatch, length: int, pad_token_id: int = 0) -> Trai
         position_ids=pos,
         seq_group_ids=None if batch.seq_group_ids is None else
         torch.cat([batch.seq_group_ids, batch.seq_group_ids.new_tensor([-1])]),
+        routed_experts=None if batch.routed_experts is None else torch.cat([
+            batch.routed_experts, padding_rows(pad, *batch.routed_experts.shape[1:],
+                                               dtype=batch.routed_experts.dtype)]),
     )
 
 
@@ -227,6 +232,21 @@ def padding_micro_batch(like: TrainBatch, length: int, pad_token_id: int = 0) ->
         position_ids=pos, seq_group_ids=None if like.seq_group_ids is None else
         like.seq_group_ids[:0])
     return pad_to_length(blank, length, pad_token_id)
+
+
+def _packed_routing(trajectories: Sequence[Trajectory], lens: list[int]) -> Tensor | None:
+    """[T, L, k] the trajectories' engine routing back to back (`Trajectory.routed_experts`), or
+    None when none carries it; a micro-batch that mixes the two cannot replay."""
+    routed = [t.routed_experts for t in trajectories]
+    if all(r is None for r in routed):
+        return None
+    for i, (r, n) in enumerate(zip(routed, lens)):
+        if r is None or r.shape[0] != n:
+            got = "none" if r is None else f"{r.shape[0]} positions"
+            raise ValueError(f"trajectory {i}: routed experts for {got}, but its sequence has {n} "
+                             "tokens; every trajectory of a micro-batch needs its engine routing "
+                             "for routing replay")
+    return torch.cat([torch.as_tensor(r) for r in routed])
 
 
 def _as_role(r: int) -> Role | int:

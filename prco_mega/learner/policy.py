@@ -10,6 +10,7 @@ layer hands the policy a `load_weights(chunks, pg)` function, and a publisher
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from prco_mega.learner.optim import build_optimizer
 from prco_mega.learner.packing import pack_plan, plan_and_pack, plan_step, shape_of
 from prco_mega.learner.parallel import init_parallel
 from prco_mega.learner.provider import build_model
+from prco_mega.learner.routing_replay import install as install_replay
 from prco_mega.learner.train_step import (
     NonFiniteLoss,  # noqa: F401  (raised by step)
     compute_logprobs,
@@ -46,7 +48,7 @@ class MegatronPolicy:
 
     def __init__(self, hf_dir: str | Path, hf_config: Any, cfg: LearnerConfig, path: LossPath,
                  load_weights: LoadWeights, *, freeze_vision: bool = False,
-                 reference: bool = False):
+                 reference: bool = False, routing_replay: str = "none"):
         par = cfg.parallel
         self.hf_dir, self.hf_config, self.cfg, self.path = Path(hf_dir), hf_config, cfg, path
         self.pg = init_parallel(par.tensor_parallel, par.pipeline_parallel,
@@ -67,6 +69,10 @@ class MegatronPolicy:
         self.encode = VisionInputs(hf_dir, hf_config)
         self.path = with_image_token(path, self.encode.image_token_id)  # metrics by token kind
         self.pad_token_id = int(hf_config.text_config.pad_token_id or 0)
+        self.routing_replay = routing_replay
+        self.replay = None if routing_replay == "none" else install_replay(
+            self.chunks, hf_config, routing_replay, image_token_id=self.encode.image_token_id,
+            pg=self.pg)
 
     # ------------------------------------------------------------------ batches
     def micro_batches(self, trajectories: Sequence[Trajectory]):
@@ -117,19 +123,41 @@ class MegatronPolicy:
         b = self.cfg.batching
         packed = pack_plan(mine, plan, self.pg.dp.rank(), encode=self.encode,
                            pad_to_multiple=b.pad_to_multiple, pad_token_id=self.pad_token_id)
+        if self.routing_replay != "rollout":  # only rollout replay reads the engine's routing
+            packed = [[dataclasses.replace(x, routed_experts=None) for x in batches]
+                      for batches in packed]
         if self.path.settings.kl_coef != 0.0:
             packed = [self.with_reference(batches) for batches in packed]
         path, before = self.path, {} if step is None else self._lag_counts(mine, step)
-        if self.path.reads_rollout and (len(packed) > 1 or not path.corrects_in_forward):
-            packed, stats = self._pre_step_pass(packed)
-            before |= stats
-            path = dataclasses.replace(path, from_forward=False)
+        # R2 records the routing of the first pass over the step; only a step of several
+        # mini-batches (or a pre-step pass) has a later pass to replay it in.
+        record = self.routing_replay == "learner" and (
+            len(packed) > 1 or (self.path.reads_rollout and not path.corrects_in_forward))
+        with self._recording(record):
+            if self.path.reads_rollout and (len(packed) > 1 or not path.corrects_in_forward):
+                packed, stats = self._pre_step_pass(packed)
+                before |= stats
+                path = dataclasses.replace(path, from_forward=False)
+            elif record:
+                self.logprobs([x for batches in packed for x in batches])
+        if record:
+            packed = self._with_recorded(packed)
         for chunk in self.chunks:
             chunk.train()
         updates = [train_step(self.chunks, self.optimizer, self.scheduler, batches, path,
                               pg=self.pg, check_finite=True) for batches in packed]
         self.encode.clear()
+        if self.replay is not None:
+            before |= self.replay.end_step()
         return clip_fractions(finish_mismatch({**mean_metrics(updates), **before}))
+
+    def _recording(self, record: bool):
+        return self.replay.mode(record=True) if record else contextlib.nullcontext()
+
+    def _with_recorded(self, packed: list[list[Any]]) -> list[list[Any]]:
+        """`packed` with each micro-batch's routing as this rank's routers recorded it."""
+        it = iter(self.replay.take_recorded([x for batches in packed for x in batches]))
+        return [[next(it) for _ in batches] for batches in packed]
 
     def plan(self, shapes: Sequence[Any]):
         """The step's `packing.StepPlan` for this learner's batching and data parallelism."""
