@@ -21,7 +21,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CLUSTER_CONFIGS = ["qwen25vl_3b_h100x8.yaml", "qwen25vl_7b_h100x8.yaml",
                    "qwen25vl_32b_h100x32.yaml", "qwen25vl_72b_h100x64.yaml",
                    "qwen3vl_8b_h100x8.yaml", "qwen3vl_32b_h100x32.yaml",
-                   "qwen3vl_30b_a3b_h100x16.yaml"]
+                   "qwen3vl_30b_a3b_h100x8.yaml", "qwen3vl_30b_a3b_h100x16.yaml"]
 """Colocated configs (the learner's nodes are the job's); qwen3vl_235b_a22b_h100x192.yaml places
 its engines on nodes of their own (`test_the_separate_placement_config_launches_its_rollout_nodes`)."""
 REQUIRED_ENV = {"CUDA_DEVICE_MAX_CONNECTIONS": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",

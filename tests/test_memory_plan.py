@@ -22,7 +22,8 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CLUSTER_CONFIGS = ["qwen25vl_3b_h100x8.yaml", "qwen25vl_7b_h100x8.yaml",
                    "qwen25vl_32b_h100x32.yaml", "qwen25vl_72b_h100x64.yaml",
                    "qwen3vl_8b_h100x8.yaml", "qwen3vl_32b_h100x32.yaml",
-                   "qwen3vl_30b_a3b_h100x16.yaml", "qwen3vl_235b_a22b_h100x192.yaml"]
+                   "qwen3vl_30b_a3b_h100x8.yaml", "qwen3vl_30b_a3b_h100x16.yaml",
+                   "qwen3vl_235b_a22b_h100x192.yaml"]
 GIB = 2**30
 # Qwen2.5-7B text-only (Hugging Face config.json of Qwen/Qwen2.5-7B): a dense decoder, no ViT.
 QWEN25_7B_TEXT = ModelDims("qwen2.5-7b", hidden=3584, intermediate=18944, layers=28, heads=28,
@@ -257,3 +258,47 @@ def test_moe_experts_are_sharded_by_ep_and_their_optimizer_over_expert_dp():
         tokens, k, h = plan.inputs.micro_batch_tokens, 8, 2048
         assert _row(plan, "MoE all-to-all").bytes == 2 * tokens * k * h * 2
     assert _row(plans[16], "weights").bytes < _row(plans[8], "weights").bytes
+
+
+@pytest.mark.parametrize("d", [1, 4])
+def test_an_offloaded_optimizer_moves_adam_state_to_the_host(d):
+    from prco_mega.cluster.memory import offloaded_optimizer_bytes
+
+    full = optimizer_bytes_per_param(2, 4, True, d)  # 12 / d: master, m, v
+    assert offloaded_optimizer_bytes(2, 4, True, d, 0.0, False) == (full, 0.0)
+    # precision-aware: nothing of the offloaded share stays; the host holds master, m, v, grad
+    assert offloaded_optimizer_bytes(2, 4, True, d, 1.0, True) == (0.0, 16 / d)
+    # otherwise the distributed optimizer's fp32 master shard stays on the GPU beside its copy
+    assert offloaded_optimizer_bytes(2, 4, True, d, 1.0, False) == (4 / d, 16 / d)
+    gpu, host = offloaded_optimizer_bytes(2, 4, True, d, 0.5, True)
+    assert (gpu, host) == (pytest.approx(full / 2), pytest.approx(8 / d))
+
+
+def test_the_one_node_moe_config_fits_only_with_adam_on_the_host():
+    from prco_mega.cluster.dims import model_dims, vision_params
+
+    path = str(CONFIGS / "qwen3vl_30b_a3b_h100x8.yaml")
+    plan = check_fits(plan_config(path))
+    assert _row(plan, "optimizer").bytes == 0
+    # the node's host holds 16 B of Adam state for every parameter, the parts TP2 replicates
+    # twice: the ViT, and the routers and norms (0.04% of the model)
+    m = model_dims("qwen3-vl-30b-a3b")
+    host = next(r for r in plan.host if r.name.startswith("learner Adam state"))
+    once = 16 * (total_params(m) + vision_params(m.vision))
+    assert once < host.bytes < 1.001 * once
+    assert plan.host_total < plan.inputs.host_memory_gib * GIB
+    on_gpu = plan_config(path, ["learner.optim.cpu_offload=false",
+                                "learner.optim.precision_aware=false"])
+    assert not on_gpu.fits and not on_gpu.host[:-1]  # only vLLM's sleeping weights on the host
+    assert on_gpu.train_total - _row(on_gpu, "activations, recompute=full").bytes > 79.6 * GIB
+    small = plan_config(path, ["cluster.host_memory_gib=512"])
+    assert any("host memory needs 587.0 GiB per node > cluster.host_memory_gib 512.0" in p
+               for p in small.problems)
+
+
+def test_offload_the_learner_cannot_run_is_refused_by_the_planner():
+    path = str(CONFIGS / "qwen3vl_30b_a3b_h100x8.yaml")
+    with pytest.raises(ValueError, match=r"cpu_offload \(True\) needs learner.precision bf16"):
+        plan_config(path, ["learner.precision=fp32"])
+    with pytest.raises(ValueError, match=r"offload_fraction \(1.5\) must be in \(0, 1\]"):
+        plan_config(path, ["learner.optim.offload_fraction=1.5"])

@@ -88,6 +88,27 @@ def optimizer_bytes_per_param(param_bytes: int, grad_bytes: int, distributed: bo
     return state / dp if distributed else float(state)
 
 
+def offloaded_optimizer_bytes(param_bytes: int, grad_bytes: int, distributed: bool, dp: int,
+                              fraction: float, master_on_host: bool) -> tuple[float, float]:
+    """(GPU, host) bytes of Adam state per parameter when Megatron's HybridDeviceOptimizer keeps
+    the share `fraction` of each rank's optimizer shard on the host (`learner.optim.cpu_offload`).
+
+    host: fraction x 16 / d: the fp32 master copy it steps (4), m and v (8) and the fp32
+          gradient it copies down each step (4), pinned;
+    GPU, `master_on_host` (precision-aware): (1 - fraction) x state / d, the distributed
+          optimizer keeps no fp32 master and the hybrid one makes it only for the GPU share;
+    GPU, otherwise: state / d - fraction x 8 / d: only m and v leave, the distributed
+          optimizer's fp32 master shard (and main-grad copy) stays beside its host copy.
+    state = `optimizer_bytes_per_param` x d; fraction 0 gives (that, 0).
+    """
+    d = dp if distributed else 1
+    state = optimizer_bytes_per_param(param_bytes, grad_bytes, False, 1)
+    host = fraction * 16 / d
+    if master_on_host:
+        return (1 - fraction) * state / d, host
+    return (state - fraction * 8) / d, host
+
+
 def layer_activation_bytes(tokens: int, hidden: int, kv_hidden: int, ffn: int, heads: int,
                            seq: int, tp: int = 1, sp: bool = False, flash: bool = True,
                            gated_mlp: bool = True, dropout: bool = False,
@@ -223,7 +244,12 @@ class MemoryPlan:
     other_stage: str | None = None
     """The other end of the pipeline (pp > 1): its training rows are shown too."""
     other_train: list[Row] = field(default_factory=list)
+    host: list[Row] = field(default_factory=list)
+    """Host memory of one node (`host_rows`)."""
     problems: list[str] = field(default_factory=list)
+    times: object | None = None
+    """The step's phase times (`cluster.timing.PhaseTimes`), when the whole run config is known
+    (`plan_config`); printed after the memory."""
 
     @property
     def gpu_bytes(self) -> float:
@@ -238,6 +264,10 @@ class MemoryPlan:
         return sum(r.bytes for r in self.rollout if r.counted)
 
     @property
+    def host_total(self) -> float:
+        return sum(r.bytes for r in self.host if r.counted)
+
+    @property
     def peak(self) -> float:
         return max(self.train_total, self.rollout_total)
 
@@ -249,14 +279,28 @@ class MemoryPlan:
         return render_table(self)
 
 
+def optimizer_split(x: PlanInputs, dp: int) -> tuple[float, float]:
+    """(GPU, host) optimizer bytes per parameter sharded over `dp` ranks under `x`'s offload."""
+    return offloaded_optimizer_bytes(x.param_bytes, x.grad_bytes, x.distributed_optimizer, dp,
+                                     x.offload_fraction, x.offload_master)
+
+
+def stage_trained_params(x: PlanInputs, stage: str) -> tuple[int, int]:
+    """(trained non-expert, expert) parameters one rank of `stage` holds optimizer state for."""
+    lm, vis = stage_params(x.model, x.tp, x.pp, stage)
+    ex = stage_expert_params(x.model, x.pp, x.ep, x.expert_etp)
+    return lm + (0 if x.vision_frozen else vis), ex
+
+
 def _learner_static(x: PlanInputs, stage: str) -> tuple[list[Row], float]:
     lm, vis = stage_params(x.model, x.tp, x.pp, stage)
     ex = stage_expert_params(x.model, x.pp, x.ep, x.expert_etp)
     trained = lm + ex + (0 if x.vision_frozen else vis)
-    opt = optimizer_bytes_per_param(x.param_bytes, x.grad_bytes, x.distributed_optimizer, x.dp)
-    opt_ex = optimizer_bytes_per_param(x.param_bytes, x.grad_bytes, x.distributed_optimizer,
-                                       x.expert_dp)
+    opt, opt_ex = optimizer_split(x, x.dp)[0], optimizer_split(x, x.expert_dp)[0]
     where = "distributed over DP" if x.distributed_optimizer else "replicated"
+    offload = (f"; on the GPU: {1 - x.offload_fraction:.0%} of it"
+               + ("" if x.offload_master else " + the fp32 master of the host share")
+               if x.offload_fraction else "")
     experts = (f" + experts {ex / 1e9:.2f}B ({x.model.num_experts // x.ep} per layer: "
                f"EP{x.ep}, expert-TP{x.expert_etp})" if ex else "")
     rows = [
@@ -267,7 +311,8 @@ def _learner_static(x: PlanInputs, stage: str) -> tuple[list[Row], float]:
             note="frozen ViT has none" if x.vision_frozen and vis else ""),
         Row("optimizer: fp32 master + Adam m, v", (trained - ex) * opt + ex * opt_ex,
             note=f"{opt:.2f} B/param, {where} (DP={x.dp})"
-                 + (f"; experts {opt_ex:.2f} B/param over expert-DP {x.expert_dp}" if ex else "")),
+                 + (f"; experts {opt_ex:.2f} B/param over expert-DP {x.expert_dp}" if ex else "")
+                 + offload),
     ]
     if x.reference_model:
         rows.append(Row("reference weights (KL anchor, frozen)",
@@ -394,6 +439,24 @@ def _stage_plan(x: PlanInputs, stage: str) -> tuple[list[Row], list[Row], str, i
     return train, [resident, reserved] + vllm, "rollout phase (colocated vLLM)", tokens
 
 
+def host_rows(x: PlanInputs, stage: str) -> list[Row]:
+    """Host memory of one learner node: the Adam state its GPUs offload (the ranks of `stage`)
+    and, colocated with sleep level 1, the host copy of each engine GPU's weights while vLLM
+    sleeps. Data loading, the processes and the page cache are not counted."""
+    rows = []
+    if x.offload_fraction:
+        dense, ex = stage_trained_params(x, stage)
+        per_gpu = dense * optimizer_split(x, x.dp)[1] + ex * optimizer_split(x, x.expert_dp)[1]
+        rows.append(Row("learner Adam state on the host", x.gpus_per_node * per_gpu,
+                        note=f"{x.gpus_per_node} GPUs x {per_gpu / GiB:.2f} GiB: fp32 master, m, "
+                             "v and gradient of the offloaded share"))
+    if x.colocated and x.rollout_sleep and x.engine_sleep_level == 1:
+        weights = total_params(x.model) * x.engine_dtype_bytes / x.rollout_tp
+        rows.append(Row("vLLM weights while asleep (sleep level 1)", x.gpus_per_node * weights,
+                        note=f"{x.gpus_per_node} GPUs x {weights / GiB:.2f} GiB"))
+    return rows
+
+
 def plan_memory(x: PlanInputs) -> MemoryPlan:
     """Per-GPU memory plan of the heavier pipeline stage, with the reasons it would not fit."""
     x.validate()
@@ -403,6 +466,7 @@ def plan_memory(x: PlanInputs) -> MemoryPlan:
     plan = plans[0]
     if len(plans) > 1:
         plan.other_stage, plan.other_train = plans[1].stage, plans[1].train
+    plan.host = host_rows(x, plan.stage)
     plan.problems = _problems(plan)
     return plan
 
@@ -415,6 +479,9 @@ def _problems(p: MemoryPlan) -> list[str]:
     if p.rollout_total > gpu:
         out.append(f"rollout phase needs {p.rollout_total / GiB:.2f} GiB > GPU "
                    f"{p.inputs.gpu_memory_gib:.2f} GiB")
+    if p.host_total > p.inputs.host_memory_gib * GiB:
+        out.append(f"host memory needs {p.host_total / GiB:.1f} GiB per node > "
+                   f"cluster.host_memory_gib {p.inputs.host_memory_gib:.1f} GiB")
     if p.kv_tokens < p.inputs.max_model_len:
         out.append(f"vLLM KV cache holds {p.kv_tokens} tokens < max_model_len "
                    f"({p.inputs.max_model_len}): raise gpu_memory_utilization or rollout TP")
@@ -452,7 +519,12 @@ def render_table(p: MemoryPlan) -> str:
         lines.append(f"  {'= training total':<48} {other / GiB:9.2f} GiB")
     lines += [f"{p.rollout_title}:"] + [_line(r) for r in p.rollout]
     lines.append(f"  {'= rollout total':<48} {p.rollout_total / GiB:9.2f} GiB")
+    if p.host:
+        lines += [f"host memory per learner node (of {x.host_memory_gib:.0f} GiB):"]
+        lines += [_line(r) for r in p.host]
+        lines.append(f"  {'= host total':<48} {p.host_total / GiB:9.2f} GiB")
     verdict = (f"FITS: peak {p.peak / GiB:.2f} GiB of {gib:.2f} GiB "
                f"({100 * p.peak / p.gpu_bytes:.0f}%)" if p.fits
                else "DOES NOT FIT: " + "; ".join(p.problems))
-    return "\n".join(lines + [verdict])
+    times = [] if p.times is None else [p.times.table()]
+    return "\n".join(lines + [verdict] + times)

@@ -47,6 +47,18 @@ class PlanInputs:
     grad_bytes: int = 4
     """Bytes per element of DDP's gradient buffer (fp32 reduction: 4; bf16 grads: 2)."""
     distributed_optimizer: bool = True
+    offload_fraction: float = 0.0
+    """Share of each rank's optimizer shard kept and stepped on the host
+    (`learner.optim.cpu_offload` x `offload_fraction`; 0 = none)."""
+    offload_master: bool = False
+    """`learner.optim.precision_aware`: the offloaded share's fp32 master copy lives only on the
+    host (the distributed optimizer keeps none on the GPU)."""
+    gpus_per_node: int = 8
+    """GPUs of one node, whose host memory the host rows add up."""
+    host_memory_gib: float = 2048.0
+    """Host RAM of one node (`cluster.host_memory_gib`)."""
+    engine_sleep_level: int = 1
+    """vLLM's sleep level (`engine.sleep_level`): 1 keeps a host copy of the engine's weights."""
     vision_frozen: bool = False
     image_tokens_per_micro_batch: int = 4096
     loss_chunk_tokens: int | None = None
@@ -129,6 +141,8 @@ def plan_inputs_from_config(data: dict) -> tuple[PlanInputs, ClusterSection]:
                           ep=par.expert_parallel, etp=par.expert_tensor_parallel)
     _check_data_parallel(layout, cluster.data_parallel)
     precision = "fp32" if learner.precision == "fp32" else "bf16"  # "auto" is bf16 on GPUs
+    learner.optim.check_offload(precision, cuda_available=True)  # a cluster's ranks have GPUs
+    optim = learner.optim
     inputs = PlanInputs(
         model=model, tp=par.tensor_parallel, pp=par.pipeline_parallel, dp=layout.dp,
         vpp=par.virtual_pipeline_parallel or 1, ep=layout.ep, etp=layout.etp,
@@ -137,7 +151,10 @@ def plan_inputs_from_config(data: dict) -> tuple[PlanInputs, ClusterSection]:
         flash_attention=mem.flash_attention, fused_loss_head=kernels.impl == "triton",
         param_bytes=4 if precision == "fp32" else 2,
         grad_bytes=4 if precision == "fp32" or mem.grad_dtype == "fp32" else 2,
-        distributed_optimizer=learner.optim.distributed_optimizer,
+        distributed_optimizer=optim.distributed_optimizer,
+        offload_fraction=optim.offload_fraction if optim.cpu_offload else 0.0,
+        offload_master=optim.precision_aware, gpus_per_node=cluster.gpus_per_node,
+        host_memory_gib=cluster.host_memory_gib, engine_sleep_level=engine.sleep_level,
         vision_frozen=mem.vision_frozen,
         image_tokens_per_micro_batch=mem.image_tokens_per_micro_batch,
         loss_chunk_tokens=mem.loss_chunk_tokens, reserved_gib=mem.reserved_gib,

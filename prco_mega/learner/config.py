@@ -89,6 +89,21 @@ class OptimizerConfig:
     """Clip the global gradient L2 norm (all TP/PP/DP shards) to this; 0 = no clipping."""
     distributed_optimizer: bool = True
     """Shard optimizer state and the fp32 master weights over the data-parallel group."""
+    cpu_offload: bool = False
+    """Keep Adam's state in host memory and step it on the CPU (Megatron's
+    `optimizer_cpu_offload`, its HybridDeviceOptimizer): each step copies this rank's gradient
+    shard to the host and the updated weights back. Frees the GPU of m and v (8 B per parameter
+    of this rank's shard) at the cost of those copies and a CPU Adam per step. GPU and bf16
+    only (`check_offload`)."""
+    offload_fraction: float = 1.0
+    """With `cpu_offload`: the share (0, 1] of this rank's optimizer shard (by parameter count, in
+    parameter order) kept and stepped on the host; the rest stays on the GPU."""
+    precision_aware: bool = False
+    """Megatron's `use_precision_aware_optimizer`, here only with `cpu_offload`: the distributed
+    optimizer then keeps no fp32 master copy on the GPU and the host holds the only one, so the
+    offloaded share costs the GPU nothing beyond the bf16 weights and the gradient buffer. Needs
+    Transformer Engine (Megatron 0.16.1 reads its version when this is on) and
+    `distributed_optimizer` (Megatron asserts it)."""
 
     def validate(self) -> None:
         if self.lr <= 0 or not 0 <= self.min_lr <= self.lr:
@@ -100,6 +115,31 @@ class OptimizerConfig:
         if self.clip_grad < 0 or self.weight_decay < 0:
             raise ValueError(f"learner.optim: clip_grad ({self.clip_grad}) and weight_decay "
                              f"({self.weight_decay}) must be >= 0")
+        if not 0 < self.offload_fraction <= 1:
+            raise ValueError(f"learner.optim.offload_fraction ({self.offload_fraction}) must be "
+                             "in (0, 1]")
+        if self.precision_aware and not (self.cpu_offload and self.distributed_optimizer):
+            raise ValueError(f"learner.optim.precision_aware (True) needs cpu_offload "
+                             f"({self.cpu_offload}) and distributed_optimizer "
+                             f"({self.distributed_optimizer}): without offload it would only "
+                             "hand Transformer Engine's Adam the same fp32 state")
+
+    def check_offload(self, precision: str, cuda_available: bool) -> None:
+        """Refuse `cpu_offload` where Megatron 0.16.1's HybridDeviceOptimizer cannot run, rather
+        than fail inside Megatron: it takes the distributed optimizer's fp32 master shards of
+        bf16 weights (fp32 weights' shards are views of them, which torch optimizers refuse:
+        "can't optimize a non-leaf Tensor"), and it moves only CUDA tensors to the host, then
+        looks every host tensor up among those it moved (a KeyError on the CPU learner)."""
+        if not self.cpu_offload:
+            return
+        if precision != "bf16":
+            raise ValueError(f"learner.optim.cpu_offload (True) needs learner.precision bf16 (got "
+                             f"{precision}): Megatron's offloading optimizer steps fp32 master "
+                             "copies of bf16 weights and cannot take fp32 weights' shards")
+        if not cuda_available:
+            raise ValueError("learner.optim.cpu_offload (True) needs CUDA: Megatron's "
+                             "HybridDeviceOptimizer offloads GPU tensors and fails on a learner "
+                             "whose weights already live on the host; turn it off on CPU")
 
 
 @dataclass

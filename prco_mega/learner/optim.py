@@ -1,12 +1,14 @@
 """Megatron's optimizer for the learner: DDP with contiguous grad buffers, Adam with the
-distributed optimizer (state and fp32 master weights sharded over data-parallel ranks), global
-gradient-norm clipping, and a warm-up + decay learning-rate schedule (a pure function).
+distributed optimizer (state and fp32 master weights sharded over data-parallel ranks), optionally
+kept and stepped on the host (`learner.optim.cpu_offload`, GPU only), global gradient-norm
+clipping, and a warm-up + decay learning-rate schedule (a pure function).
 
 Precision: bf16 parameters and compute with fp32 master weights and fp32 gradient reduction on
 GPU; plain fp32 on CPU (`config.resolve_precision`).
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -104,6 +106,29 @@ def _wrap_chunks(model_chunks: Sequence[torch.nn.Module], cfg: LearnerConfig, pr
     return wrapped
 
 
+def offload_fields(o: OptimizerConfig, precision: str, cuda_available: bool,
+                   have_te: bool) -> dict[str, Any]:
+    """Megatron `OptimizerConfig` fields of `learner.optim.cpu_offload` / `precision_aware`,
+    or a ValueError where they cannot run (`OptimizerConfig.check_offload`).
+
+    The gradient copies to the host and the weight copies back overlap the CPU Adam on their own
+    CUDA streams (`overlap_cpu_optimizer_d2h_h2d`). `precision_aware` is refused without
+    Transformer Engine rather than dropped: 0.16.1's `OptimizerConfig` compares TE's version,
+    which is None without it.
+    """
+    o.check_offload(precision, cuda_available)
+    if not o.cpu_offload:
+        return {}
+    if o.precision_aware and not have_te:
+        raise ValueError("learner.optim.precision_aware (True) needs Transformer Engine, which "
+                         "is not installed: Megatron 0.16.1 reads its version for the "
+                         "precision-aware optimizer. Set precision_aware: false here (the fp32 "
+                         "master copy then stays on the GPU as well as on the host)")
+    return {"optimizer_cpu_offload": True, "optimizer_offload_fraction": o.offload_fraction,
+            "use_precision_aware_optimizer": o.precision_aware,
+            "overlap_cpu_optimizer_d2h_h2d": True}
+
+
 def build_optimizer(model_chunks: Sequence[torch.nn.Module], cfg: LearnerConfig, *, pg: Any
                     ) -> tuple[list[torch.nn.Module], Any, LRScheduler]:
     """Wrap the model chunks (fp32, as built) in Megatron DDP and build Adam + the LR schedule.
@@ -115,14 +140,16 @@ def build_optimizer(model_chunks: Sequence[torch.nn.Module], cfg: LearnerConfig,
     from megatron.core.optimizer import get_megatron_optimizer
 
     precision = resolve_precision(cfg.precision, torch.cuda.is_available())
-    chunks = _wrap_chunks(model_chunks, cfg, precision, pg)
     o = cfg.optim
+    offload = offload_fields(o, precision, torch.cuda.is_available(),
+                             importlib.util.find_spec("transformer_engine") is not None)
+    chunks = _wrap_chunks(model_chunks, cfg, precision, pg)
     mcfg = MegatronOptimizerConfig(
         optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay,
         adam_beta1=o.adam_beta1, adam_beta2=o.adam_beta2, adam_eps=o.adam_eps,
         clip_grad=o.clip_grad, bf16=precision == "bf16",
         params_dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
-        use_distributed_optimizer=o.distributed_optimizer,
+        use_distributed_optimizer=o.distributed_optimizer, **offload,
     )
     # Gloo side groups only serve legacy optimizer-checkpoint formats we do not use.
     optimizer = get_megatron_optimizer(mcfg, chunks, use_gloo_process_groups=False,
