@@ -50,6 +50,11 @@ def install_megatron_cpu_compat() -> bool:
     if torch.cuda.is_available():
         return False
     if _INSTALLED:
+        # again: vLLM's CPU worker, imported since, installs its own stream placeholder whose
+        # `record_event()` returns None, and Megatron's alltoall dispatcher synchronises on that
+        # event ("'NoneType' object has no attribute 'synchronize'" when an engine was built
+        # before the learner). Ours does all the placeholder does.
+        _stub_torch_cuda()
         return True
     ensure_torchvision_importable()  # megatron's imports reach transformers, hence torchvision
     _stub_torch_cuda()
@@ -63,7 +68,15 @@ def install_megatron_cpu_compat() -> bool:
 class _NullStream:
     """Stands in for `torch.cuda.Stream`: CPU work is already ordered, so every wait is a no-op."""
 
+    device = torch.device("cpu")
+
     def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
         pass
 
     def wait_stream(self, other) -> None:
