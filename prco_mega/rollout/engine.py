@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
     import torch
     from PIL.Image import Image
@@ -92,6 +94,11 @@ class Generation:
     token_versions: list[int] | None = None
     """[L] the policy version that drew each token (partial rollouts, `rollout.partial`); None:
     one version drew them all."""
+    routed_experts: np.ndarray | None = None
+    """[P + L, MoE layers, top_k] the experts the engine's router picked for each position (the
+    prompt ids above, then the response tokens) in each MoE decoder layer, in layer order; uint8
+    up to 256 experts, else int16. Filled when the engine's `return_routed_experts` is on (routing
+    replay), else None."""
 
 
 @dataclass(frozen=True)

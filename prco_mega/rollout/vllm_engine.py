@@ -21,6 +21,7 @@ kernel once per reload, from the tensors of that call.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from safetensors import safe_open
 
 from prco_mega.data.images import require_normalized
-from prco_mega.rollout import vllm_cpu_moe
+from prco_mega.rollout import vllm_cpu_moe, vllm_routing
 from prco_mega.rollout.config import EngineConfig
 from prco_mega.rollout.engine import (Generation, GenerationRequest, PushStats, RolloutEngine,
                                       SamplingSettings)
@@ -166,6 +167,17 @@ def _packed_mapping(worker) -> dict[str, list[str]]:
     return dict(getattr(model, "packed_modules_mapping", None) or {})
 
 
+def _routed_experts_of(model_dir: Path, return_routed_experts: bool) -> int:
+    """Routed experts per MoE layer of the model (0: dense); a dense model cannot report them."""
+    cfg = json.loads((model_dir / "config.json").read_text())
+    experts = vllm_routing.num_routed_experts(cfg)
+    if return_routed_experts and experts == 0:
+        raise ValueError(f"engine.return_routed_experts is on but {str(model_dir)!r} "
+                         f"(model_type {cfg.get('model_type')!r}) is not a mixture-of-experts "
+                         "model: it has no routed experts to report")
+    return experts
+
+
 def _check_cpu_head_dim(model_dir: Path) -> None:
     """vLLM's CPU attention kernels exist for a fixed set of head sizes; fail early and clearly."""
     from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
@@ -194,6 +206,7 @@ class VllmEngine(RolloutEngine):
         vllm = _import_vllm()
         if self.on_cpu:
             _check_cpu_head_dim(self.model_dir)
+        self.num_experts = _routed_experts_of(self.model_dir, self.config.return_routed_experts)
         self.shapes = per_expert_shapes(checkpoint_shapes(self.model_dir))
         self._llm = vllm.LLM(**self._engine_kwargs())
         self._vllm = vllm
@@ -207,6 +220,10 @@ class VllmEngine(RolloutEngine):
         show vLLM's stock behaviour)."""
         if self.repack_experts:
             vllm_cpu_moe.install()
+        self.return_routed_experts = self.config.return_routed_experts
+        """Fill `Generation.routed_experts` (`rollout.vllm_routing`)."""
+        self.last_routing_seconds = 0.0
+        """Wall time of the last `generate`'s routing re-score (0 when off)."""
         self.start_seconds = time.perf_counter() - t0
         """Wall time of the constructor (import + engine start)."""
 
@@ -236,8 +253,27 @@ class VllmEngine(RolloutEngine):
         params = [self._sampling_params(sampling, i if r.key is None else r.key)
                   for i, r in enumerate(requests)]
         outputs = self._llm.generate(prompts, params, use_tqdm=False)
-        return [[_to_generation(o, out.prompt_token_ids, self.placeholder_ids) for o in out.outputs]
-                for out in outputs]
+        results = [[_to_generation(o, out.prompt_token_ids, self.placeholder_ids)
+                    for o in out.outputs] for out in outputs]
+        self.last_routing_seconds = 0.0
+        if self.return_routed_experts:
+            self._add_routed_experts(requests, results)
+        return results
+
+    def _add_routed_experts(self, requests: list[GenerationRequest],
+                            results: list[list[Generation]]) -> None:
+        """Re-score every sample alone to capture its routed experts (`rollout.vllm_routing`);
+        every rank of an engine runs the same re-scores in the same order."""
+        t0 = time.perf_counter()
+        for request, gens in zip(requests, results, strict=True):
+            sent = (list(request.prompt_ids) if request.prompt_ids is not None
+                    else self.tokenizer.encode(request.prompt, add_special_tokens=False))
+            for gen in gens:
+                again = dataclasses.replace(request, prompt_ids=sent + gen.token_ids, prompt=None)
+                gen.routed_experts = vllm_routing.rescore_routing(
+                    self._llm, self._vllm.SamplingParams, self._vllm_prompt(again),
+                    gen.prompt_ids + gen.token_ids, self.num_experts, self.config.max_model_len)
+        self.last_routing_seconds = time.perf_counter() - t0
 
     @property
     def placeholder_ids(self) -> tuple[int, ...]:
