@@ -102,7 +102,7 @@ def trajectory_of(gen: Generation, role: Role, task: Task, group_id: int, policy
         role=role, task_uid=task.uid, group_id=group_id, prompt_ids=list(gen.prompt_ids),
         response_ids=list(gen.token_ids), rollout_logprobs=list(gen.logprobs), text=gen.text,
         policy_version=policy_version, caption_index=caption_index, images=list(images),
-        token_versions=gen.token_versions, slot=slot,
+        token_versions=gen.token_versions, slot=slot, routed_experts=gen.routed_experts,
         meta={"step": step, "finish_reason": gen.finish_reason})
 
 

@@ -130,12 +130,13 @@ def make_policy(cfg: RunConfig, model_dir: Path, *, objective: str, settings: Lo
     path = make_loss_path(objective, impl, settings, device())
     return policy_from_hf(model_dir, learner or cfg.learner, path,
                           freeze_vision=cfg.model.freeze_vision,
-                          reference=objective == "ppo" and cfg.algo.kl_coef != 0)
+                          reference=objective == "ppo" and cfg.algo.kl_coef != 0,
+                          routing_replay=cfg.algo.routing_replay if objective == "ppo" else "none")
 
 
 def policy_from_hf(model_dir: Path, learner: Any, path: Any, **kwargs: Any) -> MegatronPolicy:
     """A `MegatronPolicy` with the loss path `path`, its weights read from the Hugging Face
-    checkpoint `model_dir` (kwargs: `freeze_vision`, `reference`)."""
+    checkpoint `model_dir` (kwargs: `freeze_vision`, `reference`, `routing_replay`)."""
     hf_config = load_hf_config(model_dir)
     return MegatronPolicy(model_dir, hf_config, learner, path, hf_weights(model_dir, hf_config),
                           **kwargs)
@@ -162,7 +163,9 @@ def start_engine(cfg: RunConfig, model_dir: Path) -> RolloutEngine:
     start-up is collective over the world); in a torchrun world vLLM runs one worker per rank
     (`external_launcher`), engines of `engine.tensor_parallel_size` consecutive ranks."""
     threads = torch.get_num_threads()
-    engine = VllmEngine(model_dir, cfg.engine)
+    # Rollout routing replay needs the experts the engine routed each sample to.
+    engine = VllmEngine(model_dir, dataclasses.replace(
+        cfg.engine, return_routed_experts=cfg.algo.routing_replay == "rollout"))
     torch.set_num_threads(threads)  # vLLM's CPU engine pins the whole process to one thread
     return engine
 

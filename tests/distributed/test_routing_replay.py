@@ -1,17 +1,39 @@
-"""Routing replay of the Megatron Qwen3-VL-MoE learner (2 ranks, gloo, fp32) at EP=2, TP=2 with
-sequence parallel, TP=2 x EP=2 with full activation recompute, and PP=2, through `MegatronPolicy`.
-The routing each trajectory carries is transformers' router top-k on the same checkpoint (what an
-engine with the learner's weights routes). One torchrun launch (`scripts/routing_replay.py`)."""
+"""Routing replay of the Megatron Qwen3-VL-MoE learner (2 ranks, gloo, fp32), through
+`MegatronPolicy`:
+- with vLLM as the engine (an engine per rank, the learner at EP=2): the engine's captured routing
+  of sampled image and text prompts is the learner's own on the same weights (100%); with the
+  learner's routers perturbed, rollout replay dispatches the engine's experts for every token and
+  lowers the mismatch KL of the sampled tokens against the engine's log-probs;
+- at EP=2, TP=2 with sequence parallel, TP=2 x EP=2 with full activation recompute, and PP=2,
+  with transformers' router top-k as the carried routing: replay of the same routing changes no
+  log-prob or gradient; R2 replays what it recorded; perturbed routers are overridden.
+One torchrun launch (`scripts/routing_replay.py --engine`)."""
 import pytest
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.vllm]
 
 LAYOUTS = ["ep2", "tp2-sp", "tp2-ep2-sp-full", "pp2"]
 
 
 @pytest.fixture(scope="module")
 def replay(torchrun_module):
-    return torchrun_module("routing_replay.py", nproc=2, args=["--layouts", ",".join(LAYOUTS)])
+    return torchrun_module("routing_replay.py", nproc=2, args=["--layouts", ",".join(LAYOUTS), "--engine"])
+
+
+def test_engine_routing_is_the_learners_own_on_the_same_weights(replay):
+    r = replay["engine"]
+    assert r["samples"] == 12 and r["image_positions"] > 0
+    same = r["same_weights"]
+    assert same["agree"]["moe/agree"] == 1.0, same["agree"]
+    assert {"moe/observer/image/agree", "moe/solver/text/agree"} <= set(same["agree"])
+    assert same["kl_none"] < 1e-9 and same["kl_rollout"] < 1e-9
+
+
+def test_engine_routing_replayed_after_the_router_moved(replay):
+    moved = replay["engine"]["perturbed"]
+    assert moved["agree"]["moe/agree"] < 0.9
+    assert moved["agree_applied"] == 1.0
+    assert moved["kl_rollout"] < moved["kl_none"], moved
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -15,11 +15,12 @@ layout (`LAYOUTS`), rank 0 writes:
   and `grad_norm_learner` the same for two mini-batches without replay and under R2 (a record
   pass, then the training passes replay), with R2's `moe/agree`; `grad_norm_perturbed_rollout`
   of a replayed step with the perturbed routers (activation recompute must replay too).
+With `--engine`, first the same with vLLM as the engine (`routing_replay_engine.py`), under
+`"engine"`.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
@@ -29,6 +30,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from routing_replay_common import (applied_agreement, applied_routing,  # noqa: E402
+                                   perturb_routers)
+from routing_replay_engine import engine_check  # noqa: E402
 from tiny_world import text_trajectories  # noqa: E402
 
 LAYOUTS = {  # name: (tp, pp, ep, expert tp or None, sequence parallel, recompute)
@@ -83,54 +87,6 @@ def k3(reference: torch.Tensor, lp: torch.Tensor) -> float:
     """Mean k3 KL estimate between the two token log-prob vectors, over the world's tokens."""
     d = lp - reference
     t = torch.tensor([float((d.exp() - d - 1).sum()), float(d.numel())])
-    dist.all_reduce(t)
-    return float(t[0] / t[1])
-
-
-def perturb_routers(policy, scale: float) -> None:
-    """Every router weight moves by `scale` x its std (the same noise on every rank that holds
-    the layer: seeded by the layer)."""
-    from megatron.core.transformer.moe.router import TopKRouter
-
-    for chunk in policy.chunks:
-        for m in chunk.modules():
-            if isinstance(m, TopKRouter):
-                g = torch.Generator().manual_seed(m.layer_number)
-                w = m.weight.data
-                w += scale * w.std() * torch.randn(w.shape, generator=g, dtype=w.dtype)
-
-
-@contextlib.contextmanager
-def applied_routing(policy):
-    """Within: every router's dispatch (the `routing_map` Megatron's dispatcher receives) and the
-    replay target it had, per forward."""
-    from megatron.core.transformer.moe.router import TopKRouter
-
-    seen: list = []
-
-    def hook(module, inputs, output):
-        target = module.router_replay.target
-        if target is not None:
-            seen.append((output[1].detach().clone(), target.clone()))
-
-    handles = [m.register_forward_hook(hook) for c in policy.chunks for m in c.modules()
-               if isinstance(m, TopKRouter)]
-    try:
-        yield seen
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def applied_agreement(seen) -> float:
-    """Fraction of routed tokens, over the world, whose dispatched experts are the target's."""
-    agree = total = 0
-    for routing_map, target in seen:
-        chosen = torch.zeros_like(routing_map)
-        chosen.scatter_(1, target.long(), True)
-        agree += int((chosen == routing_map).all(dim=1).sum())
-        total += routing_map.shape[0]
-    t = torch.tensor([float(agree), float(total)])
     dist.all_reduce(t)
     return float(t[0] / t[1])
 
@@ -193,6 +149,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--layouts", default=",".join(LAYOUTS))
+    p.add_argument("--engine", action="store_true",
+                   help="first the end-to-end check with vLLM (routing_replay_engine.py)")
     args = p.parse_args()
     out = Path(args.out)
     dist.init_process_group("gloo")
@@ -206,11 +164,15 @@ def main() -> None:
 
         make_tiny_checkpoint(hf_dir, demo_corpus(2000), seed=0, family="qwen3_vl_moe")
     dist.barrier()
+    results = {"engine": engine_check(out.parent)} if args.engine else {}
     trajectories = hf_routing(hf_dir, text_trajectories([1.0, -1.0, 0.5, -0.5, 1.0, -1.0]))
-    results = {name: check(name, hf_dir, trajectories) for name in args.layouts.split(",")}
+    results |= {name: check(name, hf_dir, trajectories) for name in args.layouts.split(",")}
     if dist.get_rank() == 0:
         out.write_text(json.dumps(results, indent=1))
-    dist.destroy_process_group()
+    if args.engine:
+        dist.barrier()  # vLLM's engine shares the default group: its shutdown would destroy it
+    else:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
