@@ -141,6 +141,27 @@ def test_convert_refuses_from_the_source_config_alone(tmp_path, flags, message):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--ep", "3"], "expert_parallel (3) must divide num_experts (128)"),
+    (["--ep", "2", "--etp", "5"], "expert_tensor_parallel (5) must divide moe_intermediate_size "
+                                  "(768)"),
+    (["--ep", "0"], "expert_parallel must be >= 1, got 0"),
+])
+def test_convert_refuses_an_expert_layout_the_model_cannot_take(tmp_path, flags, message):
+    """Qwen3-VL-30B-A3B's expert sizes (128 experts of width 768), from config.json alone."""
+    src = model_config(tmp_path, "qwen3_vl_moe", num_experts=128, moe_intermediate_size=768)
+    line = refused(tmp_path, "convert", "--direction", "hf2mcore", "--src", str(src), "--dst",
+                   str(tmp_path / "out"), *flags)
+    assert message in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_refuses_expert_parallel_for_a_dense_model(tmp_path):
+    line = refused(tmp_path, "convert", "--direction", "hf2mcore", "--src",
+                   str(model_config(tmp_path)), "--dst", str(tmp_path / "out"), "--ep", "2")
+    assert "expert_parallel (2) and expert_tensor_parallel (1) need a mixture-of-experts" in line
+
+
 @pytest.fixture(scope="module")
 def tiny_qwen3vl_deepstack3(tmp_path_factory) -> Path:
     """The tiny Qwen3-VL checkpoint (4 layers) with three deepstack levels."""

@@ -3,13 +3,15 @@
 Outside torchrun the command checks everything it can without starting a process group (the
 layout against the model by `learner.layout.check_layout`, from config.json alone, first; then
 the source's config and tensor manifest and the output path: mistakes fail in seconds), then
-launches `torchrun --standalone --nproc_per_node tp*pp -m prco_mega.bridge.convert_cli ...` on
-this node and returns its exit status (the standalone rendezvous binds a free port and holds it,
+launches `torchrun --standalone --nproc_per_node N -m prco_mega.bridge.convert_cli ...` on this
+node (N = tp * pp * dp, dp the fewest data-parallel ranks over which a mixture of experts' `--ep`
+x `--etp` fits: `world_size`) and returns its exit status (the standalone rendezvous binds a free port and holds it,
 so no port is chosen, released and lost to another job). Under torchrun it converts directly, e.g.
 on several nodes:
     torchrun --nnodes N --nproc_per_node G --rdzv-endpoint HOST:PORT \
         -m prco_mega.bridge.convert_cli --direction hf2mcore --src HF --dst OUT --tp 8 --pp 4
-(the world may be a multiple of tp * pp; outputs go to a filesystem every node sees).
+(the world may be a multiple of tp * pp, and of `world_size` with experts; outputs go to a
+filesystem every node sees).
 
 Exit status: 0 done (and verified), 1 verification above tolerance, 2 refused (ValueError, before
 torchrun starts).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -37,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the world")
     parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel size of the world")
     parser.add_argument("--vpp", type=int, default=None, help="virtual pipeline chunks per rank")
+    parser.add_argument("--ep", type=int, default=1,
+                        help="expert-parallel size (mixture-of-experts models): each rank holds "
+                             "num_experts / ep experts of every MoE layer")
+    parser.add_argument("--etp", type=int, default=None,
+                        help="expert tensor-parallel size (default: --tp): each expert split "
+                             "over this many ranks")
     parser.add_argument("--reference", default=None,
                         help="mcore2hf: HF dir with config/tokenizer/processor (default: the "
                              "files hf2mcore stored in SRC/hf)")
@@ -47,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "exit 1 above the tolerance")
     parser.add_argument("--dry-run", action="store_true",
                         help="check, print the torchrun command, launch nothing")
+
+
+def world_size(args: argparse.Namespace) -> int:
+    """Ranks of a single-node conversion: tp * pp * dp, with dp the fewest data-parallel ranks
+    that let Megatron lay ep x etp over a stage's tp * dp ranks (1 for a dense model)."""
+    experts = args.ep * (args.tp if args.etp is None else args.etp)
+    return args.pp * math.lcm(args.tp, max(experts, 1))
 
 
 def under_torchrun() -> bool:
@@ -74,19 +90,21 @@ def _check_layout_of(hf_dir: Path, args: argparse.Namespace) -> None:
     source checks)."""
     path = hf_dir / "config.json"
     if path.is_file():
-        check_layout(json.loads(path.read_text()), args.tp * args.pp, args.tp, args.pp, args.vpp)
+        check_layout(json.loads(path.read_text()), world_size(args), args.tp, args.pp, args.vpp,
+                     ep=args.ep, etp=args.etp)
 
 
 def torchrun_command(args: argparse.Namespace) -> list[str]:
-    """The single-node torchrun command line that runs this conversion on tp * pp ranks."""
+    """The single-node torchrun command line that runs this conversion on `world_size` ranks."""
     argv = ["--direction", args.direction, "--src", str(args.src), "--dst", str(args.dst),
-            "--tp", str(args.tp), "--pp", str(args.pp),
+            "--tp", str(args.tp), "--pp", str(args.pp), "--ep", str(args.ep),
             "--shard-size-mb", str(args.shard_size_mb)]
     argv += ["--vpp", str(args.vpp)] if args.vpp else []
+    argv += ["--etp", str(args.etp)] if args.etp is not None else []
     argv += ["--reference", str(args.reference)] if args.reference else []
     argv += ["--verify"] if args.verify else []
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-            str(args.tp * args.pp), "-m", "prco_mega.bridge.convert_cli", *argv]
+            str(world_size(args)), "-m", "prco_mega.bridge.convert_cli", *argv]
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -112,11 +130,11 @@ def _run_in_world(args: argparse.Namespace) -> int:
     from prco_mega.bridge.convert_verify import VERIFY_TOLERANCE, verify_conversion
 
     if args.direction == "hf2mcore":
-        hf_to_megatron(args.src, args.dst, args.tp, args.pp, args.vpp)
+        hf_to_megatron(args.src, args.dst, args.tp, args.pp, args.vpp, ep=args.ep, etp=args.etp)
         hf_dir, ckpt = args.src, args.dst
     else:
         megatron_to_hf(args.src, args.dst, args.tp, args.pp, args.reference, vpp=args.vpp,
-                       shard_bytes=args.shard_size_mb * 1024**2)
+                       shard_bytes=args.shard_size_mb * 1024**2, ep=args.ep, etp=args.etp)
         hf_dir, ckpt = args.dst, args.src
     rank0 = dist.get_rank() == 0
     if rank0:

@@ -253,3 +253,18 @@ def test_cli_refuses_before_launching_and_plans_tp_times_pp_ranks(tiny, tmp_path
     assert cmd[cmd.index("-m", cmd.index("--nproc_per_node")) + 1] == \
         "prco_mega.bridge.convert_cli"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("tp, pp, ep, etp, ranks", [
+    (2, 2, 1, None, 4),  # dense: tp * pp
+    (1, 1, 2, None, 2),  # EP 2 needs two data-parallel ranks at TP 1
+    (2, 1, 2, 1, 2),  # TP 2 x EP 2 with whole experts: the TP ranks carry the experts
+    (2, 1, 2, None, 4),  # expert-TP 2 x EP 2 over TP 2: two data-parallel ranks
+    (1, 2, 4, 1, 8),
+])
+def test_convert_launches_the_ranks_an_expert_layout_needs(tp, pp, ep, etp, ranks):
+    import argparse
+
+    from prco_mega.bridge.convert_cli import world_size
+
+    assert world_size(argparse.Namespace(tp=tp, pp=pp, ep=ep, etp=etp)) == ranks

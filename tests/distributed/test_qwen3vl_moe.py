@@ -6,7 +6,8 @@ batch with images and the same sequences packed; the expert and router weight gr
 over data parallel as DDP would, equal transformers' single-process gradients of the same batches
 (EP=1, EP=2, TP=2 and TP=2 x EP=2 with sequence parallel: Megatron trains MoE under TP only with
 it); HF -> Megatron -> HF export is bit-exact at EP=2, TP=2, TP=2 x EP=2 and PP=2, and through the
-converter's distributed checkpoint saved at EP=2 and read back at TP=2 and at PP=2; a source in
+converter's distributed checkpoint saved at EP=2 (by `prco-mega convert --ep 2 --verify`, run in
+the same world) and read back at TP=2 and at PP=2; a source in
 transformers' expert layout comes back in the hub's, bit for bit. One torchrun launch."""
 import pytest
 
@@ -41,6 +42,11 @@ def test_expert_and_router_gradients_equal_hf(parity, layout):
 @pytest.mark.parametrize("layout", EXPORTED)
 def test_hf_megatron_hf_roundtrip_is_bit_exact(parity, layout):
     assert parity[layout]["roundtrip_bit_exact"] is True
+
+
+def test_convert_command_at_ep2_verifies_its_checkpoint(parity):
+    # `prco-mega convert --ep 2 --verify` in this world: 0 = log-probs within its tolerance
+    assert parity["convert"]["cli_ep2_status"] == 0
 
 
 @pytest.mark.parametrize("target", ["tp2", "pp2"])

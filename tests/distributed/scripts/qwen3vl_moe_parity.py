@@ -160,15 +160,18 @@ def merge_ranks(result: dict) -> dict:
 
 
 def converter_round_trip(ckpt: Path, work: Path) -> dict:
-    """The converter (Megatron distributed checkpoints): HF -> Megatron saved at EP=2 -> HF at
+    """The converter (Megatron distributed checkpoints): HF -> Megatron saved at EP=2 by the
+    command line in this world (`prco-mega convert --ep 2 --verify`: its exit status) -> HF at
     TP=2 (expert TP 2) and at PP=2; and a source in transformers' expert layout (as
     `save_pretrained` writes it) -> Megatron at TP=2 x EP=2 -> HF, which must be the hub-layout
     source bit for bit."""
+    from prco_mega.bridge import convert_cli
     from prco_mega.bridge.convert import hf_to_megatron, megatron_to_hf
     from prco_mega.families.qwen3_vl_moe.tiny import (build_tiny_qwen3vl_moe,
                                                       tiny_qwen3vl_moe_config)
 
-    hf_to_megatron(ckpt, work / "mcore-ep2", tp=1, pp=1, ep=2)
+    cli_status = convert_cli.main(["--direction", "hf2mcore", "--src", str(ckpt), "--dst",
+                                   str(work / "mcore-ep2"), "--ep", "2", "--verify"])
     megatron_to_hf(work / "mcore-ep2", work / "hf-tp2", tp=2, pp=1)
     megatron_to_hf(work / "mcore-ep2", work / "hf-pp2", tp=1, pp=2)
     theirs = work / "tiny-transformers-layout"
@@ -181,7 +184,7 @@ def converter_round_trip(ckpt: Path, work: Path) -> dict:
     if dist.get_rank() != 0:
         return {}
     return {f"{n}_bit_exact": qp.exports_bit_exact(ckpt, work / f"hf-{n}")
-            for n in ("tp2", "pp2", "from-transformers-layout")}
+            for n in ("tp2", "pp2", "from-transformers-layout")} | {"cli_ep2_status": cli_status}
 
 
 def main() -> None:
