@@ -24,7 +24,7 @@ from prco_mega.bridge.mapping import expert_rows
 from prco_mega.bridge.slices import engine_span
 from prco_mega.bridge.units import (DEFAULT_BUCKET_BYTES, Slab, SyncContext, SyncStats, cast_dtype,
                                     convert_unit, engine_slot, nbytes, refuse_nonfinite,
-                                    stream_unit, units_of)
+                                    set_expert_slots, stream_unit, units_of)
 from prco_mega.dist.world import all_gather, device
 
 if TYPE_CHECKING:
@@ -65,18 +65,24 @@ def send_weights(chunks, pg_collection, hf_config, split, *,
     if bad is not None:
         raise ValueError(bad)
     per_index = [0] * engine_tp  # bytes sent to each engine rank of index e
-    if pg_collection.dp.rank() == 0:
-        ctx.tp_slots = [[(0, 1)]] + [[]] * (pg_collection.tp.size() - 1)  # TP rank 0 sends
-        if expert_rows(ctx.args["model_type"]):
-            if pg_collection.ep.size() > 1:
-                # the EP group spans data-parallel replicas, which do not take part here
-                raise ValueError(f"separate placement with expert parallel "
-                                 f"{pg_collection.ep.size()} is not supported: use colocated "
-                                 "placement or expert_parallel 1")
+    experts = bool(expert_rows(ctx.args["model_type"]))
+    expert_parallel = experts and pg_collection.ep.size() > 1
+    replica0 = pg_collection.dp.rank() == 0
+    # Who converts: the sender's data-parallel replica (its TP peers send it their rows). With
+    # expert parallel a stage's experts are spread over its EP group, which spans data-parallel
+    # replicas, so every rank of the stage takes part: the EP group holding the sender sends it
+    # the experts it lacks (`units.exchange_experts`), and the other replicas' groups run the same
+    # collectives with nothing to send (each TP or EP group only ever meets whole).
+    if replica0 or expert_parallel:
+        ctx.tp_slots = ([[(0, 1)]] if replica0 else [[]]) + [[]] * (pg_collection.tp.size() - 1)
+        if expert_parallel:
+            set_expert_slots(ctx)
+        elif experts:
             ctx.etp_slots = [[(0, 1)]] + [[]] * (pg_collection.expt_tp.size() - 1)
         stage = pg_collection.pp.rank()
         sending = split.global_rank == senders[stage]
-        links = [split.weight_link(stage, senders[stage], e, engine_tp) for e in range(engine_tp)]
+        links = ([split.weight_link(stage, senders[stage], e, engine_tp)
+                  for e in range(engine_tp)] if replica0 else [])
         for where, params in units_of(chunks):
             slabs = convert_unit(where, params, ctx)
             if not sending:

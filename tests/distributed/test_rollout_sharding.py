@@ -42,11 +42,12 @@ def launches(tmp_path_factory, cache):
 
 @pytest.fixture(scope="module")
 def separate(tmp_path_factory, cache):
-    def launch(off_policy: int, learners: int = 1, engine_tp: int = 1) -> dict:
+    def launch(off_policy: int, learners: int = 1, engine_tp: int = 1, *extra: str) -> dict:
         return run_torchrun("separate_placement.py", tmp_path_factory.mktemp(f"sep{off_policy}"),
                             nproc=learners + engine_tp,
                             args=["--cache", str(cache), "--off-policy", str(off_policy),
-                                  "--learners", str(learners), "--engine-tp", str(engine_tp)])
+                                  "--learners", str(learners), "--engine-tp", str(engine_tp),
+                                  *extra])
 
     return launch
 
@@ -116,3 +117,19 @@ def test_separate_placement_learner_and_engine_worlds(launches, separate):
     assert off["sent_bytes"] == [whole]
     assert all(s["engine_bytes"] < 0.6 * whole for rank in on["engine_sync"] for s in rank)
     assert on["sent_bytes"][1] == 0
+
+
+def test_separate_placement_streams_a_moe_learners_experts_from_its_whole_ep_group(separate):
+    """The tiny Qwen3-VL-MoE, separate placement, on-policy, 3 ranks: a learner of DP=2 with
+    expert parallel 2 (each rank holds half of every layer's experts) and one engine rank. The
+    stage's sender (learner rank 0) gets the other rank's experts over the EP group and streams
+    every tensor; after the perturbed update the engine's log-probs of step 1 equal the learner's
+    (fp32), so every expert arrived."""
+    run = separate(0, 2, 1, "--family", "qwen3_vl_moe", "--ep", "2")
+    assert {t["learner"] for t in run["steps"]["0"]["trajectories"]} == {0, 1}
+    for step in ("0", "1"):
+        assert run["steps"][step]["metrics"]["mismatch/max_abs"] < 1e-4, step
+    assert {t["version"] for t in run["steps"]["1"]["trajectories"]} == {1}
+    (rank,) = run["engine_sync"]
+    assert all(s["received_bytes"] == s["engine_bytes"] > 0 for s in rank)
+    assert run["sent_bytes"][0] == rank[0]["engine_bytes"] and run["sent_bytes"][1] == 0
