@@ -50,10 +50,11 @@ class EngineConfig:
     log_softmax(logits), temperature ignored."""
     return_routed_experts: bool = False
     """Fill `Generation.routed_experts` (the experts the engine's routers picked for every token,
-    which the learner replays: `algo.routing_replay: rollout`). MoE models only. Costs one extra
-    prefill of prompt + response per sample after generation, one sample at a time
-    (`rollout.vllm_routing`; `VllmEngine.last_routing_seconds`), and needs `enforce_eager`
-    (captured graphs would skip the capture)."""
+    which the learner replays: `algo.routing_replay: rollout`). MoE models only. On CUDA, vLLM's
+    Model Runner V2 returns them with the samples (`enable_return_routed_experts`). On CPU (V1
+    runner) it costs one extra prefill of prompt + response per sample after generation, one
+    sample at a time (`rollout.vllm_routing`; `VllmEngine.last_routing_seconds`), and needs
+    `enforce_eager` (captured graphs would skip the capture)."""
 
     def validate(self) -> None:
         if self.max_model_len < 16 or self.max_num_seqs < 1 or self.max_images_per_prompt < 0:
@@ -68,9 +69,6 @@ class EngineConfig:
                              "must be in (0, 1]")
         if self.sync_bucket_mib < 1:
             raise ValueError(f"engine.sync_bucket_mib ({self.sync_bucket_mib}) must be >= 1")
-        if self.return_routed_experts and not self.enforce_eager:
-            raise ValueError("engine.return_routed_experts needs engine.enforce_eager: true (the "
-                             "expert ids are captured in Python, which graph replay skips)")
         if self.cpu_kv_cache_gib <= 0 or self.tensor_parallel_size < 1:
             raise ValueError(f"engine.cpu_kv_cache_gib ({self.cpu_kv_cache_gib}) must be > 0 and "
                              f"tensor_parallel_size ({self.tensor_parallel_size}) >= 1")

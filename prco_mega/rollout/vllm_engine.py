@@ -201,6 +201,9 @@ class VllmEngine(RolloutEngine):
         self.config = config or EngineConfig()
         self.model_dir = Path(model_dir)
         self.on_cpu = not torch.cuda.is_available()
+        if self.on_cpu and self.config.return_routed_experts and not self.config.enforce_eager:
+            raise ValueError("engine.return_routed_experts on CPU needs engine.enforce_eager: true "
+                             "(the expert ids are captured in Python, which graph replay skips)")
         t0 = time.perf_counter()
         _prepare_environment(self.config, self.on_cpu)
         vllm = _import_vllm()
@@ -242,6 +245,10 @@ class VllmEngine(RolloutEngine):
         if not self.on_cpu:
             kwargs.update(gpu_memory_utilization=c.gpu_memory_utilization,
                           enable_sleep_mode=c.enable_sleep_mode)
+            if c.return_routed_experts:
+                # Model Runner V2 (CUDA's default where Triton runs) returns each sample's
+                # routed experts itself: no re-score (not yet run here: no GPU lent so far)
+                kwargs.update(enable_return_routed_experts=True)
         return kwargs
 
     # ------------------------------------------------------------------ generation
@@ -256,7 +263,13 @@ class VllmEngine(RolloutEngine):
         results = [[_to_generation(o, out.prompt_token_ids, self.placeholder_ids)
                     for o in out.outputs] for out in outputs]
         self.last_routing_seconds = 0.0
-        if self.return_routed_experts:
+        if self.return_routed_experts and not self.on_cpu:
+            for out, gens in zip(outputs, results):
+                for o, gen in zip(out.outputs, gens):
+                    gen.routed_experts = vllm_routing.from_runner_v2(
+                        o.routed_experts, len(gen.prompt_ids) + len(gen.token_ids),
+                        self.num_experts)
+        elif self.return_routed_experts:
             self._add_routed_experts(requests, results)
         return results
 

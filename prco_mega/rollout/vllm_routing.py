@@ -1,4 +1,7 @@
-"""The experts vLLM's routers pick for each sample (rollout routing replay, R3), on the V1 runner.
+"""The experts vLLM's routers pick for each sample (rollout routing replay, R3).
+
+Where vLLM's Model Runner V2 runs (CUDA builds with Triton), it returns them itself
+(`enable_return_routed_experts`; `from_runner_v2` puts them in our layout). On CPU, the V1 runner:
 
 vLLM 0.32 returns routed expert ids only from Model Runner V2, which needs Triton with a CPU
 backend on CPU. The V1 runner's MoE routers (`BaseRouter.set_capture_fn`) call a function with
@@ -66,6 +69,17 @@ def repeat_last_row(routing: np.ndarray, rows: int) -> np.ndarray:
     vLLM cannot run at `max_model_len`; see the module doc)."""
     extra = np.repeat(routing[-1:], rows - len(routing), axis=0)
     return np.concatenate([routing, extra])
+
+
+def from_runner_v2(routed: np.ndarray, rows: int, num_experts: int) -> np.ndarray:
+    """A sample's routing as vLLM's Model Runner V2 returns it (`CompletionOutput.routed_experts`,
+    [prompt + generated - 1, L, k]: the last sampled token never runs through the model) in our
+    layout, [rows = prompt + response, L, k]: cut to `rows` (a response that lost its trailing
+    placeholder token) or the last row repeated (the unrun last position; module doc)."""
+    routed = np.asarray(routed)[:rows].astype(routing_dtype(num_experts))
+    if len(routed) == 0:
+        raise RuntimeError("vLLM returned no routed experts for a sample")
+    return routed if len(routed) == rows else repeat_last_row(routed, rows)
 
 
 # ---------------------------------------------------------------------- worker side (vLLM)

@@ -71,9 +71,22 @@ def test_last_row_repeats_to_the_sample_length():
     assert out.shape == (4, 2, 2) and (out[3] == routing[2]).all() and (out[:3] == routing).all()
 
 
-def test_capture_needs_an_eager_engine():
+def test_runner_v2_routing_takes_our_layout():
+    routed = np.arange(5 * 2 * 2).reshape(5, 2, 2) % 8  # prompt 3 + generated 3 - 1
+    out = vr.from_runner_v2(routed, rows=6, num_experts=8)
+    assert out.dtype == np.uint8 and out.shape == (6, 2, 2)
+    assert (out[:5] == routed).all() and (out[5] == routed[4]).all()
+    # a response whose trailing placeholder was dropped: 5 rows, as returned
+    assert (vr.from_runner_v2(routed, rows=5, num_experts=8) == routed).all()
+    with pytest.raises(RuntimeError, match="no routed experts"):
+        vr.from_runner_v2(np.zeros((0, 2, 2)), rows=3, num_experts=8)
+
+
+def test_capture_on_cpu_needs_an_eager_engine(tmp_path):
+    from prco_mega.rollout import VllmEngine
+
     with pytest.raises(ValueError, match="enforce_eager"):
-        EngineConfig(return_routed_experts=True, enforce_eager=False)
+        VllmEngine(tmp_path, EngineConfig(return_routed_experts=True, enforce_eager=False))
 
 
 # ---------------------------------------------------------------------- the engine
