@@ -186,6 +186,10 @@ class RoutingReplay:
         self._chunks: dict[int, ChunkReplay] = {}
         for chunk in chunks:
             config = get_model_config(chunk)
+            if config.moe_router_fusion:
+                # Transformer Engine's fused top-k never calls the replay hook
+                raise ValueError("routing replay needs Megatron's unfused top-k routing "
+                                 "(moe_router_fusion is on)")
             requeue = config.recompute_granularity == "full" or (
                 config.recompute_granularity == "selective"
                 and "moe" in (config.recompute_modules or ()))
