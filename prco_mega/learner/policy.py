@@ -121,6 +121,12 @@ class MegatronPolicy:
         the same on every rank; `dist.routing.Router.route` gives both). Given the RL `step`
         being trained, the metrics add the policy-lag histogram of the step's trajectories."""
         b = self.cfg.batching
+        if self.routing_replay == "rollout":
+            missing = [i for i, t in mine.items() if t.routed_experts is None]
+            if missing:
+                raise ValueError(f"algo.routing_replay: rollout, but {len(missing)} of the step's "
+                                 f"trajectories (ids {missing[:5]}...) carry no engine routing: "
+                                 "build the engine with engine.return_routed_experts")
         packed = pack_plan(mine, plan, self.pg.dp.rank(), encode=self.encode,
                            pad_to_multiple=b.pad_to_multiple, pad_token_id=self.pad_token_id)
         if self.routing_replay != "rollout":  # only rollout replay reads the engine's routing

@@ -43,6 +43,7 @@ def test_same_weights_route_alike_and_replay_changes_nothing(replay, layout):
     # PP pads micro-batches to one length: padding tokens routed otherwise change GEMM blocking
     assert r["replay_vs_own_max_abs"] < 1e-6
     assert r["grad_norm_rollout"] == pytest.approx(r["grad_norm_plain"], rel=1e-6)
+    assert "carry no engine routing" in r["missing_routing_error"]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

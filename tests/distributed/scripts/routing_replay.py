@@ -21,6 +21,7 @@ With `--engine`, first the same with vLLM as the engine (`routing_replay_engine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -91,6 +92,18 @@ def k3(reference: torch.Tensor, lp: torch.Tensor) -> float:
     return float(t[0] / t[1])
 
 
+@contextlib.contextmanager
+def captured_value_error():
+    """Within: the block must raise ValueError; its message lands in the yielded list."""
+    box: list = []
+    try:
+        yield box
+    except ValueError as e:
+        box.append(str(e))
+    else:
+        box.append(None)
+
+
 def check(name: str, hf_dir: Path, trajectories) -> dict:
     from prco_mega.learner.config import LearnerConfig
     from prco_mega.learner.loss_paths import LossSettings, TorchPPO
@@ -112,8 +125,13 @@ def check(name: str, hf_dir: Path, trajectories) -> dict:
     replayed = logprobs(policy, trajectories, replay=True)
     result = {"agree_same_weights": policy.last_replay["moe/agree"],
               "replay_vs_own_max_abs": max_over_world(float((replayed - own).abs().max()))}
+    policy.routing_replay = "none"
     result["grad_norm_plain"] = policy.step(
         [dataclasses.replace(t, routed_experts=None) for t in trajectories])["grad_norm"]
+    policy.routing_replay = "rollout"
+    with captured_value_error() as refused:  # rollout replay without the engine's routing
+        policy.step([dataclasses.replace(t, routed_experts=None) for t in trajectories])
+    result["missing_routing_error"] = refused[0]
     result["grad_norm_rollout"] = policy.step(trajectories)["grad_norm"]
     cfg.batching.mini_batches = 2
     policy.routing_replay = "none"
