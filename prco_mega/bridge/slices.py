@@ -14,6 +14,10 @@ a `Span`, rows [start, stop) along one dim of the full HF tensor:
   - k/v with fewer KV heads than engine ranks: each head is replicated on tp / kv ranks, rank r
     reading head r // (tp / kv).
   The vision tower is replicated in the learner, so every rank holds what its engine reads.
+- need under engine expert parallel (`expert_span`): vLLM splits a MoE layer's experts over the
+  engine's ranks instead of their width (linear placement, `engine_experts`), so an expert's
+  tensor is read whole by the rank holding it and not at all by the others; every other tensor
+  keeps the TP rule above.
 
 These rules mirror vLLM's loaders; the sync fills every row outside the need with NaN, so a rule
 that missed a row the loader reads shows up as NaN log-probs in the sync tests, not as silently
@@ -101,9 +105,26 @@ def engine_span(kind: str, member: int, full_shape: tuple[int, ...], engine_rank
     return Span(0, *_block(full_shape[0], engine_rank, engine_tp, what))
 
 
+def engine_experts(num_experts: int, engine_rank: int, engine_size: int) -> range:
+    """Global ids of the experts rank `engine_rank` of an engine of `engine_size` ranks holds
+    under vLLM's expert parallel (linear placement, `determine_expert_map`): consecutive blocks in
+    rank order, of num_experts // size experts, one more on each of the first num_experts % size
+    ranks."""
+    base, extra = divmod(num_experts, engine_size)
+    start = engine_rank * base + min(engine_rank, extra)
+    return range(start, start + base + (engine_rank < extra))
+
+
+def expert_span(expert: int, num_experts: int, engine_rank: int, engine_size: int) -> Span:
+    """Rows of one expert's tensor that an engine rank with expert parallel loads: all of them
+    on the rank holding the expert (experts are not split), none elsewhere."""
+    return WHOLE if expert in engine_experts(num_experts, engine_rank, engine_size) else NOTHING
+
+
 def hull(spans: list[Span]) -> Span:
-    """The smallest span covering all of `spans` (one dim; any whole span makes it whole; none
-    is `NOTHING`)."""
+    """The smallest span covering all of `spans` (one dim; any whole span makes it whole; empty
+    spans add nothing; none is `NOTHING`)."""
+    spans = [s for s in spans if s.whole or s.start < s.stop]
     if not spans:
         return NOTHING
     if any(s.whole for s in spans) or len({s.dim for s in spans}) > 1:

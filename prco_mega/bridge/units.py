@@ -14,8 +14,9 @@ embedding). For each unit, this rank:
 Experts (mixture-of-experts layers) move in their own names (one tensor per expert, named by its
 global index) over their own groups: their TP shards over the expert-TP group (`fetch`, the rows
 the ranks of the rank's expert-parallel group need), then every expert-parallel rank sends each
-peer the rows of its experts that the peer's engine rank loads (`exchange_experts`): the engine
-has no expert parallel, so every engine rank loads its rows of every expert. The router is
+peer the rows of its experts that the peer's engine rank loads (`exchange_experts`): without
+engine expert parallel every engine rank loads its rows of every expert; with it
+(`SyncContext.engine_experts`) only its own experts, whole (`slices.expert_span`). The router is
 replicated and moves as any replicated tensor.
 `materialize` lays a slab into a checkpoint-shaped tensor whose rows the engine rank does not load
 are NaN, so a wrong row rule poisons the output instead of loading stale values. The row rules
@@ -24,6 +25,7 @@ engine (`refuse_nonfinite`). The publishers (`bridge.colocated`, `bridge.remote`
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from collections.abc import Iterator
@@ -34,9 +36,9 @@ import torch.distributed as dist
 
 from prco_mega.bridge.hf_io import layer_offset, local_experts, megatron_params, unwrap
 from prco_mega.bridge.mapping import (expert_rows, family_table, is_expert, megatron_shards_to_hf,
-                                      resolve)
-from prco_mega.bridge.slices import (Span, engine_span, full_shape_of, held_span, hull, intersect,
-                                     kind_of, local_heads)
+                                      parse_expert_name, resolve)
+from prco_mega.bridge.slices import (Span, engine_span, expert_span, full_shape_of, held_span, hull,
+                                     intersect, kind_of, local_heads)
 from prco_mega.dist.world import all_gather
 from prco_mega.tracking.timing import PhaseTimer
 
@@ -119,6 +121,9 @@ class SyncContext:
     `tp_slots`)."""
     etp_slots: list = field(default_factory=list)
     """Per expert-TP peer: the slots of every rank of its expert-parallel group."""
+    engine_experts: int = 0
+    """Routed experts per MoE layer when the engines have expert parallel (each engine rank loads
+    its own experts whole, `slices.expert_span`); 0: they have none."""
 
 
 def set_expert_slots(ctx: SyncContext) -> None:
@@ -185,10 +190,18 @@ def local_slabs(offset: int, params, ctx: SyncContext, tp=None,
     return out
 
 
+def engine_rows(slab: Slab, engine_rank: int, engine_tp: int, ctx: SyncContext) -> Span:
+    """Rows of `slab`'s tensor that rank `engine_rank` of an engine of `engine_tp` ranks loads."""
+    expert = parse_expert_name(slab.name, ctx.args["model_type"]) if ctx.engine_experts else None
+    if expert is not None:
+        return expert_span(expert.expert, ctx.engine_experts, engine_rank, engine_tp)
+    return engine_span(slab.kind, slab.member, slab.shape, engine_rank, engine_tp,
+                       ctx.args["heads"], slab.name)
+
+
 def need_of(slab: Slab, slots: list[tuple[int, int]], ctx: SyncContext) -> Span:
     """Rows of `slab`'s tensor that the engine ranks `slots` [(engine rank, engine TP)] load."""
-    return hull([engine_span(slab.kind, slab.member, slab.shape, r, t, ctx.args["heads"],
-                             slab.name) for r, t in slots])
+    return hull([engine_rows(slab, r, t, ctx) for r, t in slots])
 
 
 def fetch(slabs: list[Slab], ctx: SyncContext, tp=None, slots=None) -> list[Slab]:
@@ -263,16 +276,19 @@ def exchange_experts(slabs: list[Slab], peer_names: list[list[str]],
     expert-parallel rank sends each peer, in one `all_to_all_single` per dtype, the rows of its
     own experts (`slabs`, already holding what every peer needs) that the peer needs.
     `peer_names[j][i]`: the name of peer j's counterpart of `slabs[i]` (the same local expert,
-    its global index), so receivers know what they get without asking."""
+    its global index), so receivers know what they get without asking (and, under engine expert
+    parallel, whether they need it at all)."""
     ep = ctx.pg.ep
     me, n = ep.rank(), ep.size()
     needs = [[need_of(s, ctx.ep_slots[j], ctx) for j in range(n)] for s in slabs]
+    theirs = [[need_of(dataclasses.replace(s, name=peer_names[j][i]), ctx.ep_slots[me], ctx)
+               for i, s in enumerate(slabs)] for j in range(n)]
     out = [_narrow(s, needs[i][me]) for i, s in enumerate(slabs)]
     for dtype in dict.fromkeys(s.data.dtype for s in slabs):
         idx = [i for i, s in enumerate(slabs) if s.data.dtype == dtype]
         send = [[] if j == me else [_narrow(slabs[i], needs[i][j]).data.reshape(-1) for i in idx]
                 for j in range(n)]
-        recv_sizes = [0 if j == me else sum(_rows(slabs[i], needs[i][me]) for i in idx)
+        recv_sizes = [0 if j == me else sum(_rows(slabs[i], theirs[j][i]) for i in idx)
                       for j in range(n)]
         send_sizes = [sum(t.numel() for t in ts) for ts in send]
         recv = torch.empty(sum(recv_sizes), dtype=dtype, device=ctx.device)
@@ -286,7 +302,7 @@ def exchange_experts(slabs: list[Slab], peer_names: list[list[str]],
                 continue
             cursor = 0
             for i in idx:
-                s, need = slabs[i], needs[i][me]
+                s, need = slabs[i], theirs[j][i]
                 size = _rows(s, need)
                 shape = s.shape if need.whole else [need.stop - need.start if d == need.dim
                                                     else x for d, x in enumerate(s.shape)]
@@ -401,7 +417,7 @@ def materialize(s: Slab, ctx: SyncContext) -> tuple[str, torch.Tensor]:
     """A checkpoint-shaped tensor for the engine's loader: the slab's rows in place, every other
     row NaN (the loader reads only its own rows; a row it should not need would poison its
     output visibly instead of loading stale values)."""
-    mine = engine_span(s.kind, s.member, s.shape, *ctx.slot, ctx.args["heads"], s.name)
+    mine = engine_rows(s, *ctx.slot, ctx)
     ctx.engine_bytes += mine.numel(s.shape) * s.data.element_size()
     if s.span.whole or (s.span.start == 0 and s.span.stop == s.shape[s.span.dim]):
         return s.name, s.data.reshape(s.shape)

@@ -55,6 +55,12 @@ class EngineConfig:
     runner) it costs one extra prefill of prompt + response per sample after generation, one
     sample at a time (`rollout.vllm_routing`; `VllmEngine.last_routing_seconds`), and needs
     `enforce_eager` (captured graphs would skip the capture)."""
+    enable_expert_parallel: bool = False
+    """Mixture-of-experts models: split each MoE layer's experts over the engine's ranks instead
+    of splitting every expert's width (vLLM's expert parallel, linear placement: rank r of n holds
+    experts [r E / n, (r + 1) E / n), whole); attention and the rest stay tensor-parallel. Each
+    rank then receives only its experts in a weight sync. Needs tensor_parallel_size > 1 and
+    colocated placement."""
 
     def validate(self) -> None:
         if self.max_model_len < 16 or self.max_num_seqs < 1 or self.max_images_per_prompt < 0:
@@ -72,6 +78,10 @@ class EngineConfig:
         if self.cpu_kv_cache_gib <= 0 or self.tensor_parallel_size < 1:
             raise ValueError(f"engine.cpu_kv_cache_gib ({self.cpu_kv_cache_gib}) must be > 0 and "
                              f"tensor_parallel_size ({self.tensor_parallel_size}) >= 1")
+        if self.enable_expert_parallel and self.tensor_parallel_size < 2:
+            raise ValueError(f"engine.enable_expert_parallel needs engine.tensor_parallel_size > 1 "
+                             f"(got {self.tensor_parallel_size}): the experts are split over the "
+                             "engine's ranks")
 
     def __post_init__(self) -> None:
         self.validate()

@@ -17,7 +17,10 @@ parameters one expert at a time: the learner holds experts one by one, so nothin
 transposed on the way, and vLLM's TP split of an expert is the dense MLP's (gate/up rows, down
 columns). The engine lists those names in place of the file's fused hub-layout tensors, and all
 experts of a layer (gate, up and down) form one fused group: vLLM sets up the layer's expert
-kernel once per reload, from the tensors of that call.
+kernel once per reload, from the tensors of that call. With expert parallel
+(`EngineConfig.enable_expert_parallel`) a rank holds whole experts, only its own (`held_experts`,
+read from vLLM's expert map), and a push carries exactly those: the group of a layer is its
+experts on this rank, and an expert held elsewhere is refused.
 """
 from __future__ import annotations
 
@@ -92,7 +95,7 @@ def checkpoint_shapes(model_dir: str | Path) -> dict[str, tuple[int, ...]]:
 
 
 _FUSED_EXPERTS = re.compile(r"^(?P<layer>.*\.mlp\.experts)\.(?P<kind>gate_up_proj|down_proj)$")
-_PER_EXPERT = re.compile(r"^(?P<layer>.*\.layers\.(?P<i>\d+)\.mlp\.experts)\.\d+\."
+_PER_EXPERT = re.compile(r"^(?P<layer>.*\.layers\.(?P<i>\d+)\.mlp\.experts)\.(?P<e>\d+)\."
                          r"(gate_proj|up_proj|down_proj)\.weight$")
 
 
@@ -133,6 +136,13 @@ def fused_layer_key(name: str, packed: dict[str, list[str]]) -> str:
     return f"{parent}.{leaf}" if parent else leaf
 
 
+def held_by_rank(name: str, held_experts: Sequence[int] | None) -> bool:
+    """Whether an engine rank holding `held_experts` (None: every expert) loads tensor `name`:
+    every tensor but the per-expert ones of experts held elsewhere."""
+    expert = _PER_EXPERT.match(name)
+    return held_experts is None or expert is None or int(expert["e"]) in held_experts
+
+
 def fused_groups(names: Iterable[str], packed: dict[str, list[str]]) -> dict[str, list[str]]:
     """Engine layer -> the checkpoint tensor names that must travel in the same push."""
     groups: dict[str, list[str]] = defaultdict(list)
@@ -162,19 +172,32 @@ def _kv_summary(worker) -> dict[str, int]:
     return out
 
 
+def _held_experts(worker) -> list[int] | None:
+    """Runs on each worker: global ids of the experts this rank holds (its MoE layers' expert map,
+    vLLM's placement); None without expert parallel."""
+    for module in worker.model_runner.get_model().modules():
+        expert_map = getattr(module, "expert_map", None)
+        if expert_map is not None and hasattr(module, "global_num_experts"):
+            return [e for e, local in enumerate(expert_map.tolist()) if local >= 0]
+    return None
+
+
 def _packed_mapping(worker) -> dict[str, list[str]]:
     model = worker.model_runner.get_model()
     return dict(getattr(model, "packed_modules_mapping", None) or {})
 
 
-def _routed_experts_of(model_dir: Path, return_routed_experts: bool) -> int:
-    """Routed experts per MoE layer of the model (0: dense); a dense model cannot report them."""
+def _routed_experts_of(model_dir: Path, config: EngineConfig) -> int:
+    """Routed experts per MoE layer of the model (0: dense); a dense model can neither report
+    them nor split them over ranks."""
     cfg = json.loads((model_dir / "config.json").read_text())
     experts = vllm_routing.num_routed_experts(cfg)
-    if return_routed_experts and experts == 0:
-        raise ValueError(f"engine.return_routed_experts is on but {str(model_dir)!r} "
-                         f"(model_type {cfg.get('model_type')!r}) is not a mixture-of-experts "
-                         "model: it has no routed experts to report")
+    for setting, what in (("return_routed_experts", "no routed experts to report"),
+                          ("enable_expert_parallel", "no experts to split over the ranks")):
+        if getattr(config, setting) and experts == 0:
+            raise ValueError(f"engine.{setting} is on but {str(model_dir)!r} (model_type "
+                             f"{cfg.get('model_type')!r}) is not a mixture-of-experts model: it "
+                             f"has {what}")
     return experts
 
 
@@ -209,13 +232,20 @@ class VllmEngine(RolloutEngine):
         vllm = _import_vllm()
         if self.on_cpu:
             _check_cpu_head_dim(self.model_dir)
-        self.num_experts = _routed_experts_of(self.model_dir, self.config.return_routed_experts)
+        self.num_experts = _routed_experts_of(self.model_dir, self.config)
         self.shapes = per_expert_shapes(checkpoint_shapes(self.model_dir))
+        if self.config.enable_expert_parallel and vllm_cpu_moe.needs_cpu_expert_map(
+                vllm.__version__, self.on_cpu):
+            vllm_cpu_moe.install_expert_map()  # before the engine's first forward
         self._llm = vllm.LLM(**self._engine_kwargs())
         self._vllm = vllm
         self.tokenizer = self._llm.get_tokenizer()
         packed = self._llm.collective_rpc(_packed_mapping)[0] or _DEFAULT_PACKED
-        self.groups = fused_groups(self.shapes, packed)
+        self.held_experts = (self._llm.collective_rpc(_held_experts)[0]
+                             if self.config.enable_expert_parallel else None)
+        """Global ids of the experts this engine rank holds (expert parallel), None: all."""
+        self.groups = fused_groups([n for n in self.shapes if held_by_rank(n, self.held_experts)],
+                                   packed)
         self._group_of = {n: k for k, names in self.groups.items() for n in names}
         self._asleep = False
         self.repack_experts = vllm_cpu_moe.needs_cpu_expert_repack(vllm.__version__, self.on_cpu)
@@ -237,6 +267,7 @@ class VllmEngine(RolloutEngine):
             max_num_seqs=c.max_num_seqs, enforce_eager=c.enforce_eager, seed=c.seed,
             tensor_parallel_size=c.tensor_parallel_size, logprobs_mode=c.logprobs_mode,
             enable_prefix_caching=c.enable_prefix_caching,
+            enable_expert_parallel=c.enable_expert_parallel,
             limit_mm_per_prompt={"image": c.max_images_per_prompt, "video": 0},
             max_num_batched_tokens=c.max_num_batched_tokens or max(c.max_model_len, 8192),
             enable_chunked_prefill=(not self.on_cpu if c.enable_chunked_prefill is None
@@ -360,6 +391,11 @@ class VllmEngine(RolloutEngine):
                 bad = int((~torch.isfinite(t)).sum())
                 raise ValueError(f"weight push refused: {name} has {bad} non-finite values "
                                  f"(of {t.numel()}); the engine keeps its previous weights")
+        elsewhere = [n for n in names if n not in self._group_of]
+        if elsewhere:
+            raise ValueError(f"weight push has experts this engine rank does not hold "
+                             f"(engine.enable_expert_parallel: it holds experts "
+                             f"{self.held_experts}): {elsewhere[:5]} (of {len(elsewhere)})")
         present = set(names)
         for key in {self._group_of[n] for n in names}:
             missing = [m for m in self.groups[key] if m not in present]

@@ -1,13 +1,14 @@
 """2 ranks hosting vLLM (`external_launcher`: `--engine-tp 1` an engine per rank, 2 one engine
-over both) and a Megatron Qwen3-VL-MoE learner at expert parallel 2 (`--tp`, `--ep`) ->
-`bridge.colocated` -> every rank's engine.
+over both, `--engine-ep` that engine with expert parallel) and a Megatron Qwen3-VL-MoE learner
+at expert parallel 2 (`--tp`, `--ep`) -> `bridge.colocated` -> every rank's engine.
 
 The learner loads the tiny Qwen3-VL-MoE checkpoint and is perturbed (every parameter moves, each
 expert its own way); the engines start on the original checkpoint. First (engine TP=1 only) a sync
 with the CPU expert repack switched off (`VllmEngine.repack_experts`), its greedy tokens recorded;
 then the same sync with it on: each engine's greedy tokens and log-probs for an image+text prompt, with
 transformers' greedy tokens from the learner's exported weights and the learner's own log-probs
-of that sequence, and every rank's sync statistics. Rank 0 writes the JSON.
+of that sequence, and every rank's sync statistics (with engine expert parallel: the experts each
+engine rank holds and how often the CPU expert-map fix ran). Rank 0 writes the JSON.
 """
 from __future__ import annotations
 
@@ -66,6 +67,8 @@ def main() -> None:
                    help="1: an engine per rank; 2: one engine over both ranks")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--ep", type=int, default=2)
+    p.add_argument("--engine-ep", action="store_true",
+                   help="the engine over both ranks with expert parallel (engine TP 2)")
     args = p.parse_args()
     dist.init_process_group("gloo")
     install_megatron_cpu_compat()
@@ -92,8 +95,10 @@ def main() -> None:
     pg = init_parallel(tp=args.tp, hf_config=cfg, ep=args.ep, etp=1)
     chunks = build_model(cfg, pg, config_overrides={"sequence_parallel": args.tp > 1})
     engine = VllmEngine(ckpt, EngineConfig(dtype="float32", max_model_len=512, seed=0,
-                                           tensor_parallel_size=args.engine_tp))
+                                           tensor_parallel_size=args.engine_tp,
+                                           enable_expert_parallel=args.engine_ep))
     res["engine_start_s"] = engine.start_seconds
+    res["held_experts"] = bs.gathered(engine.held_experts)
     res["repack_default"] = bs.gathered(engine.repack_experts)
     for c in chunks:
         c.eval()
@@ -110,6 +115,7 @@ def main() -> None:
     bs.sync_and_compare(chunks, pg, cfg, ckpt, engine, processor, image, work, res,
                         hf_greedy=hf_greedy)
     res["repacked_layers"] = bs.gathered(vllm_cpu_moe.repacked_layers())
+    res["remapped_calls"] = bs.gathered(vllm_cpu_moe.remapped_calls())
     if rank == 0:
         res["checkpoint_tensors"] = len(engine.shapes)
         res["checkpoint_bytes"] = sum(int(torch.Size(s).numel()) * 4
