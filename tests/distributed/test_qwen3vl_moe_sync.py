@@ -76,6 +76,17 @@ def test_under_engine_ep_each_rank_receives_and_pushes_only_its_own_experts(run)
         assert stats["bytes"] == run["checkpoint_bytes"] - EXPERT_BYTES // 2
 
 
+def test_a_learner_split_otherwise_sends_each_rank_the_rows_it_lacks_of_its_experts(run):
+    """Learner TP 2, expert-TP 2, EP 1: each rank holds half the rows of every expert, as an
+    engine of TP 2 without expert parallel loads them (nothing moves); with engine expert
+    parallel each rank receives the other halves of its own 4 experts per layer, no more."""
+    if run["engine_tp"] != 2:
+        pytest.skip("the learner re-layout phase runs with the engine over both ranks")
+    assert run["etp2_after"] == [run["etp2_hf"], run["etp2_hf"]]
+    for stats in run["etp2_stats"]:
+        assert stats["received_bytes"] == (EXPERT_BYTES // 4 if run["engine_ep"] else 0)
+
+
 def test_without_the_cpu_expert_repack_the_tokens_are_wrong(run):
     if run["engine_tp"] != 1:
         pytest.skip("stock vLLM's reload fails outright at engine TP=2 (padded expert width)")

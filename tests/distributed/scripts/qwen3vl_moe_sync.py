@@ -8,7 +8,9 @@ with the CPU expert repack switched off (`VllmEngine.repack_experts`), its greed
 then the same sync with it on: each engine's greedy tokens and log-probs for an image+text prompt, with
 transformers' greedy tokens from the learner's exported weights and the learner's own log-probs
 of that sequence, and every rank's sync statistics (with engine expert parallel: the experts each
-engine rank holds and how often the CPU expert-map fix ran). Rank 0 writes the JSON.
+engine rank holds and how often the CPU expert-map fix ran). At engine TP 2, last, the same at
+learner TP 2 / expert-TP 2 / EP 1 (each rank holds half the rows of every expert), whose expert
+placement is the engine's without expert parallel and not the one with it. Rank 0 writes the JSON.
 """
 from __future__ import annotations
 
@@ -58,6 +60,30 @@ def perturb(chunks, pg, model_type: str) -> None:
             gen = torch.Generator().manual_seed(seed)
             spread = float(p.float().std()) if p.numel() > 1 else 0.0
             p.add_(bs.PERTURB * (spread or 1.0) * torch.randn(p.shape, generator=gen))
+
+
+def etp2_phase(cfg, ckpt: Path, work: Path, engine, processor, image, res: dict) -> None:
+    """Rebuild the learner at TP 2, expert-TP 2, EP 1, perturb, sync; the engine must then
+    generate what transformers generates with that learner's export."""
+    from prco_mega.bridge.colocated import sync_weights
+    from prco_mega.bridge.hf_io import export_megatron_to_hf, load_hf_into_megatron
+    from prco_mega.learner.parallel import destroy_parallel, init_parallel
+    from prco_mega.learner.provider import build_model
+
+    destroy_parallel()
+    pg = init_parallel(tp=2, hf_config=cfg, ep=1, etp=2)
+    chunks = build_model(cfg, pg, config_overrides={"sequence_parallel": True})
+    for c in chunks:
+        c.eval()
+    load_hf_into_megatron(chunks, ckpt, pg, cfg)
+    perturb(chunks, pg, cfg.model_type)
+    stats = sync_weights(chunks, pg, cfg, engine, bucket_bytes=bs.BUCKET_BYTES)
+    res["etp2_stats"] = bs.gathered(stats.__dict__)
+    export_megatron_to_hf(chunks, work / "learner_hf_etp2", pg, cfg, copy_files_from=ckpt)
+    gen = bs.host_generate(engine, processor, image)
+    res["etp2_after"] = bs.gathered(gen["tokens"])
+    if dist.get_rank() == 0:
+        res["etp2_hf"], _ = hf_greedy(work / "learner_hf_etp2", processor, gen["text"], image)
 
 
 def main() -> None:
@@ -115,6 +141,8 @@ def main() -> None:
     bs.sync_and_compare(chunks, pg, cfg, ckpt, engine, processor, image, work, res,
                         hf_greedy=hf_greedy)
     res["repacked_layers"] = bs.gathered(vllm_cpu_moe.repacked_layers())
+    if args.engine_tp == 2:
+        etp2_phase(cfg, ckpt, work, engine, processor, image, res)
     res["remapped_calls"] = bs.gathered(vllm_cpu_moe.remapped_calls())
     if rank == 0:
         res["checkpoint_tensors"] = len(engine.shapes)
