@@ -260,6 +260,33 @@ def test_moe_experts_are_sharded_by_ep_and_their_optimizer_over_expert_dp():
     assert _row(plans[16], "weights").bytes < _row(plans[8], "weights").bytes
 
 
+def test_engine_expert_parallel_holds_whole_experts_and_the_rest_over_tp():
+    """vLLM with `engine.enable_expert_parallel`: the dense part / engine TP plus ceil(E / TP)
+    whole experts of each MoE layer on the fullest GPU (linear placement). With E divisible by
+    TP that is the model / TP, as without it; 60 experts over TP 8 leave 8 on the first GPUs."""
+    from prco_mega.cluster.dims import expert_params, model_dims
+    from prco_mega.cluster.memory import engine_gpu_params
+
+    m = model_dims("qwen3-vl-30b-a3b")
+    base = PlanInputs(model=m, tp=1, pp=1, dp=16, ep=8, etp=1, max_model_len=8192,
+                      rollout_tp=4, rollout_gpu_memory_utilization=0.25)
+    ep = dataclasses.replace(base, engine_expert_parallel=True)
+    plans = {p.engine_expert_parallel: plan_memory(p) for p in (base, ep)}
+    weights = {k: next(r for r in p.rollout if r.name.startswith("  vLLM weights"))
+               for k, p in plans.items()}
+    assert weights[True].bytes == pytest.approx(weights[False].bytes)
+    assert "32 of 128 experts per layer whole" in weights[True].note
+    odd = dataclasses.replace(ep, model=dataclasses.replace(m, num_experts=60), rollout_tp=8)
+    experts = 48 * expert_params(m)
+    dense = total_params(odd.model) - 60 * experts
+    assert engine_gpu_params(odd) == pytest.approx(dense / 8 + 8 * experts)
+    assert engine_gpu_params(dataclasses.replace(odd, engine_expert_parallel=False)) == \
+        pytest.approx(total_params(odd.model) / 8)
+    cfg = load_yaml(CONFIGS / "qwen3vl_30b_a3b_h100x8.yaml",
+                    ["engine.enable_expert_parallel=true"])
+    assert plan_inputs_from_config(cfg)[0].engine_expert_parallel
+
+
 @pytest.mark.parametrize("d", [1, 4])
 def test_an_offloaded_optimizer_moves_adam_state_to_the_host(d):
     from prco_mega.cluster.memory import offloaded_optimizer_bytes

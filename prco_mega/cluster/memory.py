@@ -16,8 +16,10 @@ The estimates are formulas, each with its source, evaluated for the heavier pipe
   expert-TP)), as Megatron's distributed optimizer does; routed tokens keep top-k copies of their
   expert inputs and SwiGLU activations, and the all-to-all dispatcher holds send and receive
   buffers of tokens x top-k x hidden for the layer it runs (an estimate: balanced routing);
-- vLLM: weights / TP (vLLM's TP splits every expert's width too: no engine expert parallel), and
-  KV cache = 2 (K, V) * layers * kv_heads/TP * head_dim * bytes per token.
+- vLLM: weights / TP (vLLM's TP splits every expert's width too), or with engine expert parallel
+  (`engine.enable_expert_parallel`) the dense part / TP plus whole experts, ceil(E / TP) per MoE
+  layer on the fullest GPU (vLLM's linear placement), and KV cache = 2 (K, V) * layers *
+  kv_heads/TP * head_dim * bytes per token.
 Peak memory is the larger of the training phase and the colocated rollout phase.
 """
 from __future__ import annotations
@@ -400,9 +402,21 @@ def _loss_rows(x: PlanInputs) -> list[Row]:
     ]
 
 
+def engine_gpu_params(x: PlanInputs) -> float:
+    """Parameters of one engine GPU: the model / engine TP; with engine expert parallel the
+    experts are not split in width but spread whole over the engine's GPUs, ceil(E / TP) of each
+    MoE layer on the fullest one, and the rest / TP."""
+    m = x.model
+    if not (x.engine_expert_parallel and m.num_experts):
+        return total_params(m) / x.rollout_tp
+    per_expert = m.moe_layers * expert_params(m)
+    dense = total_params(m) - m.num_experts * per_expert
+    return dense / x.rollout_tp + math.ceil(m.num_experts / x.rollout_tp) * per_expert
+
+
 def _vllm_rows(x: PlanInputs) -> tuple[list[Row], int]:
     budget = x.rollout_gpu_memory_utilization * x.gpu_memory_gib * GiB
-    weights = total_params(x.model) * x.engine_dtype_bytes / x.rollout_tp
+    weights = engine_gpu_params(x) * x.engine_dtype_bytes
     overhead = x.rollout_overhead_gib * GiB
     kv = max(0.0, budget - weights - overhead)
     per_tok = kv_bytes_per_token(x.model, x.rollout_tp, x.engine_dtype_bytes)
@@ -410,13 +424,22 @@ def _vllm_rows(x: PlanInputs) -> tuple[list[Row], int]:
     rows = [Row(f"vLLM budget (gpu_memory_utilization={x.rollout_gpu_memory_utilization})",
                 budget, note=f"engine TP={x.rollout_tp}; split below"),
             Row("  vLLM weights (/TP)", weights, counted=False, part=True,
-                note=f"every expert's width split over TP{x.rollout_tp} (no engine expert "
-                     "parallel)" if x.model.num_experts else ""),
+                note=_engine_experts_note(x)),
             Row("  vLLM activations, CUDA graphs", overhead, counted=False, part=True),
             Row("  vLLM KV cache", kv, counted=False, part=True,
                 note=f"{per_tok} B/token -> {tokens} tokens = "
                      f"{tokens / x.max_model_len:.1f} x max_model_len {x.max_model_len}")]
     return rows, tokens
+
+
+def _engine_experts_note(x: PlanInputs) -> str:
+    m, tp = x.model, x.rollout_tp
+    if not m.num_experts:
+        return ""
+    if x.engine_expert_parallel:
+        return (f"engine expert parallel: {math.ceil(m.num_experts / tp)} of {m.num_experts} "
+                f"experts per layer whole, the rest /TP{tp}")
+    return f"every expert's width split over TP{tp} (no engine expert parallel)"
 
 
 def _stage_plan(x: PlanInputs, stage: str) -> tuple[list[Row], list[Row], str, int]:
@@ -451,7 +474,7 @@ def host_rows(x: PlanInputs, stage: str) -> list[Row]:
                         note=f"{x.gpus_per_node} GPUs x {per_gpu / GiB:.2f} GiB: fp32 master, m, "
                              "v and gradient of the offloaded share"))
     if x.colocated and x.rollout_sleep and x.engine_sleep_level == 1:
-        weights = total_params(x.model) * x.engine_dtype_bytes / x.rollout_tp
+        weights = engine_gpu_params(x) * x.engine_dtype_bytes
         rows.append(Row("vLLM weights while asleep (sleep level 1)", x.gpus_per_node * weights,
                         note=f"{x.gpus_per_node} GPUs x {weights / GiB:.2f} GiB"))
     return rows

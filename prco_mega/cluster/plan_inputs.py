@@ -66,6 +66,9 @@ class PlanInputs:
     gpu_memory_gib: float = 79.6
     colocated: bool = True
     rollout_tp: int = 1
+    engine_expert_parallel: bool = False
+    """`engine.enable_expert_parallel`: an engine's experts spread whole over its GPUs instead of
+    split in width."""
     rollout_gpu_memory_utilization: float = 0.4
     max_model_len: int = 8192
     rollout_batch: int = 256
@@ -160,7 +163,8 @@ def plan_inputs_from_config(data: dict) -> tuple[PlanInputs, ClusterSection]:
         loss_chunk_tokens=mem.loss_chunk_tokens, reserved_gib=mem.reserved_gib,
         gpu_memory_gib=cluster.gpu_memory_gib,
         colocated=cluster.rollout_placement == "colocated",
-        rollout_tp=rtp, rollout_gpu_memory_utilization=engine.gpu_memory_utilization,
+        rollout_tp=rtp, engine_expert_parallel=engine.enable_expert_parallel,
+        rollout_gpu_memory_utilization=engine.gpu_memory_utilization,
         max_model_len=engine.max_model_len, rollout_batch=engine.max_num_seqs,
         rollout_sleep=engine.enable_sleep_mode, rollout_overhead_gib=mem.rollout_overhead_gib,
         engine_dtype_bytes=4 if engine.dtype == "float32" else 2,
