@@ -28,7 +28,7 @@ from prco_mega.runtime.remote import Remote
 from prco_mega.types import Role, Slot, Trajectory
 
 ENGINE_CFG = SimpleNamespace(sleep_level=2, sync_bucket_mib=1, dtype="bfloat16",
-                             tensor_parallel_size=1)
+                             tensor_parallel_size=1, enable_expert_parallel=False)
 
 
 class Recorder:
@@ -155,7 +155,7 @@ def pushes(monkeypatch):
         assert (bucket_bytes, str(dtype)) == (2**20, "torch.bfloat16")  # from the engine section
         return SimpleNamespace(bytes=10, seconds=0.0, received_bytes=4)
 
-    def send_weights(chunks, pg, hf_config, split, dtype, engine_tp):
+    def send_weights(chunks, pg, hf_config, split, dtype, engine_tp, engine_experts):
         log.calls.append(("send",))
         return SimpleNamespace(bytes=10, seconds=0.0, received_bytes=0,
                                sent_per_engine_rank=(10,))

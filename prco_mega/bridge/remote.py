@@ -21,10 +21,9 @@ from prco_mega.bridge.buckets import push_units
 from prco_mega.bridge.colocated import sync_metrics
 from prco_mega.bridge.hf_io import mapping_args
 from prco_mega.bridge.mapping import expert_rows
-from prco_mega.bridge.slices import engine_span
 from prco_mega.bridge.units import (DEFAULT_BUCKET_BYTES, Slab, SyncContext, SyncStats, cast_dtype,
-                                    convert_unit, engine_slot, nbytes, refuse_nonfinite,
-                                    set_expert_slots, stream_unit, units_of)
+                                    convert_unit, engine_rows, engine_slot, nbytes,
+                                    refuse_nonfinite, set_expert_slots, stream_unit, units_of)
 from prco_mega.dist.world import all_gather, device
 
 if TYPE_CHECKING:
@@ -45,15 +44,18 @@ def _weight_senders(split, pg_collection) -> list[int]:
 
 @torch.no_grad()
 def send_weights(chunks, pg_collection, hf_config, split, *,
-                 dtype: torch.dtype | None = None, engine_tp: int = 1) -> SyncStats:
+                 dtype: torch.dtype | None = None, engine_tp: int = 1,
+                 engine_experts: int = 0) -> SyncStats:
     """Separate placement, learner side: every learner rank calls it, and each pipeline stage's
     sender streams the stage's HF tensors to the engine ranks: the rows engine TP rank e loads go
     over the link to the engine ranks of index e (`SplitWorld.weight_link`), so each engine rank
     receives its rows only. The other ranks of the sender's TP group send it their rows first.
     Data-parallel replicas > 0 only take part in the non-finite check. Pairs with
-    `receive_weights` on the engine ranks."""
+    `receive_weights` on the engine ranks. `engine_experts`: the model's expert count when the
+    engines run expert parallel (each engine rank then gets only its experts, whole), else 0."""
     t0 = time.perf_counter()
-    ctx = SyncContext(mapping_args(hf_config), pg_collection, dtype, device())
+    ctx = SyncContext(mapping_args(hf_config), pg_collection, dtype, device(),
+                      engine_experts=engine_experts)
     with ctx.clock("check"):
         bad = None
         try:
@@ -88,7 +90,7 @@ def send_weights(chunks, pg_collection, hf_config, split, *,
             if not sending:
                 continue
             for e, link in enumerate(links):
-                rows = [_rows_for(s, e, engine_tp, ctx) for s in slabs]
+                rows = [r for s in slabs if (r := _rows_for(s, e, engine_tp, ctx)) is not None]
                 with ctx.clock("push"):
                     stream_unit(link, rows, 0, ctx)
                 per_index[e] += sum(nbytes(s.data) for s in rows)
@@ -100,12 +102,14 @@ def send_weights(chunks, pg_collection, hf_config, split, *,
                      time.perf_counter() - t0, ctx.received, sent_per_engine_rank=tuple(per_index))
 
 
-def _rows_for(s: Slab, engine_rank: int, engine_tp: int, ctx: SyncContext) -> Slab:
-    """The rows of a whole-tensor slab that rank `engine_rank` of an engine loads."""
-    need = engine_span(s.kind, s.member, s.shape, engine_rank, engine_tp, ctx.args["heads"],
-                       s.name)
+def _rows_for(s: Slab, engine_rank: int, engine_tp: int, ctx: SyncContext) -> Slab | None:
+    """The rows of a whole-tensor slab that rank `engine_rank` of an engine loads (None: none,
+    an expert another rank of an expert-parallel engine holds)."""
+    need = engine_rows(s, engine_rank, engine_tp, ctx)
     if need.whole:
         return s
+    if need.start >= need.stop:
+        return None
     return Slab(s.name, s.kind, s.member, s.shape, need, s.piece(need).contiguous())
 
 
@@ -116,9 +120,12 @@ def receive_weights(engine, hf_config, split, *,
     its sender and pushes them into its engine in fused-group buckets, as `sync_weights` does.
     Raises the learner's ValueError when the learner refused non-finite weights."""
     t0 = time.perf_counter()
-    engine_tp = getattr(getattr(engine, "config", None), "tensor_parallel_size", 1)
+    config = getattr(engine, "config", None)
+    engine_tp = getattr(config, "tensor_parallel_size", 1)
+    expert_parallel = getattr(config, "enable_expert_parallel", False)
     ctx = SyncContext(mapping_args(hf_config), None, None, device(),
-                      slot=engine_slot(dist.get_rank(), engine_tp))
+                      slot=engine_slot(dist.get_rank(), engine_tp),
+                      engine_experts=engine.num_experts if expert_parallel else 0)
     with ctx.clock("check"):
         bad = split.link.broadcast_object(None, src=0)
         senders = _weight_senders(split, None)
@@ -161,8 +168,11 @@ class RemotePublisher:
         # engines that generate in chunks look for this key between chunks (`WeightReceiver.ready`)
         self.split.store.set(weights_key(self.published), "1")
         self.published += 1
+        experts = (policy.hf_config.text_config.num_experts
+                   if self.config.enable_expert_parallel else 0)
         stats = send_weights(policy.chunks, policy.pg, policy.hf_config, self.split,
-                             dtype=cast_dtype(self.config.dtype), engine_tp=tp)
+                             dtype=cast_dtype(self.config.dtype), engine_tp=tp,
+                             engine_experts=experts)
         learner = all_gather((stats.received_bytes, stats.sent_per_engine_rank))
         return sync_metrics(stats, received_per_rank(self.split, learner, tp))
 

@@ -120,16 +120,22 @@ def test_separate_placement_learner_and_engine_worlds(launches, separate):
 
 
 def test_separate_placement_streams_a_moe_learners_experts_from_its_whole_ep_group(separate):
-    """The tiny Qwen3-VL-MoE, separate placement, on-policy, 3 ranks: a learner of DP=2 with
-    expert parallel 2 (each rank holds half of every layer's experts) and one engine rank. The
-    stage's sender (learner rank 0) gets the other rank's experts over the EP group and streams
-    every tensor; after the perturbed update the engine's log-probs of step 1 equal the learner's
-    (fp32), so every expert arrived."""
-    run = separate(0, 2, 1, "--family", "qwen3_vl_moe", "--ep", "2")
+    """The tiny Qwen3-VL-MoE, separate placement, on-policy, 4 ranks: a learner of DP=2 with
+    expert parallel 2 (each rank holds half of every layer's experts) and one engine of TP=2 with
+    expert parallel (each engine rank holds 4 of the 8 experts of every layer, whole). The stage's
+    sender (learner rank 0) gets the other learner rank's experts over the EP group and streams
+    each engine rank its TP rows of the dense weights and only its own experts; after the
+    perturbed update the engine's log-probs of step 1 equal the learner's (fp32), so every expert
+    arrived where it is held."""
+    run = separate(0, 2, 2, "--family", "qwen3_vl_moe", "--ep", "2", "--engine-ep")
     assert {t["learner"] for t in run["steps"]["0"]["trajectories"]} == {0, 1}
     for step in ("0", "1"):
         assert run["steps"][step]["metrics"]["mismatch/max_abs"] < 1e-4, step
     assert {t["version"] for t in run["steps"]["1"]["trajectories"]} == {1}
-    (rank,) = run["engine_sync"]
-    assert all(s["received_bytes"] == s["engine_bytes"] > 0 for s in rank)
-    assert run["sent_bytes"][0] == rank[0]["engine_bytes"] and run["sent_bytes"][1] == 0
+    assert len(run["engine_sync"]) == 2
+    for rank in run["engine_sync"]:
+        assert all(s["received_bytes"] == s["engine_bytes"] > 0 for s in rank)
+    # the sender sent each engine rank its part only: together one model, each about half
+    received = [rank[0]["received_bytes"] for rank in run["engine_sync"]]
+    assert sum(received) == run["sent_bytes"][0] and max(received) < 0.6 * sum(received)
+    assert run["sent_bytes"][1] == 0

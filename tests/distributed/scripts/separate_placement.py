@@ -7,7 +7,7 @@ tiny model's advantages are all zero, so the learner perturbs its weights after 
 the engine must sample step 1 with them (on-policy) or without them (off-policy).
 
 Usage: torchrun --nproc_per_node N separate_placement.py --cache DIR --off-policy K
-       [--learners L --engine-tp T --family F --ep E] --out OUT
+       [--learners L --engine-tp T --family F --ep E --engine-ep] --out OUT
 (N = L + engine ranks; the learner is data-parallel over its L ranks.) The learner's first rank
 writes the step-0 trajectories the learner trained on, with the learner rank that received each
 (rows as `rollout_sharding.py` writes them), both steps' metrics, and every engine rank's sync
@@ -32,6 +32,7 @@ def main() -> None:
     p.add_argument("--engine-tp", type=int, default=1)
     p.add_argument("--family", default="qwen2_5_vl", help="model.family of the tiny model")
     p.add_argument("--ep", type=int, default=1, help="the learner's expert parallel (MoE)")
+    p.add_argument("--engine-ep", action="store_true", help="engines with expert parallel (MoE)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     from prco_mega.dist import link, world
@@ -50,7 +51,8 @@ def main() -> None:
         "observer.n=3", "solver.n=2", "observer.max_new_tokens=24", "solver.max_new_tokens=16",
         "algo.warmup_steps=1", "cluster.rollout_placement=separate", "cluster.rollout_nodes=1",
         f"rollout.max_staleness={a.off_policy}", f"engine.tensor_parallel_size={a.engine_tp}",
-        f"model.family={a.family}", f"learner.parallel.expert_parallel={a.ep}"])
+        f"model.family={a.family}", f"learner.parallel.expert_parallel={a.ep}",
+        f"engine.enable_expert_parallel={a.engine_ep}"])
     learner = split.role == link.ROLE_LEARNER
     # both worlds' first ranks are "hosts": the learner builds the cached model, the engine waits
     model = Path(split.link.broadcast_object(str(base_model(cfg)) if learner else None, src=0))
@@ -66,8 +68,9 @@ def main() -> None:
             metrics = policy.train(mine, routed.plan)
             if step == 0:  # the untrained tiny model's advantages are all zero: make update 1 move
                 perturb(policy.chunks)
+            experts = policy.hf_config.text_config.num_experts if a.engine_ep else 0
             stats = send_weights(policy.chunks, policy.pg, policy.hf_config, split,
-                                 engine_tp=a.engine_tp)
+                                 engine_tp=a.engine_tp, engine_experts=experts)
             rows = [(i, {"task": t.task_uid, "role": int(t.role), "group": t.group_id,
                          "response": t.response_ids, "logprobs": t.rollout_logprobs,
                          "reward": t.reward, "advantage": t.advantage, "images": len(t.images),
