@@ -29,3 +29,12 @@ def make_tiny_checkpoint(out_dir: str | Path, corpus: Iterable[str], seed: int =
     tokenizer.save_pretrained(out)
     tiny.save_processor(out, tokenizer, CHAT_TEMPLATE)
     return out
+
+
+def save_tiny_model(out_dir: str | Path, family: str, sizes=None, seed: int = 0) -> Path:
+    """Only the tiny random model of `family` (no tokenizer or processor; `sizes` defaults to the
+    family's `TinyBuilder.sizes()`), saved as a Hugging Face checkpoint in `out_dir`: for the
+    parity checks, which feed token ids directly. Returns `out_dir`."""
+    tiny = families.family(family).tiny
+    return save_pretrained_hub(tiny.build(tiny.config(sizes or tiny.sizes(), None), seed=seed),
+                               out_dir)

@@ -121,15 +121,6 @@ def build_tiny_qwen25vl(config, seed: int = 0, init_std: float = 0.02):
     return model
 
 
-def save_tiny_qwen25vl(out_dir: str | Path, sizes: TinySizes = TinySizes(),
-                       special: SpecialTokenIds | None = None, seed: int = 0) -> Path:
-    """Build and save the tiny model as a safetensors Hugging Face checkpoint; returns the dir."""
-    out = Path(out_dir)
-    model = build_tiny_qwen25vl(tiny_qwen25vl_config(sizes, special), seed=seed)
-    model.save_pretrained(out, safe_serialization=True)
-    return out
-
-
 def save_qwen25vl_processor(out_dir: str | Path, tokenizer, chat_template: str,
                             min_pixels: int = 28 * 28, max_pixels: int = 28 * 28 * 64) -> Path:
     """Write Qwen2.5-VL's image processor, video processor and processor config into `out_dir`.

@@ -104,15 +104,6 @@ def build_tiny_qwen3vl(config, seed: int = 0, init_std: float = 0.02):
     return model
 
 
-def save_tiny_qwen3vl(out_dir: str | Path, sizes: TinyQwen3VLSizes = TinyQwen3VLSizes(),
-                      special: SpecialTokenIds | None = None, seed: int = 0) -> Path:
-    """Build and save the tiny model as a safetensors Hugging Face checkpoint; returns the dir."""
-    out = Path(out_dir)
-    model = build_tiny_qwen3vl(tiny_qwen3vl_config(sizes, special), seed=seed)
-    model.save_pretrained(out, safe_serialization=True)
-    return out
-
-
 def save_qwen3vl_processor(out_dir: str | Path, tokenizer, chat_template: str,
                            min_pixels: int = 32 * 32, max_pixels: int = 32 * 32 * 64) -> Path:
     """Write Qwen3-VL's image processor (patch 16, merge 2: one token per 32 x 32 pixels), video

@@ -168,12 +168,12 @@ def main() -> None:
     install_megatron_cpu_compat()
     from transformers import Qwen3VLForConditionalGeneration
 
-    from prco_mega.families.qwen3_vl.tiny import save_tiny_qwen3vl
+    from prco_mega.tiny.checkpoint import save_tiny_model
 
     work = Path(args.out).parent
     ckpt = work / "tiny-qwen3vl"
     if dist.get_rank() == 0:
-        save_tiny_qwen3vl(ckpt, seed=3)
+        save_tiny_model(ckpt, "qwen3_vl", seed=3)
     dist.barrier()
     hf = Qwen3VLForConditionalGeneration.from_pretrained(str(ckpt)).float().eval()
     batch = qp.make_batch(hf.config, sequences=SEQUENCES)

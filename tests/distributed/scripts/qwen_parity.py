@@ -251,7 +251,8 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = False  # fp32 parity: no TF32 in the patch conv
     dist.init_process_group("nccl" if DEV.type == "cuda" else "gloo")
     compat = [install_megatron_cpu_compat(), install_megatron_cpu_compat()]
-    from prco_mega.families.qwen2_5_vl.tiny import TinySizes, save_tiny_qwen25vl
+    from prco_mega.families.qwen2_5_vl.tiny import TinySizes
+    from prco_mega.tiny.checkpoint import save_tiny_model
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     work = Path(args.out).parent
@@ -266,7 +267,8 @@ def main() -> None:
         ckpt = work / ("tiny-tied" if tied else "tiny")
         if tied not in hf_cache:
             if dist.get_rank() == 0:
-                save_tiny_qwen25vl(ckpt, TinySizes(tie_word_embeddings=tied), seed=1 + tied)
+                save_tiny_model(ckpt, "qwen2_5_vl", TinySizes(tie_word_embeddings=tied),
+                                seed=1 + tied)
             dist.barrier()
             hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(ckpt)).float().eval().to(DEV)
             batch = make_batch(hf.config)
