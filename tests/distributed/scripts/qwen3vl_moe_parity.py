@@ -197,13 +197,12 @@ def main() -> None:
     install_megatron_cpu_compat()
     from transformers import Qwen3VLMoeForConditionalGeneration
 
-    from prco_mega.bridge.hf_io import save_pretrained_hub
-    from prco_mega.families.qwen3_vl_moe.tiny import build_tiny_qwen3vl_moe, tiny_qwen3vl_moe_config
+    from prco_mega.tiny.checkpoint import save_tiny_model
 
     work = Path(args.out).parent
     ckpt = work / "tiny-qwen3vl-moe"
     if dist.get_rank() == 0:
-        save_pretrained_hub(build_tiny_qwen3vl_moe(tiny_qwen3vl_moe_config(), seed=3), ckpt)
+        save_tiny_model(ckpt, "qwen3_vl_moe", seed=3)
     dist.barrier()
     hf = Qwen3VLMoeForConditionalGeneration.from_pretrained(str(ckpt)).float().eval()
     batches = [qp.make_batch(hf.config, seed=0, sequences=SEQUENCES),
