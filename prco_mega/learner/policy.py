@@ -121,12 +121,7 @@ class MegatronPolicy:
         the same on every rank; `dist.routing.Router.route` gives both). Given the RL `step`
         being trained, the metrics add the policy-lag histogram of the step's trajectories."""
         b = self.cfg.batching
-        if self.routing_replay == "rollout":
-            missing = [i for i, t in mine.items() if t.routed_experts is None]
-            if missing:
-                raise ValueError(f"algo.routing_replay: rollout, but {len(missing)} of the step's "
-                                 f"trajectories (ids {missing[:5]}...) carry no engine routing: "
-                                 "build the engine with engine.return_routed_experts")
+        self._check_routing(mine)
         packed = pack_plan(mine, plan, self.pg.dp.rank(), encode=self.encode,
                            pad_to_multiple=b.pad_to_multiple, pad_token_id=self.pad_token_id)
         if self.routing_replay != "rollout":  # only rollout replay reads the engine's routing
@@ -135,12 +130,12 @@ class MegatronPolicy:
         if self.path.settings.kl_coef != 0.0:
             packed = [self.with_reference(batches) for batches in packed]
         path, before = self.path, {} if step is None else self._lag_counts(mine, step)
-        # R2 records the routing of the first pass over the step; only a step of several
-        # mini-batches (or a pre-step pass) has a later pass to replay it in.
-        record = self.routing_replay == "learner" and (
-            len(packed) > 1 or (self.path.reads_rollout and not path.corrects_in_forward))
+        pre_pass = self.path.reads_rollout and (len(packed) > 1 or not path.corrects_in_forward)
+        # R2 records the routing of the first pass over the step; only a step with a later pass
+        # (several mini-batches, or a pre-step pass) has somewhere to replay it.
+        record = self.routing_replay == "learner" and (len(packed) > 1 or pre_pass)
         with self._recording(record):
-            if self.path.reads_rollout and (len(packed) > 1 or not path.corrects_in_forward):
+            if pre_pass:
                 packed, stats = self._pre_step_pass(packed)
                 before |= stats
                 path = dataclasses.replace(path, from_forward=False)
@@ -156,6 +151,16 @@ class MegatronPolicy:
         if self.replay is not None:
             before |= self.replay.end_step()
         return clip_fractions(finish_mismatch({**mean_metrics(updates), **before}))
+
+    def _check_routing(self, mine: dict[int, Trajectory]) -> None:
+        """Start the step's routing replay; rollout replay needs every trajectory's routing."""
+        if self.replay is not None:
+            self.replay.begin_step()
+        missing = [i for i, t in mine.items() if t.routed_experts is None]
+        if self.routing_replay == "rollout" and missing:
+            raise ValueError(f"algo.routing_replay: rollout, but {len(missing)} of the step's "
+                             f"trajectories (ids {missing[:5]}...) carry no engine routing: "
+                             "build the engine with engine.return_routed_experts")
 
     def _recording(self, record: bool):
         return self.replay.mode(record=True) if record else contextlib.nullcontext()

@@ -260,6 +260,12 @@ class RoutingReplay:
                 layer.recorded = []
         return out
 
+    def begin_step(self) -> None:
+        """Forget what a step that did not finish (a refused non-finite loss) left behind:
+        recompute queues, records and counts."""
+        for layer in self.layers:
+            layer.queue, layer.recorded, layer.counts = [], [], None
+
     def end_step(self) -> dict[str, float]:
         """The step's agreement metrics (collective over the learner's world), counts reset."""
         counts = torch.zeros(self.num_layers, N_CATEGORIES, 2, dtype=torch.float64)
