@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tiny_world import shared_checkpoint
 
 T0 = time.time()
 INIT_STD = 0.2  # clear argmax margins, as in tests/vllm (greedy tokens compare the engines)
@@ -181,14 +182,10 @@ def main() -> None:
     from prco_mega.learner.provider import build_model
     from prco_mega.learner.parallel import init_parallel
 
-    from prco_mega.tiny.checkpoint import make_tiny_checkpoint
-    from prco_mega.tiny.tokenizer import demo_corpus
     from prco_mega.rollout import EngineConfig, VllmEngine
 
     ckpt, res = work / "tiny", {}
-    if rank == 0:
-        make_tiny_checkpoint(ckpt, demo_corpus(3000, seed=0), seed=0, init_std=INIT_STD)
-    dist.barrier()
+    shared_checkpoint(ckpt, 3000, init_std=INIT_STD)
     cfg = load_hf_config(ckpt)
     pg = init_parallel(tp=2, hf_config=cfg)
     chunks = build_model(cfg, pg)

@@ -26,6 +26,7 @@ import torch.distributed as dist
 T0 = time.time()
 
 import bridge_sync_tp2 as bs  # noqa: E402  (same directory)
+from tiny_world import shared_checkpoint  # noqa: E402
 
 from prco_mega.platform.megatron_cpu import install_megatron_cpu_compat  # noqa: E402
 
@@ -109,14 +110,9 @@ def main() -> None:
     from prco_mega.learner.parallel import init_parallel
     from prco_mega.learner.provider import build_model
     from prco_mega.rollout import EngineConfig, VllmEngine, vllm_cpu_moe
-    from prco_mega.tiny.checkpoint import make_tiny_checkpoint
-    from prco_mega.tiny.tokenizer import demo_corpus
 
     ckpt, res = work / "tiny-qwen3vl-moe", {}
-    if rank == 0:
-        make_tiny_checkpoint(ckpt, demo_corpus(3000, seed=0), seed=0, init_std=bs.INIT_STD,
-                             family="qwen3_vl_moe")
-    dist.barrier()
+    shared_checkpoint(ckpt, 3000, init_std=bs.INIT_STD, family="qwen3_vl_moe")
     cfg = load_hf_config(ckpt)
     pg = init_parallel(tp=args.tp, hf_config=cfg, ep=args.ep, etp=1)
     chunks = build_model(cfg, pg, config_overrides={"sequence_parallel": args.tp > 1})

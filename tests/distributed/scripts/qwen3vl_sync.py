@@ -20,6 +20,7 @@ import torch.distributed as dist
 T0 = time.time()
 
 import bridge_sync_tp2 as bs  # noqa: E402  (same directory)
+from tiny_world import shared_checkpoint  # noqa: E402
 
 
 def hf_greedy(model_dir: Path, processor, text: str, image) -> tuple[list[int], dict]:
@@ -47,17 +48,12 @@ def main() -> None:
     from transformers import AutoProcessor
 
     from prco_mega.bridge.hf_io import load_hf_config, load_hf_into_megatron
-    from prco_mega.tiny.checkpoint import make_tiny_checkpoint
-    from prco_mega.tiny.tokenizer import demo_corpus
     from prco_mega.learner.parallel import init_parallel
     from prco_mega.learner.provider import build_model
     from prco_mega.rollout import EngineConfig, VllmEngine
 
     ckpt, res = work / "tiny-qwen3vl", {}
-    if rank == 0:
-        make_tiny_checkpoint(ckpt, demo_corpus(3000, seed=0), seed=0, init_std=bs.INIT_STD,
-                             family="qwen3_vl")
-    dist.barrier()
+    shared_checkpoint(ckpt, 3000, init_std=bs.INIT_STD, family="qwen3_vl")
     cfg = load_hf_config(ckpt)
     pg = init_parallel(tp=2, hf_config=cfg)
     chunks = build_model(cfg, pg)

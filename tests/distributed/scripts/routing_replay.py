@@ -34,7 +34,7 @@ import torch.distributed as dist  # noqa: E402
 from routing_replay_common import (applied_agreement, applied_routing,  # noqa: E402
                                    perturb_routers)
 from routing_replay_engine import engine_check  # noqa: E402
-from tiny_world import text_trajectories  # noqa: E402
+from tiny_world import shared_checkpoint, text_trajectories  # noqa: E402
 
 LAYOUTS = {  # name: (tp, pp, ep, expert tp or None, sequence parallel, recompute)
     "ep2": (1, 1, 2, None, False, "none"),
@@ -175,13 +175,7 @@ def main() -> None:
     from prco_mega.platform.megatron_cpu import install_megatron_cpu_compat
 
     install_megatron_cpu_compat()
-    hf_dir = out.parent / "tiny-moe"
-    if dist.get_rank() == 0:
-        from prco_mega.tiny.checkpoint import make_tiny_checkpoint
-        from prco_mega.tiny.tokenizer import demo_corpus
-
-        make_tiny_checkpoint(hf_dir, demo_corpus(2000), seed=0, family="qwen3_vl_moe")
-    dist.barrier()
+    hf_dir = shared_checkpoint(out.parent / "tiny-moe", family="qwen3_vl_moe")
     results = {"engine": engine_check(out.parent)} if args.engine else {}
     trajectories = hf_routing(hf_dir, text_trajectories([1.0, -1.0, 0.5, -0.5, 1.0, -1.0]))
     results |= {name: check(name, hf_dir, trajectories) for name in args.layouts.split(",")}

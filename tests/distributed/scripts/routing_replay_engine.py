@@ -20,20 +20,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from bridge_sync_tp2 import make_image  # noqa: E402
 from routing_replay_common import applied_agreement, applied_routing, perturb_routers  # noqa: E402
+from tiny_world import shared_checkpoint  # noqa: E402
 
 QUESTIONS = [("How many red circles are there?", True), ("What colour is the square?", True),
              ("What is two plus three?", False)]
-
-
-def make_image():
-    import numpy as np
-    from PIL import Image
-
-    from prco_mega.data.images import normalize_image
-
-    rng = np.random.default_rng(7)
-    return normalize_image(Image.fromarray(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)))
 
 
 def sample(engine, processor, image) -> list:
@@ -96,14 +88,9 @@ def engine_check(work: Path) -> dict:
     from prco_mega.learner.parallel import destroy_parallel
     from prco_mega.rollout import EngineConfig, VllmEngine
     from prco_mega.runtime.build import policy_from_hf
-    from prco_mega.tiny.checkpoint import make_tiny_checkpoint
-    from prco_mega.tiny.tokenizer import demo_corpus
 
-    ckpt = work / "tiny-qwen3vl-moe-engine"
-    if dist.get_rank() == 0:
-        make_tiny_checkpoint(ckpt, demo_corpus(3000, seed=0), seed=0, init_std=0.2,
+    ckpt = shared_checkpoint(work / "tiny-qwen3vl-moe-engine", 3000, init_std=0.2,
                              family="qwen3_vl_moe")
-    dist.barrier()
     engine = VllmEngine(ckpt, EngineConfig(dtype="float32", max_model_len=256, seed=0,
                                            return_routed_experts=True))
     trajectories = sample(engine, AutoProcessor.from_pretrained(ckpt), make_image())

@@ -17,14 +17,19 @@ def start() -> tuple[Path, Path]:
     p.add_argument("--out", required=True)
     out = Path(p.parse_args().out)
     dist.init_process_group("gloo")
-    hf_dir = out.parent / "tiny"
+    return out, shared_checkpoint(out.parent / "tiny")
+
+
+def shared_checkpoint(out_dir: Path, corpus: int = 2000, **kwargs) -> Path:
+    """The tiny checkpoint (`make_tiny_checkpoint` on a `corpus`-sentence demo corpus; kwargs:
+    family, init_std, ...) in `out_dir`, written by rank 0 while every rank waits."""
     if dist.get_rank() == 0:
         from prco_mega.tiny.checkpoint import make_tiny_checkpoint
         from prco_mega.tiny.tokenizer import demo_corpus
 
-        make_tiny_checkpoint(hf_dir, demo_corpus(2000), seed=0)
+        make_tiny_checkpoint(out_dir, demo_corpus(corpus), **{"seed": 0, **kwargs})
     dist.barrier()
-    return out, hf_dir
+    return out_dir
 
 
 def text_trajectories(advantages: list[float], seed: int = 0):
